@@ -1,0 +1,238 @@
+"""The ``ppl-ssvae`` command: ``train`` and ``evaluate``.
+
+User errors exit non-zero with one line on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import NonFiniteLossError, UserError
+
+# Defaults live here rather than in argparse so that --resume can tell which options the
+# user actually gave (argparse leaves those not given at None).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": "m2",
+    "dataset": "fashion-mnist",
+    "data_dir": None,
+    "labels": None,
+    "label_fraction": None,
+    "hidden_classes": "",
+    "validation_size": None,
+    "std_threshold": None,
+    "binarize": False,
+    "epochs": 30,
+    "batch_size": 200,
+    "labelled_share": "natural",
+    "lr": 3e-4,
+    "seed": 0,
+    "device": "auto",
+    "max_minutes": None,
+    "progress": True,
+    "z_dim": None,
+    "hidden": None,
+    "alpha": None,
+    "likelihood": None,
+    "sigma2": None,
+    "activation": None,
+    "model_arg": [],
+}
+# Options a resumed run may change; everything else must match the saved run.
+RESUMABLE = {"epochs", "max_minutes", "device", "progress"}
+MODEL_OPTIONS = ("z_dim", "hidden", "alpha", "likelihood", "sigma2", "activation")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports errors on a single line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .models import MODELS
+
+    parser = OneLineParser(prog="ppl-ssvae", description="Semi-supervised deep generative models in Pyro.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    d = TRAIN_DEFAULTS
+    t = sub.add_parser("train", help="train a model", description="Train a model with SVI.")
+    t.set_defaults(**{k: None for k in d})
+    g = t.add_argument_group("model")
+    g.add_argument("--model", help=f"model family: {', '.join(MODELS)} [default: {d['model']}]")
+    g.add_argument("--z-dim", type=int, help="size of the continuous latent z [model default]")
+    g.add_argument("--hidden", help="hidden layer widths, e.g. 500 or 500,500 [model default]")
+    g.add_argument("--alpha", type=float, help="weight of the classification term alpha*log q(y|x) on labelled rows [model default]")
+    g.add_argument("--likelihood", help="p(x|y,z): bernoulli (pixels in [0,1]) or gaussian [by dataset]")
+    g.add_argument("--sigma2", type=float, help="fixed variance of the gaussian likelihood [1.0]")
+    g.add_argument("--activation", help="hidden activation: relu, softplus, tanh, elu [model default]")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="any other model config field (JSON value), repeatable")  # fmt: skip
+    g = t.add_argument_group("data")
+    g.add_argument("--dataset", help=f"{', '.join(DATASETS)} [default: {d['dataset']}]")
+    g.add_argument("--data-dir", help="directory with the dataset files (IDX for fashion-mnist/mnist); "
+                   "else $PPL_SSVAE_DATA, then /usr/share/datasets/fashion-mnist")  # fmt: skip
+    g.add_argument("--labels", type=int, help="keep exactly N labels, N/K per labelled class (0 = clustering)")
+    g.add_argument("--label-fraction", type=float, help="keep this fraction of each labelled class's labels instead")
+    g.add_argument("--hidden-classes", help="comma-separated classes whose labels are all removed")
+    g.add_argument("--validation-size", type=int, help="labelled validation rows carved from training [dataset default]")
+    g.add_argument("--std-threshold", type=float, help="keep only features with training std above this (0.1 in Willetts et al.)")
+    g.add_argument("--binarize", action="store_true", help="dynamic binarisation: fresh Bernoulli draw per batch")
+    g = t.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help=f"passes over the unlabelled data [default: {d['epochs']}]")
+    g.add_argument("--batch-size", type=int, help=f"rows per step, labelled + unlabelled [default: {d['batch_size']}]")
+    g.add_argument("--labelled-share", help="labelled share of each batch: natural, 1:1 or a number in [0,1) "
+                   f"[default: {d['labelled_share']}]")  # fmt: skip
+    g.add_argument("--lr", type=float, help=f"Adam learning rate [default: {d['lr']}]")
+    g.add_argument("--seed", type=int, help=f"random seed [default: {d['seed']}]")
+    g.add_argument("--device", help="cpu, cuda or auto [default: auto]")
+    g.add_argument("--max-minutes", type=float, help="stop at the end of the epoch that passes this many minutes")
+    g.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoints)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="test accuracy of a run's best checkpoint",
+                       description="Print the test accuracy of the best-validation checkpoint of a run.")  # fmt: skip
+    e.add_argument("run_dir", help="a run directory written by `ppl-ssvae train`")
+    e.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint to evaluate")
+    e.add_argument("--data-dir", help="override the data directory recorded in the run")
+    return parser
+
+
+def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
+    if not args.resume:
+        return {**TRAIN_DEFAULTS, **given}
+    config_path = Path(args.out) / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"--resume: no run in {args.out} (config.json missing); drop --resume to start one")
+    saved = json.loads(config_path.read_text())["cli"]
+    changed = sorted(k for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v)
+    if changed:
+        raise UserError(f"--resume cannot change {', '.join(changed)}; start a new --out instead")
+    return {**saved, **given}
+
+
+def load_data(settings: dict[str, Any]):
+    from . import data
+
+    dataset = data.load(settings["dataset"], settings["data_dir"])
+    return data.semi_supervised_split(
+        dataset,
+        labels=settings["labels"],
+        label_fraction=settings["label_fraction"],
+        hidden_classes=_int_list(settings["hidden_classes"] or ""),
+        validation_size=settings["validation_size"],
+        std_threshold=settings["std_threshold"],
+        seed=settings["seed"],
+    )
+
+
+def build_model(settings: dict[str, Any], split) -> Any:
+    from . import models
+
+    config: dict[str, Any] = {"input_dim": split.input_dim, "num_classes": split.num_classes}
+    config["likelihood"] = settings["likelihood"] or ("bernoulli" if split.support == "unit" else "gaussian")
+    for key in MODEL_OPTIONS:
+        if key != "likelihood" and settings.get(key) is not None:
+            config[key] = _int_list(settings[key]) if key == "hidden" else settings[key]
+    for item in settings.get("model_arg") or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--model-arg {item!r} must look like KEY=VALUE")
+        try:
+            config[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key.replace("-", "_")] = value
+    return models.build(settings["model"], **config)
+
+
+def train(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    settings = _train_settings(args)
+    split = load_data(settings)
+    model = build_model(settings, split)
+    result = fit(
+        model,
+        split,
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+        labelled_share=settings["labelled_share"],
+        binarize=settings["binarize"],
+        lr=settings["lr"],
+        seed=settings["seed"],
+        device=settings["device"],
+        out=args.out,
+        resume=args.resume,
+        max_minutes=settings["max_minutes"],
+        progress=settings["progress"],
+        run_config={"cli": settings},
+    )
+    best = result.best
+    if best is None:
+        print(f"no epoch trained (stopped: {result.stopped})")
+        return 0
+    print(
+        f"best epoch {best['epoch']} (validation accuracy {best['val_accuracy']:.4f}): "
+        f"test accuracy {best['test_accuracy']:.4f}  [{len(result.history)} epochs, "
+        f"{result.history[-1]['elapsed_cpu_seconds'] / 60:.1f} CPU-min, stopped: {result.stopped}]"
+    )
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from . import checkpoint, models
+    from .metrics import accuracy, log_loss
+
+    run = Path(args.run_dir)
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{run} is not a run directory (no config.json); give the --out of a train run")
+    config = json.loads(config_path.read_text())
+    settings = {**TRAIN_DEFAULTS, **config["cli"]}
+    if args.data_dir:
+        settings["data_dir"] = args.data_dir
+    split = load_data(settings)
+    model = models.from_config(config["model"])
+    state = checkpoint.load(run / ("best.pt" if args.checkpoint == "best" else "checkpoint.pt"))
+    model.load_state_dict(state["model"])
+    probs = model.classify(split.x_test)
+    print(
+        f"test accuracy {accuracy(probs, split.y_test):.4f}  log loss {log_loss(probs, split.y_test):.4f}  "
+        f"({args.checkpoint} checkpoint, epoch {state['epoch']}, {len(split.x_test)} test rows)"
+    )
+    return 0
+
+
+COMMANDS = {"train": train, "evaluate": evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"ppl-ssvae: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"ppl-ssvae: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ppl-ssvae: interrupted; continue with the same command plus --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

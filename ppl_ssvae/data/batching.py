@@ -1,0 +1,109 @@
+"""Mixed labelled/unlabelled batches.
+
+Every step sees a labelled part and an unlabelled part; an epoch is one pass over the
+unlabelled rows while the labelled rows are cycled and reshuffled. Each epoch's order is
+drawn from ``(seed, epoch)`` alone, so a resumed run replays exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from ..errors import UserError
+
+
+def parse_labelled_share(value: str | float) -> str | float:
+    """``"natural"``, ``"1:1"`` or a float in [0, 1) giving the labelled share of a batch."""
+    if isinstance(value, str):
+        if value == "natural":
+            return value
+        if value == "1:1":
+            return 0.5
+        try:
+            value = float(value)
+        except ValueError:
+            raise UserError(
+                f"labelled share {value!r} not understood; use 'natural', '1:1' or a number "
+                "in [0, 1)"
+            ) from None
+    if not 0.0 <= value < 1.0:
+        raise UserError(f"labelled share {value} must be in [0, 1) (or 'natural', '1:1')")
+    return float(value)
+
+
+class SemiSupervisedBatches:
+    """Iterate mixed batches of ``batch_size`` rows, ``y == -1`` marking unlabelled rows.
+
+    Args:
+        x, y: training inputs and kept labels (``-1`` for unlabelled).
+        batch_size: rows per step, labelled and unlabelled together.
+        labelled_share: ``"natural"`` (the training set's own proportion), ``0.5`` /
+            ``"1:1"`` (upsample labelled rows to half of every batch), or any share in [0, 1).
+        binarize: draw a fresh Bernoulli image for every batch (dynamic binarisation).
+        seed: base seed; epoch ``e`` uses a generator seeded from ``(seed, e)``.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int = 200,
+        labelled_share: str | float = "natural",
+        binarize: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch_size={batch_size} must be >= 1")
+        self.x, self.y, self.binarize, self.seed = x, y, binarize, seed
+        self.labelled_idx = torch.nonzero(y >= 0).squeeze(1)
+        self.unlabelled_idx = torch.nonzero(y < 0).squeeze(1)
+        n_l, n_u = len(self.labelled_idx), len(self.unlabelled_idx)
+        if n_l + n_u == 0:
+            raise UserError("no training rows")
+        share = parse_labelled_share(labelled_share)
+        if n_u == 0:  # fully labelled: an epoch is a pass over the labelled rows
+            self.labelled_per_step = batch_size
+        elif n_l == 0:
+            self.labelled_per_step = 0
+        elif share == "natural":
+            self.labelled_per_step = max(1, round(batch_size * n_l / (n_l + n_u)))
+        else:
+            self.labelled_per_step = max(1, round(batch_size * share)) if share > 0 else 0
+        self.labelled_per_step = min(self.labelled_per_step, batch_size - (n_u > 0))
+        self.unlabelled_per_step = batch_size - self.labelled_per_step if n_u else 0
+        anchor = n_u if n_u else n_l
+        per_step = self.unlabelled_per_step if n_u else self.labelled_per_step
+        self.steps_per_epoch = math.ceil(anchor / per_step)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the ``(x, y)`` batches of one epoch (deterministic in ``(seed, epoch)``)."""
+        g = self._generator(epoch)
+        n_l, n_u = len(self.labelled_idx), len(self.unlabelled_idx)
+        unlabelled = self.unlabelled_idx[torch.randperm(n_u, generator=g)]
+        needed = self.steps_per_epoch * self.labelled_per_step
+        if n_l and needed:
+            # Cycle the labelled rows, reshuffling at every wrap-around.
+            cycles = [torch.randperm(n_l, generator=g) for _ in range(math.ceil(needed / n_l))]
+            labelled = self.labelled_idx[torch.cat(cycles)[:needed]]
+        else:
+            labelled = self.labelled_idx[:0]
+        for step in range(self.steps_per_epoch):
+            rows = torch.cat(
+                [
+                    labelled[step * self.labelled_per_step : (step + 1) * self.labelled_per_step],
+                    unlabelled[step * self.unlabelled_per_step : (step + 1) * self.unlabelled_per_step],
+                ]
+            )
+            x = self.x[rows]
+            if self.binarize:
+                x = torch.bernoulli(x, generator=g)
+            yield x, self.y[rows]

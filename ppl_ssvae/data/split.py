@@ -1,0 +1,183 @@
+"""Seeded semi-supervised splits: which training labels are kept, validation, preprocessing.
+
+Unlabelled rows carry ``y = -1`` (scikit-learn's ``semi_supervised`` convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .datasets import Dataset
+
+UNLABELLED = -1
+
+
+@dataclass
+class SemiSupervisedData:
+    """Tensors ready for training.
+
+    Attributes:
+        x_train: (N, D) float32 training inputs (labelled and unlabelled rows).
+        y_train: (N,) int64 kept labels, ``-1`` where the label is hidden.
+        y_train_true: (N,) int64 true labels (for clustering metrics and audits only).
+        x_val, y_val: labelled validation rows (model selection only).
+        x_test, y_test: the dataset's test split.
+        feature_mask: boolean mask over the original features that were kept
+            (``None`` when every feature is kept); ``expand`` puts samples back.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    y_train_true: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    class_names: list[str]
+    hidden_classes: tuple[int, ...] = ()
+    support: str = "unit"
+    image_shape: tuple[int, ...] | None = None
+    feature_mask: np.ndarray | None = None
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def labelled_mask(self) -> torch.Tensor:
+        return self.y_train >= 0
+
+    def expand(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Map rows over kept features back to the original feature layout."""
+        if self.feature_mask is None:
+            return x
+        full = x.new_full((*x.shape[:-1], self.feature_mask.size), fill)
+        full[..., torch.as_tensor(self.feature_mask)] = x
+        return full
+
+
+def _per_class_counts(
+    y: np.ndarray,
+    visible: list[int],
+    labels: int | None,
+    label_fraction: float | None,
+) -> dict[int, int]:
+    if labels is not None and label_fraction is not None:
+        raise UserError("give either labels=N or label_fraction=f, not both")
+    if labels is None and label_fraction is None:
+        return {c: int((y == c).sum()) for c in visible}  # every visible label is kept
+    if label_fraction is not None:
+        if not 0.0 <= label_fraction <= 1.0:
+            raise UserError(f"label_fraction={label_fraction} must lie in [0, 1]")
+        return {c: int(round(label_fraction * (y == c).sum())) for c in visible}
+    if labels < 0:
+        raise UserError(f"labels={labels} must be >= 0")
+    if labels == 0:
+        return {c: 0 for c in visible}
+    if not visible:
+        raise UserError(f"labels={labels} requested but every class is hidden")
+    if labels % len(visible):
+        raise UserError(
+            f"labels={labels} is not divisible by the {len(visible)} labelled classes; "
+            f"use a multiple of {len(visible)} so each class gets the same number"
+        )
+    per_class = labels // len(visible)
+    for c in visible:
+        available = int((y == c).sum())
+        if available < per_class:
+            raise UserError(
+                f"class {c} has only {available} training examples but {per_class} labels per "
+                f"class were requested; ask for at most {available * len(visible)} labels"
+            )
+    return {c: per_class for c in visible}
+
+
+def semi_supervised_split(
+    dataset: Dataset,
+    *,
+    labels: int | None = None,
+    label_fraction: float | None = None,
+    hidden_classes: Sequence[int] = (),
+    validation_size: int | None = None,
+    std_threshold: float | None = None,
+    seed: int = 0,
+) -> SemiSupervisedData:
+    """Carve validation rows, choose which training labels are kept, preprocess.
+
+    Args:
+        labels: keep exactly ``labels / K_visible`` labels per visible class.
+        label_fraction: keep this fraction of each visible class's labels instead.
+            With neither, every visible label is kept.
+        hidden_classes: classes whose labels are all removed (semi-unsupervised
+            learning, Willetts et al. sec 6.1).
+        validation_size: labelled validation rows taken from the training set
+            (default: the dataset's, e.g. 10,000 for Fashion-MNIST).
+        std_threshold: keep only features whose training-set std exceeds this
+            (Willetts et al. App. B use 0.1).
+        seed: makes the split reproducible.
+    """
+    k = dataset.num_classes
+    hidden = tuple(sorted({int(c) for c in hidden_classes}))
+    bad = [c for c in hidden if not 0 <= c < k]
+    if bad:
+        raise UserError(f"hidden classes {bad} out of range; class ids are 0..{k - 1}")
+    rng = np.random.default_rng(seed)
+    n = len(dataset.x_train)
+    n_val = dataset.default_validation_size if validation_size is None else int(validation_size)
+    if not 0 <= n_val < n:
+        raise UserError(f"validation_size={n_val} must be in [0, {n - 1}] for {dataset.name}")
+    order = rng.permutation(n)
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    x_tr, y_true = dataset.x_train[train_idx], dataset.y_train[train_idx]
+
+    visible = [c for c in range(k) if c not in hidden]
+    counts = _per_class_counts(y_true, visible, labels, label_fraction)
+    y_kept = np.full_like(y_true, UNLABELLED)
+    for c, count in counts.items():
+        members = np.flatnonzero(y_true == c)
+        chosen = rng.choice(members, size=count, replace=False)
+        y_kept[chosen] = c
+
+    feature_mask = None
+    x_val, x_te = dataset.x_train[val_idx], dataset.x_test
+    if std_threshold is not None:
+        feature_mask = x_tr.std(axis=0) > std_threshold
+        if not feature_mask.any():
+            raise UserError(f"std_threshold={std_threshold} removes every feature; lower it")
+        x_tr, x_val, x_te = x_tr[:, feature_mask], x_val[:, feature_mask], x_te[:, feature_mask]
+
+    summary = {
+        "train_rows": int(len(x_tr)),
+        "labelled_rows": int((y_kept >= 0).sum()),
+        "labels_per_class": {int(c): int(v) for c, v in counts.items()},
+        "validation_rows": int(n_val),
+        "test_rows": int(len(x_te)),
+        "input_dim": int(x_tr.shape[1]),
+    }
+    as_x = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    as_y = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long)  # noqa: E731
+    return SemiSupervisedData(
+        name=dataset.name,
+        x_train=as_x(x_tr),
+        y_train=as_y(y_kept),
+        y_train_true=as_y(y_true),
+        x_val=as_x(x_val),
+        y_val=as_y(dataset.y_train[val_idx]),
+        x_test=as_x(x_te),
+        y_test=as_y(dataset.y_test),
+        num_classes=k,
+        class_names=list(dataset.class_names),
+        hidden_classes=hidden,
+        support=dataset.support,
+        image_shape=dataset.image_shape,
+        feature_mask=feature_mask,
+        summary=summary,
+    )

@@ -1,0 +1,54 @@
+"""Guides of the form q(y|x) q(z|x, y) (Kingma et al. 2014 eq. 5-7; Willetts et al. eq. 5-7)."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from ..models.base import DATA_PLATE, split_labels
+
+# Logit given to labels other than the observed one: exp(-1e4) underflows to an exact 0,
+# and Pyro's Dice drops zero-probability enumerated values from the expectation.
+_IMPOSSIBLE = -1e4
+
+
+class CategoricalGaussianGuide(nn.Module):
+    """``q(y, z|x) = q(y|x) q(z|x, y)`` with parallel enumeration of the latent label.
+
+    The label site is ``y_unobserved``, the latent half of the model's
+    ``pyro.sample("y", ..., obs_mask=...)``. On labelled rows the enumerated label gets a
+    point mass at the observed label, so the enumerated sum is exactly ``L(x, y)`` there
+    and ``sum_y q(y|x) L(x, y) + H(q(y|x))`` (``U(x)``) on unlabelled rows.
+
+    Args:
+        q_y: module ``x -> Categorical`` (the classifier).
+        q_z: module ``(x, y) -> distribution over z`` (any guide for z: Gaussian, flow...).
+    """
+
+    def __init__(self, q_y: nn.Module, q_z: nn.Module) -> None:
+        super().__init__()
+        self.q_y = q_y
+        self.q_z = q_z
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, classifier_weight: float = 0.0) -> None:
+        observed, y_filled = split_labels(y)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            q_y = self.q_y(x)
+            point_mass = torch.full_like(q_y.logits, _IMPOSSIBLE).scatter(-1, y_filled[:, None], 0.0)
+            logits = torch.where(observed[:, None], point_mass, q_y.logits)
+            with poutine.mask(mask=~observed):
+                y_latent = pyro.sample(
+                    "y_unobserved", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
+                )
+            pyro.sample("z", self.q_z(x, y_latent))
+            if classifier_weight:
+                # Kingma eq. 9 / Willetts eq. 8: + alpha * log q(y|x) on labelled rows. A guide
+                # factor enters the ELBO as -log_factor, hence the sign; has_rsample=True
+                # keeps Pyro from treating it as a score-function term.
+                with poutine.mask(mask=observed):
+                    pyro.factor(
+                        "classification", -classifier_weight * q_y.log_prob(y_filled), has_rsample=True
+                    )

@@ -1,0 +1,157 @@
+"""The contract every model in the library follows.
+
+A model is an ``nn.Module`` holding its generative networks and a guide object, and
+exposes ``model(x, y)`` / ``guide(x, y)`` (``y == -1`` marks unlabelled rows),
+``classify(x) -> probs``, ``sample(n, y) -> x`` and a JSON-able config it can be rebuilt
+from. Observed and latent labels share one ``pyro.plate``; latent labels are enumerated
+in parallel, so models are trained with ``SVI`` + ``TraceEnum_ELBO``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pyro.infer import TraceEnum_ELBO
+from torch import nn
+
+from ..errors import UserError
+
+DATA_PLATE = "data"
+MAX_PLATE_NESTING = 1
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Fields shared by every model; subclasses add their own."""
+
+    input_dim: int
+    num_classes: int
+    likelihood: str = "bernoulli"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise UserError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**fields)
+
+
+class SemiSupervisedModel(nn.Module):
+    """Base class: input checks, classification, sampling and config round trip."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]]
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # -- the Pyro pair -------------------------------------------------------------
+    @abstractmethod
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None: ...
+
+    @abstractmethod
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None: ...
+
+    def make_elbo(self, **kwargs: Any) -> TraceEnum_ELBO:
+        """The objective the model is trained with."""
+        return TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING, **kwargs)
+
+    # -- prediction ------------------------------------------------------------------
+    @abstractmethod
+    def _class_probs(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+        """Class probabilities of shape ``(N, num_classes)``; rows sum to 1."""
+        x = self.check_x(x)
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.cat([self._class_probs(chunk) for chunk in x.split(batch_size)])
+        finally:
+            self.train(was_training)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Most probable class id per row."""
+        return self.classify(x).argmax(-1)
+
+    @abstractmethod
+    def sample(self, n: int, y: torch.Tensor | int | None = None, mean: bool = False) -> torch.Tensor:
+        """Draw ``n`` inputs from the generative model (class ``y`` if given)."""
+
+    # -- config round trip -------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        return {"model": self.name, **self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> SemiSupervisedModel:
+        values = {k: v for k, v in values.items() if k != "model"}
+        return cls(cls.config_class.from_dict(values))
+
+    # -- input checks ------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_x(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x, dtype=torch.float32)
+        d = self.config.input_dim
+        if x.dim() != 2 or x.shape[1] != d:
+            raise UserError(
+                f"x has shape {tuple(x.shape)} but the model expects (N, {d}); "
+                "flatten images and apply the same feature mask as in training"
+            )
+        if not torch.isfinite(x).all():
+            raise UserError("x contains NaN or inf values; clean or impute them first")
+        if self.config.likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
+            raise UserError(
+                f"x has values in [{x.min().item():.3g}, {x.max().item():.3g}] but a Bernoulli "
+                "likelihood needs [0, 1]; scale the data or use likelihood='gaussian'"
+            )
+        return x.to(self.device)
+
+    def check_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        if not isinstance(y, torch.Tensor):
+            y = torch.as_tensor(y)
+        if y.shape != (n,):
+            raise UserError(f"y has shape {tuple(y.shape)} but x has {n} rows; expected ({n},)")
+        if y.dtype.is_floating_point:
+            raise UserError("y must hold integer class ids (-1 for unlabelled), not floats")
+        k = self.config.num_classes
+        if n and (y.min() < -1 or y.max() >= k):
+            raise UserError(
+                f"labels must be in -1..{k - 1} (-1 = unlabelled); got {y.min().item()}..{y.max().item()}"
+            )
+        return y.to(self.device, torch.long)
+
+    def check_batch(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.check_x(x)
+        y = torch.full((len(x),), -1, dtype=torch.long) if y is None else y
+        return x, self.check_y(y, len(x))
+
+
+def split_labels(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(observed, y_filled)``: which rows carry a label, and labels with a valid
+    placeholder (0) on unlabelled rows. Pyro needs valid ids there, not NaN."""
+    observed = y >= 0
+    return observed, torch.where(observed, y, torch.zeros_like(y))
+
+
+def class_prior(num_classes: int, prior: tuple[float, ...] | None) -> torch.Tensor:
+    """A validated class prior p(y): uniform when ``prior`` is None."""
+    if prior is None:
+        return torch.full((num_classes,), 1.0 / num_classes)
+    probs = torch.as_tensor(prior, dtype=torch.float32)
+    if probs.shape != (num_classes,) or (probs < 0).any() or abs(probs.sum().item() - 1) > 1e-5:
+        raise UserError(f"prior must be {num_classes} non-negative numbers summing to 1")
+    return probs

@@ -1,0 +1,269 @@
+"""``fit``: train any model of the library with ``pyro.infer.SVI``.
+
+One ``svi.step`` per mixed batch; evaluation after every epoch; the best epoch by
+validation accuracy is kept; checkpoints are atomic and a resumed run reproduces the
+uninterrupted one on CPU (same seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import SVI
+from tqdm.auto import tqdm
+
+from . import __version__, checkpoint
+from .data import SemiSupervisedBatches, SemiSupervisedData
+from .errors import NonFiniteLossError, UserError
+from .metrics import classification_report
+from .models.base import SemiSupervisedModel
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+
+Evaluator = Callable[[SemiSupervisedModel, SemiSupervisedData], dict[str, Any]]
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns; ``history`` holds one dict per epoch (as in metrics.jsonl)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_accuracy: float = -math.inf
+    stopped: str = "epochs"
+    run_dir: Path | None = None
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available; asking for CUDA without one is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA device is available; use --device cpu")
+    return device
+
+
+def environment() -> dict[str, Any]:
+    """Versions and git commit recorded with every run."""
+    import numpy
+    import sklearn
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or None  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "ppl_ssvae": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "numpy": numpy.__version__,
+        "sklearn": sklearn.__version__,
+        "threads": torch.get_num_threads(),
+        "git_commit": commit,
+        "machine": platform.machine(),
+    }
+
+
+def _forget_model_params(model: SemiSupervisedModel) -> None:
+    # pyro.module() returns what the param store already holds under a name, so stale
+    # tensors of an earlier model with the same name would be optimised instead of ours.
+    store = pyro.get_param_store()
+    for name in [n for n in store.keys() if n.startswith(f"{model.name}.")]:
+        del store[name]
+
+
+def _check_training_data(model: SemiSupervisedModel, data: SemiSupervisedData) -> None:
+    model.check_x(data.x_train)
+    model.check_y(data.y_train, len(data.x_train))
+    if data.num_classes > model.config.num_classes:
+        raise UserError(
+            f"the data has {data.num_classes} classes but the model only {model.config.num_classes}"
+        )
+
+
+def fit(
+    model: SemiSupervisedModel,
+    data: SemiSupervisedData,
+    *,
+    epochs: int = 30,
+    batch_size: int = 200,
+    labelled_share: str | float = "natural",
+    binarize: bool = False,
+    lr: float = 3e-4,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    out: str | Path | None = None,
+    resume: bool = False,
+    max_minutes: float | None = None,
+    progress: bool = True,
+    evaluate: Evaluator = classification_report,
+    run_config: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``data`` with SVI + the model's ELBO (TraceEnum_ELBO).
+
+    Args:
+        epochs: passes over the unlabelled training rows.
+        batch_size, labelled_share, binarize: see ``SemiSupervisedBatches``.
+        lr: Adam learning rate.
+        seed: seeds parameters' initial noise, batches and z samples.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        out: run directory for ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``
+            (last epoch) and ``best.pt`` (best validation accuracy). None: keep nothing.
+        resume: continue from ``out/checkpoint.pt``.
+        max_minutes: stop, as a normal finish, at the end of the epoch that passes this
+            wall-clock budget.
+        evaluate: ``(model, data) -> dict`` run after each epoch; must give ``val_accuracy``.
+        run_config: extra entries for ``config.json`` (e.g. the data arguments).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf; ``checkpoint.pt`` still holds the
+            last good epoch.
+    """
+    if epochs < 0:
+        raise UserError(f"epochs={epochs} must be >= 0")
+    if resume and out is None:
+        raise UserError("resume needs the run directory (out=...)")
+    run_dir = Path(out) if out is not None else None
+    dev = resolve_device(device)
+    _check_training_data(model, data)
+    pyro.set_rng_seed(seed)
+    model.to(dev)
+    _forget_model_params(model)
+
+    batches = SemiSupervisedBatches(
+        data.x_train.to(dev), data.y_train.to(dev), batch_size, labelled_share, binarize, seed
+    )
+    optim = pyro.optim.Adam({"lr": lr})
+    svi = SVI(model.model, model.guide, optim, model.make_elbo())
+    result = FitResult(run_dir=run_dir)
+    start_epoch, elapsed_wall, elapsed_cpu = 1, 0.0, 0.0
+
+    if resume:
+        state = checkpoint.load(run_dir / CHECKPOINT, map_location=dev)
+        model.load_state_dict(state["model"])
+        optim.set_state(state["optim"])
+        checkpoint.set_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        elapsed_wall, elapsed_cpu = state["elapsed_wall"], state["elapsed_cpu"]
+        result.best_epoch, result.best_val_accuracy = state["best_epoch"], state["best_val_accuracy"]
+        result.history = _read_history(run_dir, up_to=state["epoch"])
+    elif run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / METRICS).write_text("")
+    if run_dir is not None and not (resume and (run_dir / CONFIG).exists()):
+        config = {
+            "model": model.to_config(),
+            "fit": {
+                "epochs": epochs, "batch_size": batch_size, "labelled_share": labelled_share,
+                "binarize": binarize, "lr": lr, "seed": seed, "device": str(dev),
+                "max_minutes": max_minutes,
+            },
+            "data": data.summary,
+            **(run_config or {}),
+            "environment": environment(),
+        }  # fmt: skip
+        (run_dir / CONFIG).write_text(json.dumps(config, indent=2, default=str))
+
+    last_eval: dict[str, Any] = {}
+    for epoch in range(start_epoch, epochs + 1):
+        if max_minutes is not None and elapsed_wall >= 60 * max_minutes:
+            result.stopped = "max_minutes"
+            break
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        model.train()
+        total_loss, rows = 0.0, 0
+        bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch}/{epochs}",
+                   disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
+        for step, (x, y) in enumerate(bar):
+            loss = svi.step(x, y)
+            if not math.isfinite(loss):
+                where = f"{run_dir / CHECKPOINT} (epoch {epoch - 1})" if run_dir else "none kept"
+                raise NonFiniteLossError(
+                    f"loss became {loss} at epoch {epoch}, step {step + 1}; training stopped, the "
+                    f"last good checkpoint is {where}; lower the learning rate or check the data"
+                )
+            total_loss, rows = total_loss + loss, rows + len(x)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{total_loss / rows:.2f}", val_acc=last_eval.get("val_accuracy"))
+        bar.close()
+        train_seconds = time.perf_counter() - wall0
+        last_eval = evaluate(model, data)
+        epoch_wall, epoch_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        elapsed_wall, elapsed_cpu = elapsed_wall + epoch_wall, elapsed_cpu + epoch_cpu
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(rows, 1),
+            **last_eval,
+            "epoch_seconds": epoch_wall,
+            "train_seconds": train_seconds,
+            "epoch_cpu_seconds": epoch_cpu,
+            "elapsed_seconds": elapsed_wall,
+            "elapsed_cpu_seconds": elapsed_cpu,
+        }
+        result.history.append(record)
+        val = last_eval.get("val_accuracy", float("nan"))
+        improved = math.isfinite(val) and val > result.best_val_accuracy
+        if improved:
+            result.best_epoch, result.best_val_accuracy = epoch, val
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}: loss {record['train_loss']:.2f}  elbo {record.get('elbo', float('nan')):.2f}  "
+                f"val acc {val:.4f}  test acc {last_eval.get('test_accuracy', float('nan')):.4f}  "
+                f"({epoch_wall:.1f}s)"
+            )
+        if run_dir is not None:
+            if improved:
+                checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch, "metrics": record},
+                                       run_dir / BEST)  # fmt: skip
+            with open(run_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            checkpoint.save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optim": optim.get_state(),
+                    "rng": checkpoint.rng_state(),
+                    "epoch": epoch,
+                    "elapsed_wall": elapsed_wall,
+                    "elapsed_cpu": elapsed_cpu,
+                    "best_epoch": result.best_epoch,
+                    "best_val_accuracy": result.best_val_accuracy,
+                },
+                run_dir / CHECKPOINT,
+            )
+    else:
+        result.stopped = "epochs"
+    if max_minutes is not None and result.stopped == "epochs" and elapsed_wall >= 60 * max_minutes:
+        result.stopped = "max_minutes"
+    return result
+
+
+def _read_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:
+    # Epochs after the checkpoint (written before a crash) are dropped: they are redone.
+    path = run_dir / METRICS
+    lines = path.read_text().splitlines() if path.exists() else []
+    history = [json.loads(line) for line in lines if line.strip()]
+    history = [h for h in history if h["epoch"] <= up_to]
+    path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    return history
