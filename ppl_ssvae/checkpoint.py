@@ -37,7 +37,9 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no checkpoint at {path}; train first (ppl-ssvae train --out {path.parent})")
+        raise UserError(
+            f"no checkpoint at {path}; train first (ppl-ssvae train --out {path.parent})"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file

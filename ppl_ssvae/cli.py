@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import MODELS
 
-    parser = OneLineParser(prog="ppl-ssvae", description="Semi-supervised deep generative models in Pyro.")
+    parser = OneLineParser(
+        prog="ppl-ssvae", description="Semi-supervised deep generative models in Pyro."
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     d = TRAIN_DEFAULTS
     t = sub.add_parser("train", help="train a model", description="Train a model with SVI.")
@@ -73,39 +75,84 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help=f"model family: {', '.join(MODELS)} [default: {d['model']}]")
     g.add_argument("--z-dim", type=int, help="size of the continuous latent z [model default]")
     g.add_argument("--hidden", help="hidden layer widths, e.g. 500 or 500,500 [model default]")
-    g.add_argument("--alpha", type=float, help="weight of the classification term alpha*log q(y|x) on labelled rows [model default]")
-    g.add_argument("--likelihood", help="p(x|y,z): bernoulli (pixels in [0,1]) or gaussian [by dataset]")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        help="weight of the classification term alpha*log q(y|x) on labelled rows [model default]",
+    )
+    g.add_argument(
+        "--likelihood", help="p(x|y,z): bernoulli (pixels in [0,1]) or gaussian [by dataset]"
+    )
     g.add_argument("--sigma2", type=float, help="fixed variance of the gaussian likelihood [1.0]")
-    g.add_argument("--activation", help="hidden activation: relu, softplus, tanh, elu [model default]")
+    g.add_argument(
+        "--activation", help="hidden activation: relu, softplus, tanh, elu [model default]"
+    )
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="any other model config field (JSON value), repeatable")  # fmt: skip
     g = t.add_argument_group("data")
     g.add_argument("--dataset", help=f"{', '.join(DATASETS)} [default: {d['dataset']}]")
     g.add_argument("--data-dir", help="directory with the dataset files (IDX for fashion-mnist/mnist); "
                    "else $PPL_SSVAE_DATA, then /usr/share/datasets/fashion-mnist")  # fmt: skip
-    g.add_argument("--labels", type=int, help="keep exactly N labels, N/K per labelled class (0 = clustering)")
-    g.add_argument("--label-fraction", type=float, help="keep this fraction of each labelled class's labels instead")
+    g.add_argument(
+        "--labels", type=int, help="keep exactly N labels, N/K per labelled class (0 = clustering)"
+    )
+    g.add_argument(
+        "--label-fraction",
+        type=float,
+        help="keep this fraction of each labelled class's labels instead",
+    )
     g.add_argument("--hidden-classes", help="comma-separated classes whose labels are all removed")
-    g.add_argument("--validation-size", type=int, help="labelled validation rows carved from training [dataset default]")
-    g.add_argument("--std-threshold", type=float, help="keep only features with training std above this (0.1 in Willetts et al.)")
-    g.add_argument("--binarize", action="store_true", help="dynamic binarisation: fresh Bernoulli draw per batch")
+    g.add_argument(
+        "--validation-size",
+        type=int,
+        help="labelled validation rows carved from training [dataset default]",
+    )
+    g.add_argument(
+        "--std-threshold",
+        type=float,
+        help="keep only features with training std above this (0.1 in Willetts et al.)",
+    )
+    g.add_argument(
+        "--binarize",
+        action="store_true",
+        help="dynamic binarisation: fresh Bernoulli draw per batch",
+    )
     g = t.add_argument_group("training")
-    g.add_argument("--epochs", type=int, help=f"passes over the unlabelled data [default: {d['epochs']}]")
-    g.add_argument("--batch-size", type=int, help=f"rows per step, labelled + unlabelled [default: {d['batch_size']}]")
+    g.add_argument(
+        "--epochs", type=int, help=f"passes over the unlabelled data [default: {d['epochs']}]"
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"rows per step, labelled + unlabelled [default: {d['batch_size']}]",
+    )
     g.add_argument("--labelled-share", help="labelled share of each batch: natural, 1:1 or a number in [0,1) "
                    f"[default: {d['labelled_share']}]")  # fmt: skip
     g.add_argument("--lr", type=float, help=f"Adam learning rate [default: {d['lr']}]")
     g.add_argument("--seed", type=int, help=f"random seed [default: {d['seed']}]")
     g.add_argument("--device", help="cpu, cuda or auto [default: auto]")
-    g.add_argument("--max-minutes", type=float, help="stop at the end of the epoch that passes this many minutes")
-    g.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoints)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop at the end of the epoch that passes this many minutes",
+    )
+    g.add_argument(
+        "--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoints)"
+    )
+    g.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="test accuracy of a run's best checkpoint",
                        description="Print the test accuracy of the best-validation checkpoint of a run.")  # fmt: skip
     e.add_argument("run_dir", help="a run directory written by `ppl-ssvae train`")
-    e.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint to evaluate")
+    e.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="which checkpoint to evaluate",
+    )
     e.add_argument("--data-dir", help="override the data directory recorded in the run")
     return parser
 
@@ -116,7 +163,9 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
         return {**TRAIN_DEFAULTS, **given}
     config_path = Path(args.out) / "config.json"
     if not config_path.is_file():
-        raise UserError(f"--resume: no run in {args.out} (config.json missing); drop --resume to start one")
+        raise UserError(
+            f"--resume: no run in {args.out} (config.json missing); drop --resume to start one"
+        )
     saved = json.loads(config_path.read_text())["cli"]
     changed = sorted(k for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v)
     if changed:
@@ -140,10 +189,17 @@ def load_data(settings: dict[str, Any]):
 
 
 def build_model(settings: dict[str, Any], split) -> Any:
+    """The model the settings describe, its initial weights drawn from ``settings["seed"]``."""
+    import pyro
+
     from . import models
 
+    pyro.set_rng_seed(settings["seed"])
+
     config: dict[str, Any] = {"input_dim": split.input_dim, "num_classes": split.num_classes}
-    config["likelihood"] = settings["likelihood"] or ("bernoulli" if split.support == "unit" else "gaussian")
+    config["likelihood"] = settings["likelihood"] or (
+        "bernoulli" if split.support == "unit" else "gaussian"
+    )
     for key in MODEL_OPTIONS:
         if key != "likelihood" and settings.get(key) is not None:
             config[key] = _int_list(settings[key]) if key == "hidden" else settings[key]
@@ -199,7 +255,9 @@ def evaluate(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
     config_path = run / "config.json"
     if not config_path.is_file():
-        raise UserError(f"{run} is not a run directory (no config.json); give the --out of a train run")
+        raise UserError(
+            f"{run} is not a run directory (no config.json); give the --out of a train run"
+        )
     config = json.loads(config_path.read_text())
     settings = {**TRAIN_DEFAULTS, **config["cli"]}
     if args.data_dir:
@@ -230,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ppl-ssvae: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("ppl-ssvae: interrupted; continue with the same command plus --resume", file=sys.stderr)
+        print(
+            "ppl-ssvae: interrupted; continue with the same command plus --resume", file=sys.stderr
+        )
         return 130
 
 

@@ -70,7 +70,9 @@ class CategoricalHead(nn.Module):
 
     def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, act: str = "relu"):
         super().__init__()
-        self.net = nn.Sequential(mlp([input_dim, *hidden], act), nn.Linear(_last(input_dim, hidden), num_classes))
+        self.net = nn.Sequential(
+            mlp([input_dim, *hidden], act), nn.Linear(_last(input_dim, hidden), num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> dist.Categorical:
         return dist.Categorical(logits=self.net(x))

@@ -90,7 +90,7 @@ def _forget_model_params(model: SemiSupervisedModel) -> None:
     # pyro.module() returns what the param store already holds under a name, so stale
     # tensors of an earlier model with the same name would be optimised instead of ours.
     store = pyro.get_param_store()
-    for name in [n for n in store.keys() if n.startswith(f"{model.name}.")]:
+    for name in [n for n in store if n.startswith(f"{model.name}.")]:
         del store[name]
 
 
@@ -167,7 +167,10 @@ def fit(
         checkpoint.set_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
         elapsed_wall, elapsed_cpu = state["elapsed_wall"], state["elapsed_cpu"]
-        result.best_epoch, result.best_val_accuracy = state["best_epoch"], state["best_val_accuracy"]
+        result.best_epoch, result.best_val_accuracy = (
+            state["best_epoch"],
+            state["best_val_accuracy"],
+        )
         result.history = _read_history(run_dir, up_to=state["epoch"])
     elif run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +209,9 @@ def fit(
                 )
             total_loss, rows = total_loss + loss, rows + len(x)
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{total_loss / rows:.2f}", val_acc=last_eval.get("val_accuracy"))
+                bar.set_postfix(
+                    loss=f"{total_loss / rows:.2f}", val_acc=last_eval.get("val_accuracy")
+                )
         bar.close()
         train_seconds = time.perf_counter() - wall0
         last_eval = evaluate(model, data)

@@ -100,7 +100,9 @@ class SemiSupervisedBatches:
             rows = torch.cat(
                 [
                     labelled[step * self.labelled_per_step : (step + 1) * self.labelled_per_step],
-                    unlabelled[step * self.unlabelled_per_step : (step + 1) * self.unlabelled_per_step],
+                    unlabelled[
+                        step * self.unlabelled_per_step : (step + 1) * self.unlabelled_per_step
+                    ],
                 ]
             )
             x = self.x[rows]

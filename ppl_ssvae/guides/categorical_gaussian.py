@@ -37,7 +37,9 @@ class CategoricalGaussianGuide(nn.Module):
         observed, y_filled = split_labels(y)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             q_y = self.q_y(x)
-            point_mass = torch.full_like(q_y.logits, _IMPOSSIBLE).scatter(-1, y_filled[:, None], 0.0)
+            point_mass = torch.full_like(q_y.logits, _IMPOSSIBLE).scatter(
+                -1, y_filled[:, None], 0.0
+            )
             logits = torch.where(observed[:, None], point_mass, q_y.logits)
             with poutine.mask(mask=~observed):
                 y_latent = pyro.sample(
@@ -50,5 +52,7 @@ class CategoricalGaussianGuide(nn.Module):
                 # keeps Pyro from treating it as a score-function term.
                 with poutine.mask(mask=observed):
                     pyro.factor(
-                        "classification", -classifier_weight * q_y.log_prob(y_filled), has_rsample=True
+                        "classification",
+                        -classifier_weight * q_y.log_prob(y_filled),
+                        has_rsample=True,
                     )

@@ -85,7 +85,9 @@ class SemiSupervisedModel(nn.Module):
         return self.classify(x).argmax(-1)
 
     @abstractmethod
-    def sample(self, n: int, y: torch.Tensor | int | None = None, mean: bool = False) -> torch.Tensor:
+    def sample(
+        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
+    ) -> torch.Tensor:
         """Draw ``n`` inputs from the generative model (class ``y`` if given)."""
 
     # -- config round trip -------------------------------------------------------------
@@ -134,7 +136,9 @@ class SemiSupervisedModel(nn.Module):
             )
         return y.to(self.device, torch.long)
 
-    def check_batch(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def check_batch(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.check_x(x)
         y = torch.full((len(x),), -1, dtype=torch.long) if y is None else y
         return x, self.check_y(y, len(x))

@@ -64,7 +64,13 @@ class M2(SemiSupervisedModel):
         c = config
         self.register_buffer("prior", class_prior(c.num_classes, c.prior))
         self.p_x = ConditionalDecoder(
-            c.z_dim, c.num_classes, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation
+            c.z_dim,
+            c.num_classes,
+            c.hidden[::-1],
+            c.input_dim,
+            c.likelihood,
+            c.sigma2,
+            c.activation,
         )
         self.q = guide or CategoricalGaussianGuide(
             q_y=CategoricalHead(c.input_dim, c.hidden, c.num_classes, c.activation),
@@ -93,7 +99,9 @@ class M2(SemiSupervisedModel):
         return self.q.q_y(x).probs
 
     @torch.no_grad()
-    def sample(self, n: int, y: torch.Tensor | int | None = None, mean: bool = False) -> torch.Tensor:
+    def sample(
+        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
+    ) -> torch.Tensor:
         if y is None:
             y = dist.Categorical(self.prior).sample((n,))
         y = torch.as_tensor(y, device=self.prior.device).expand(n)

@@ -1,0 +1,80 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ppl_ssvae.cli import main
+
+TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "32", "--lr", "1e-3",
+        "--batch-size", "100", "--no-progress"]  # fmt: skip
+
+
+def test_train_evaluate_resume(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--model", "m2", *TINY, "--epochs", "1", "--out", out]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["train", "--out", out, "--resume", "--epochs", "2", "--no-progress"]) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    capsys.readouterr()
+    assert main(["evaluate", out]) == 0
+    printed = capsys.readouterr().out
+    best = (
+        json.loads(lines[0])
+        if json.loads(lines[0])["val_accuracy"] >= json.loads(lines[1])["val_accuracy"]
+        else json.loads(lines[1])
+    )
+    assert f"test accuracy {best['test_accuracy']:.4f}" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "m3", "--out", "x"], "unknown model 'm3'"),
+        (["train", "--dataset", "imagenet", "--out", "x"], "unknown dataset 'imagenet'"),
+        (["train", *TINY, "--labels", "5000", "--out", "x"], "ask for at most"),
+        (
+            ["train", "--dataset", "mnist", "--data-dir", "/no/such/dir", "--out", "x"],
+            "does not exist",
+        ),
+        (["train", "--out", "nowhere", "--resume"], "no run in nowhere"),
+        (["train", *TINY, "--hidden", "5,a", "--out", "x"], "comma-separated integers"),
+        (["train", *TINY, "--labelled-share", "lots", "--out", "x"], "labelled share"),
+        (["evaluate", "/no/run"], "not a run directory"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *TINY, "--epochs", "1", "--out", out]) == 0
+    assert main(["train", "--out", out, "--resume", "--lr", "0.1"]) == 2
+    assert "cannot change lr" in capsys.readouterr().err
+
+
+def test_argparse_errors_are_one_line():
+    proc = subprocess.run([sys.executable, "-m", "ppl_ssvae.cli", "train", "--epochs", "x", "--out", "o"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_help_explains_every_option():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppl_ssvae.cli", "train", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0
+    for option in ("--labels", "--hidden-classes", "--label-fraction", "--max-minutes", "--resume",
+                   "--binarize", "--std-threshold", "--labelled-share", "--device", "--alpha"):  # fmt: skip
+        assert option in proc.stdout
+
+
+def test_no_torchvision_at_import():
+    code = ("import sys, ppl_ssvae, ppl_ssvae.cli, ppl_ssvae.train, ppl_ssvae.models, ppl_ssvae.data, "
+            "ppl_ssvae.metrics; assert 'torchvision' not in sys.modules")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

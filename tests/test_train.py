@@ -1,0 +1,149 @@
+import json
+
+import pyro
+import pytest
+import torch
+
+from ppl_ssvae import checkpoint
+from ppl_ssvae.data import load, semi_supervised_split
+from ppl_ssvae.errors import NonFiniteLossError, UserError
+from ppl_ssvae.metrics import classification_report
+from ppl_ssvae.models import build, from_config
+from ppl_ssvae.train import fit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return semi_supervised_split(load("digits"), labels=50, seed=0)
+
+
+def _model(data):
+    pyro.set_rng_seed(0)  # initial weights come from the global RNG
+    return build("m2", input_dim=data.input_dim, num_classes=10, z_dim=4, hidden=(32,), alpha=5.0)
+
+
+def _fit(model, data, **kw):
+    kw = {
+        "epochs": 2,
+        "batch_size": 100,
+        "labelled_share": 0.3,
+        "lr": 1e-3,
+        "progress": False,
+        **kw,
+    }
+    return fit(model, data, **kw)
+
+
+def test_training_changes_every_parameter_and_writes_run_files(digits, tmp_path):
+    model = _model(digits)
+    before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    result = _fit(model, digits, out=tmp_path)
+    after = model.state_dict()
+    unchanged = [k for k, v in before.items() if k != "prior" and torch.equal(v, after[k])]
+    assert unchanged == []
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in lines] == [1, 2]
+    for key in ("epoch", "elbo", "val_accuracy", "test_accuracy", "epoch_seconds"):
+        assert all(key in h for h in lines)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"]["model"] == "m2" and config["fit"]["seed"] == 0
+    assert {"torch", "pyro", "git_commit"} <= set(config["environment"])
+    assert result.best_epoch in (1, 2)
+
+
+def test_resume_equals_uninterrupted_run(digits, tmp_path):
+    straight = _model(digits)
+    _fit(straight, digits, epochs=3, out=tmp_path / "a")
+    interrupted = _model(digits)
+    _fit(interrupted, digits, epochs=1, out=tmp_path / "b")
+    resumed = _model(digits)  # a fresh process would start from a fresh model
+    _fit(resumed, digits, epochs=3, out=tmp_path / "b", resume=True)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if "seconds" not in k}  # noqa: E731
+    assert [strip(line) for line in a] == [strip(line) for line in b]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path):
+    model = _model(digits)
+
+    def poisoning_evaluate(model, data):
+        report = classification_report(model, data)
+        if len(report) and not getattr(model, "_poisoned", False):
+            model._poisoned = True
+            with torch.no_grad():
+                model.p_x.head.logits.bias.fill_(float("nan"))
+        return report
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1.*last good checkpoint.*epoch 1"):
+        _fit(model, digits, epochs=3, out=tmp_path, evaluate=poisoning_evaluate)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    # The checkpoint was written after the poisoning, so it holds it: what it proves is
+    # that epoch 2's NaN did not overwrite it. Resuming from a clean model stops again.
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_checkpoint_round_trip_with_weights_only(digits, tmp_path):
+    model = _model(digits)
+    _fit(model, digits, epochs=1, out=tmp_path)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert {"model", "optim", "rng", "epoch"} <= set(last)
+    config = json.loads((tmp_path / "config.json").read_text())["model"]
+    rebuilt = from_config(config)
+    rebuilt.load_state_dict(best["model"])
+    assert torch.equal(rebuilt.classify(digits.x_test), model.classify(digits.x_test))
+
+
+def test_atomic_save_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "c.pt"
+    checkpoint.save_atomic({"a": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        checkpoint.save_atomic({"a": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+
+
+def test_max_minutes_stops_after_the_epoch_that_passes_it(digits):
+    result = _fit(_model(digits), digits, epochs=5, max_minutes=1e-9)
+    assert len(result.history) == 1 and result.stopped == "max_minutes"
+
+
+def test_bad_inputs(digits, tmp_path):
+    with pytest.raises(UserError, match="no CUDA device"):
+        if torch.cuda.is_available():
+            raise UserError("no CUDA device (skipped: CUDA present)")
+        _fit(_model(digits), digits, device="cuda")
+    with pytest.raises(UserError, match="no checkpoint"):
+        _fit(_model(digits), digits, out=tmp_path / "empty", resume=True)
+    wrong = build("m2", input_dim=10, num_classes=10)
+    with pytest.raises(UserError, match=r"expects \(N, 10\)"):
+        _fit(wrong, digits)
+
+
+def test_model_input_checks():
+    model = build("m2", input_dim=4, num_classes=3)
+    with pytest.raises(UserError, match="NaN"):
+        model.classify(torch.tensor([[0.1, float("nan"), 0.2, 0.3]]))
+    with pytest.raises(UserError, match=r"Bernoulli likelihood needs \[0, 1\]"):
+        model.classify(torch.tensor([[0.1, 2.0, 0.2, 0.3]]))
+    with pytest.raises(UserError, match=r"labels must be in -1..2"):
+        model.model(torch.rand(2, 4), torch.tensor([0, 3]))
+    with pytest.raises(UserError, match="integer class ids"):
+        model.model(torch.rand(2, 4), torch.tensor([0.0, 1.0]))
+    with pytest.raises(UserError, match="x has 2 rows"):
+        model.model(torch.rand(2, 4), torch.tensor([0]))
+
+
+@pytest.mark.cuda
+def test_cuda_training(digits):
+    result = _fit(_model(digits), digits, epochs=1, device="cuda")
+    assert result.history[0]["test_accuracy"] > 0
