@@ -28,7 +28,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 30,
     "batch_size": 200,
     "labelled_share": "natural",
-    "lr": 3e-4,
+    "lr": 1e-3,
+    "lr_decay": 1.0,
     "seed": 0,
     "device": "auto",
     "max_minutes": None,
@@ -129,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--labelled-share", help="labelled share of each batch: natural, 1:1 or a number in [0,1) "
                    f"[default: {d['labelled_share']}]")  # fmt: skip
     g.add_argument("--lr", type=float, help=f"Adam learning rate [default: {d['lr']}]")
+    g.add_argument(
+        "--lr-decay",
+        type=float,
+        help="multiply the learning rate by this every epoch [default: 1.0, constant]",
+    )
     g.add_argument("--seed", type=int, help=f"random seed [default: {d['seed']}]")
     g.add_argument("--device", help="cpu, cuda or auto [default: auto]")
     g.add_argument(
@@ -228,6 +234,7 @@ def train(args: argparse.Namespace) -> int:
         labelled_share=settings["labelled_share"],
         binarize=settings["binarize"],
         lr=settings["lr"],
+        lr_decay=settings["lr_decay"],
         seed=settings["seed"],
         device=settings["device"],
         out=args.out,

@@ -53,11 +53,11 @@ def test_training_changes_every_parameter_and_writes_run_files(digits, tmp_path)
 
 def test_resume_equals_uninterrupted_run(digits, tmp_path):
     straight = _model(digits)
-    _fit(straight, digits, epochs=3, out=tmp_path / "a")
+    _fit(straight, digits, epochs=3, out=tmp_path / "a", lr_decay=0.5)
     interrupted = _model(digits)
-    _fit(interrupted, digits, epochs=1, out=tmp_path / "b")
+    _fit(interrupted, digits, epochs=1, out=tmp_path / "b", lr_decay=0.5)
     resumed = _model(digits)  # a fresh process would start from a fresh model
-    _fit(resumed, digits, epochs=3, out=tmp_path / "b", resume=True)
+    _fit(resumed, digits, epochs=3, out=tmp_path / "b", resume=True, lr_decay=0.5)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
