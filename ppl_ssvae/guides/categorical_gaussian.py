@@ -8,7 +8,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from ..models.base import DATA_PLATE, split_labels
+from ..plates import DATA_PLATE, split_labels
 
 # Logit given to labels other than the observed one: exp(-1e4) underflows to an exact 0,
 # and Pyro's Dice drops zero-probability enumerated values from the expectation.

@@ -18,9 +18,9 @@ from pyro.infer import TraceEnum_ELBO
 from torch import nn
 
 from ..errors import UserError
+from ..plates import DATA_PLATE, MAX_PLATE_NESTING, split_labels
 
-DATA_PLATE = "data"
-MAX_PLATE_NESTING = 1
+__all__ = ["DATA_PLATE", "MAX_PLATE_NESTING", "ModelConfig", "SemiSupervisedModel", "split_labels"]
 
 
 @dataclasses.dataclass
@@ -144,18 +144,11 @@ class SemiSupervisedModel(nn.Module):
         return x, self.check_y(y, len(x))
 
 
-def split_labels(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(observed, y_filled)``: which rows carry a label, and labels with a valid
-    placeholder (0) on unlabelled rows. Pyro needs valid ids there, not NaN."""
-    observed = y >= 0
-    return observed, torch.where(observed, y, torch.zeros_like(y))
-
-
 def class_prior(num_classes: int, prior: tuple[float, ...] | None) -> torch.Tensor:
     """A validated class prior p(y): uniform when ``prior`` is None."""
     if prior is None:
         return torch.full((num_classes,), 1.0 / num_classes)
-    probs = torch.as_tensor(prior, dtype=torch.float32)
+    probs = torch.as_tensor(prior, dtype=torch.get_default_dtype())
     if probs.shape != (num_classes,) or (probs < 0).any() or abs(probs.sum().item() - 1) > 1e-5:
         raise UserError(f"prior must be {num_classes} non-negative numbers summing to 1")
     return probs
