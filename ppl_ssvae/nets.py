@@ -176,3 +176,365 @@ class ConditionalDecoder(nn.Module):
 
 def _last(input_dim: int, hidden: Sequence[int]) -> int:
     return hidden[-1] if hidden else input_dim
+
+
+# -- networks for the auxiliary and Gaussian-mixture models (ADGM, GM-DGM, AGM-DGM) and
+# -- the latent-classifier model -------------------------------------------------------------
+
+
+class MultiInputTrunk(nn.Module):
+    """``h = act(W_1 u_1 + ... + W_n u_n [+ W_y y] + b)`` then more hidden layers.
+
+    The first layer on a concatenation ``[u_1, ..., u_n, onehot(y)]`` written as a sum of
+    blocks. Each ``W_i u_i`` runs on ``u_i``'s own batch shape and the sum broadcasts, so
+    inputs that do not carry the enumerated label dimension (``x``, ``a``) are multiplied
+    once per row, as in :class:`LabelConditionedTrunk`.
+
+    Args:
+        input_dims: sizes of the continuous inputs, in call order.
+        hidden: hidden layer sizes (at least one).
+        num_classes: add a label embedding ``W_y y``; ``None`` for no label input.
+    """
+
+    def __init__(
+        self,
+        input_dims: Sequence[int],
+        hidden: Sequence[int],
+        num_classes: int | None = None,
+        act: str = "relu",
+    ):
+        super().__init__()
+        if not hidden:
+            raise UserError("a multi-input network needs at least one hidden layer")
+        if not input_dims:
+            raise UserError("a multi-input network needs at least one input")
+        # One bias is enough: the blocks are summed before the activation.
+        self.layers = nn.ModuleList(
+            nn.Linear(d, hidden[0], bias=i == 0) for i, d in enumerate(input_dims)
+        )
+        self.y_layer = nn.Embedding(num_classes, hidden[0]) if num_classes else None
+        if self.y_layer is not None:
+            nn.init.normal_(self.y_layer.weight, std=sum(input_dims) ** -0.5)
+        self.act = activation(act)
+        self.rest = mlp(hidden, act)
+
+    def forward(
+        self, inputs: Sequence[torch.Tensor], y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        h = sum(layer(u) for layer, u in zip(self.layers, inputs, strict=True))
+        if self.y_layer is not None:
+            if y is None:
+                raise UserError("this network is label-conditioned; pass y")
+            h = h + self.y_layer(y)
+        return self.rest(self.act(h))
+
+
+class MultiInputGaussian(nn.Module):
+    """``N(mu(u_1..u_n[, y]), diag sigma^2(u_1..u_n[, y]))`` with shared hidden layers.
+
+    Serves q(a|x) (Willetts eq. 18), q(z|a, y, x) (eq. 20), p(a|x, y, z) (eq. 16, Gaussian
+    form) and q(z|x) (Jurasiński Prop. 1). Call as ``net(u_1, ..., u_n, y=y)``.
+    """
+
+    def __init__(
+        self,
+        input_dims: Sequence[int],
+        hidden: Sequence[int],
+        out_dim: int,
+        num_classes: int | None = None,
+        act: str = "relu",
+    ):
+        super().__init__()
+        self.trunk = MultiInputTrunk(input_dims, hidden, num_classes, act)
+        self.head = DiagonalGaussian(hidden[-1], out_dim)
+
+    def forward(self, *inputs: torch.Tensor, y: torch.Tensor | None = None) -> dist.Normal:
+        return self.head(self.trunk(inputs, y))
+
+
+class MultiInputCategorical(nn.Module):
+    """``Cat(softmax(f(u_1..u_n)))``, e.g. q(y|a, x) (Willetts eq. 19). Call as ``net(x, a)``."""
+
+    def __init__(
+        self, input_dims: Sequence[int], hidden: Sequence[int], num_classes: int, act: str = "relu"
+    ):
+        super().__init__()
+        self.trunk = MultiInputTrunk(input_dims, hidden, None, act)
+        self.logits = nn.Linear(hidden[-1], num_classes)
+
+    def forward(self, *inputs: torch.Tensor) -> dist.Categorical:
+        return dist.Categorical(logits=self.logits(self.trunk(inputs)))
+
+
+class LabelGaussian(nn.Module):
+    """``p(z|y) = N(mu(y), diag sigma^2(y))``: a linear map of onehot(y), no hidden layer.
+
+    Willetts eq. 30 and App. B: one-hot y maps straight to ``mu`` and ``log Sigma``
+    (here an embedding lookup, which is that linear map). The means start at N(0, 1)
+    draws so the mixture components are distinct from the first step; log-variances
+    start at 0 (unit variance).
+    """
+
+    def __init__(self, num_classes: int, out_dim: int):
+        super().__init__()
+        self.loc = nn.Embedding(num_classes, out_dim)
+        self.log_var = nn.Embedding(num_classes, out_dim)
+        nn.init.zeros_(self.log_var.weight)
+
+    def forward(self, y: torch.Tensor) -> dist.Normal:
+        return dist.Normal(self.loc(y), torch.exp(0.5 * self.log_var(y))).to_event(1)
+
+
+class Decoder(nn.Module):
+    """``p(x|z)``: an MLP on ``z`` and a likelihood head (Willetts eq. 31; no label input)."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        hidden: Sequence[int],
+        output_dim: int,
+        likelihood_name: str = "bernoulli",
+        sigma2: float | None = 1.0,
+        act: str = "relu",
+    ):
+        super().__init__()
+        self.trunk = mlp([z_dim, *hidden], act)
+        self.head = likelihood(likelihood_name, _last(z_dim, hidden), output_dim, sigma2)
+
+    def forward(self, z: torch.Tensor) -> dist.Distribution:
+        return self.head(self.trunk(z))
+
+
+# -- Unconditional encoders / decoders (Berkhahn et al. 2019, App. A) ------------------
+# An encoder trunk maps flattened inputs (B, D) to features (B, F) and exposes
+# ``features``; heads on top return distributions. A decoder maps a code (B, C) to the
+# distribution of the flattened input. CNN and LSTM nets reshape internally, so every
+# model still sees x as (N, D).
+
+
+def output_params(likelihood_name: str, sigma2: float | None) -> int:
+    """How many numbers per output value a decoder emits (logits; loc; loc + scale)."""
+    if likelihood_name not in LIKELIHOODS:
+        raise UserError(
+            f"unknown likelihood {likelihood_name!r}; choose one of {', '.join(LIKELIHOODS)}"
+        )
+    return 2 if likelihood_name == "gaussian" and sigma2 is None else 1
+
+
+def output_distribution(
+    likelihood_name: str, params: Sequence[torch.Tensor], sigma2: float | None
+) -> dist.Distribution:
+    """The likelihood over flattened outputs from ``output_params`` tensors of shape (B, D).
+
+    Same conventions as ``BernoulliLikelihood`` / ``GaussianLikelihood``: Bernoulli on
+    logits; Gaussian with fixed ``sigma2`` or, for None, a softplus scale (Table 15).
+    """
+    if likelihood_name == "bernoulli":
+        return dist.Bernoulli(logits=params[0], validate_args=False).to_event(1)
+    loc = params[0]
+    if sigma2 is None:
+        scale = F.softplus(params[1]) + MIN_SCALE
+    else:
+        scale = torch.full_like(loc, sigma2**0.5)
+    return dist.Normal(loc, scale).to_event(1)
+
+
+class DenseEncoder(nn.Module):
+    """Stacked dense layers (Table 13: 784-1024-1024, relu)."""
+
+    def __init__(self, input_dim: int, hidden: Sequence[int], act: str = "relu"):
+        super().__init__()
+        self.net = mlp([input_dim, *hidden], act)
+        self.features = _last(input_dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class DenseDecoder(nn.Module):
+    """``p(x|code)``: dense layers on the code and a likelihood head (Table 13 decoder)."""
+
+    def __init__(
+        self,
+        code_dim: int,
+        hidden: Sequence[int],
+        output_dim: int,
+        likelihood_name: str = "bernoulli",
+        sigma2: float | None = None,
+        act: str = "relu",
+    ):
+        super().__init__()
+        self.net = mlp([code_dim, *hidden], act)
+        self.head = likelihood(likelihood_name, _last(code_dim, hidden), output_dim, sigma2)
+
+    def forward(self, code: torch.Tensor) -> dist.Distribution:
+        return self.head(self.net(code))
+
+
+def _conv_bn(conv: nn.Module, channels: int) -> list[nn.Module]:
+    # Convolutions feeding batch norm carry no bias: BN removes any per-channel shift,
+    # so a bias would get an exactly zero gradient.
+    return [conv, nn.BatchNorm2d(channels), nn.ReLU()]
+
+
+def _half(size: int) -> int:
+    """Output size of a 3x3, stride-2, padding-1 convolution."""
+    return (size - 1) // 2 + 1
+
+
+class ConvEncoder(nn.Module):
+    """Table 14 encoder: three 3x3 convolutions (the last with stride 2), each with batch
+    norm and relu, then a dense layer with batch norm, relu and dropout.
+
+    Inputs are flattened images (B, C*H*W) in PyTorch's (C, H, W) order.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        channels: int = 64,
+        hidden: int = 512,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape = (c, h, w)
+        self.convs = nn.Sequential(
+            *_conv_bn(nn.Conv2d(c, channels, 3, 1, 1, bias=False), channels),
+            *_conv_bn(nn.Conv2d(channels, channels, 3, 1, 1, bias=False), channels),
+            *_conv_bn(nn.Conv2d(channels, channels, 3, 2, 1, bias=False), channels),
+        )
+        self.dense = nn.Sequential(
+            nn.Linear(channels * _half(h) * _half(w), hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        self.features = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        images = x.reshape(-1, *self.image_shape)
+        return self.dense(self.convs(images).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """Table 14 decoder: dense layer to (channels, H/2, W/2) with batch norm, relu and
+    dropout, two 3x3 transposed convolutions, one with stride 2 back to (H, W), each with
+    batch norm and relu, and a 1x1 transposed convolution emitting the likelihood's
+    parameters per pixel. Returns a distribution over flattened (C*H*W) images.
+    """
+
+    def __init__(
+        self,
+        code_dim: int,
+        image_shape: Sequence[int],
+        channels: int = 64,
+        dropout: float = 0.5,
+        likelihood_name: str = "bernoulli",
+        sigma2: float | None = None,
+    ):
+        super().__init__()
+        c, h, w = image_shape
+        self.likelihood_name, self.sigma2 = likelihood_name, sigma2
+        self.n_params = output_params(likelihood_name, sigma2)
+        self.grid = (channels, _half(h), _half(w))
+        self.dense = nn.Sequential(
+            nn.Linear(code_dim, channels * _half(h) * _half(w), bias=False),
+            nn.BatchNorm1d(channels * _half(h) * _half(w)),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        # output_padding restores an even size that the stride-2 encoder halved
+        pad = (h - (2 * _half(h) - 1), w - (2 * _half(w) - 1))
+        self.deconvs = nn.Sequential(
+            *_conv_bn(nn.ConvTranspose2d(channels, channels, 3, 1, 1, bias=False), channels),
+            *_conv_bn(nn.ConvTranspose2d(channels, channels, 3, 1, 1, bias=False), channels),
+            *_conv_bn(
+                nn.ConvTranspose2d(channels, channels, 3, 2, 1, output_padding=pad, bias=False),
+                channels,
+            ),
+            nn.ConvTranspose2d(channels, c * self.n_params, 1),
+        )
+
+    def forward(self, code: torch.Tensor) -> dist.Distribution:
+        grid = self.dense(code).reshape(-1, *self.grid)
+        params = self.deconvs(grid).chunk(self.n_params, dim=1)
+        return output_distribution(
+            self.likelihood_name, [p.flatten(1) for p in params], self.sigma2
+        )
+
+
+class LSTMEncoder(nn.Module):
+    """Table 15 encoder: a dense layer along the feature axis (relu), an LSTM, and a dense
+    layer (relu) on the LSTM's last output, giving one feature vector per sequence.
+
+    Inputs are flattened sequences (B, T*C) in time-major (T, C) order.
+    """
+
+    def __init__(self, seq_len: int, channels: int, widths: Sequence[int] = (40, 40, 30)):
+        super().__init__()
+        pre, width, post = widths
+        self.shape = (seq_len, channels)
+        self.pre = nn.Sequential(nn.Linear(channels, pre), nn.ReLU())
+        self.lstm = nn.LSTM(pre, width, batch_first=True)
+        self.post = nn.Sequential(nn.Linear(width, post), nn.ReLU())
+        self.features = post
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps, _ = self.lstm(self.pre(x.reshape(-1, *self.shape)))
+        return self.post(steps[:, -1])
+
+
+class LSTMDecoder(nn.Module):
+    """Table 15 decoder: a dense layer (relu) on the code, repeated over the T steps, an
+    LSTM, a dense layer (relu) per step and per-step likelihood parameters (Gaussian
+    mean, softplus scale). Returns a distribution over flattened (T*C) sequences.
+    """
+
+    def __init__(
+        self,
+        code_dim: int,
+        seq_len: int,
+        channels: int,
+        widths: Sequence[int] = (40, 40, 30),
+        likelihood_name: str = "gaussian",
+        sigma2: float | None = None,
+    ):
+        super().__init__()
+        pre, width, post = widths
+        self.seq_len = seq_len
+        self.likelihood_name, self.sigma2 = likelihood_name, sigma2
+        self.n_params = output_params(likelihood_name, sigma2)
+        self.pre = nn.Sequential(nn.Linear(code_dim, post), nn.ReLU())
+        self.lstm = nn.LSTM(post, width, batch_first=True)
+        self.post = nn.Sequential(nn.Linear(width, pre), nn.ReLU())
+        self.out = nn.Linear(pre, channels * self.n_params)
+
+    def forward(self, code: torch.Tensor) -> dist.Distribution:
+        h = self.pre(code)
+        steps, _ = self.lstm(h.unsqueeze(1).expand(-1, self.seq_len, -1))
+        params = self.out(self.post(steps)).chunk(self.n_params, dim=-1)
+        return output_distribution(
+            self.likelihood_name, [p.flatten(1) for p in params], self.sigma2
+        )
+
+
+class PiEncoder(nn.Module):
+    """One trunk, two heads forked from its last layer (Berkhahn et al. sec 2.1, Fig. 1a):
+    ``q(z|x) = N(mu(x), diag sigma^2(x))`` and the class layer ``pi(x) = softmax(.)``.
+
+    Either head may be absent: the supervised sibling ES has no z head, the unsupervised
+    sibling EU no pi head (Table 2). ``forward`` runs the trunk once for both heads.
+    """
+
+    def __init__(self, trunk: nn.Module, z_dim: int | None, num_classes: int | None):
+        super().__init__()
+        self.trunk = trunk
+        self.q_z = DiagonalGaussian(trunk.features, z_dim) if z_dim else None
+        self.pi = nn.Linear(trunk.features, num_classes) if num_classes else None
+
+    def forward(self, x: torch.Tensor) -> tuple[dist.Distribution | None, dist.Categorical | None]:
+        h = self.trunk(x)
+        q_z = self.q_z(h) if self.q_z is not None else None
+        q_pi = dist.Categorical(logits=self.pi(h)) if self.pi is not None else None
+        return q_z, q_pi

@@ -5,11 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UserError
+from .adgm import ADGM, ADGMConfig
+from .agmdgm import AGMDGM, AGMDGMConfig
 from .base import ModelConfig, SemiSupervisedModel
+from .gmdgm import GMDGM, GMDGMConfig
+from .latent_classifier import LatentClassifier, LatentClassifierConfig, SimplifiedLatentClassifier
 from .m2 import M2, M2Config
+from .pi_vae import PiVAE, PiVAEConfig
+from .priors import semi_unsupervised_prior
 
 MODELS: dict[str, type[SemiSupervisedModel]] = {
     M2.name: M2,
+    ADGM.name: ADGM,
+    GMDGM.name: GMDGM,
+    AGMDGM.name: AGMDGM,
+    LatentClassifier.name: LatentClassifier,
+    SimplifiedLatentClassifier.name: SimplifiedLatentClassifier,
+    PiVAE.name: PiVAE,
 }
 
 
@@ -26,4 +38,24 @@ def from_config(values: dict[str, Any]) -> SemiSupervisedModel:
     return build(values["model"], **{k: v for k, v in values.items() if k != "model"})
 
 
-__all__ = ["M2", "MODELS", "M2Config", "ModelConfig", "SemiSupervisedModel", "build", "from_config"]
+__all__ = [
+    "ADGM",
+    "AGMDGM",
+    "GMDGM",
+    "ADGMConfig",
+    "AGMDGMConfig",
+    "GMDGMConfig",
+    "LatentClassifier",
+    "LatentClassifierConfig",
+    "SimplifiedLatentClassifier",
+    "semi_unsupervised_prior",
+    "M2",
+    "MODELS",
+    "M2Config",
+    "ModelConfig",
+    "PiVAE",
+    "PiVAEConfig",
+    "SemiSupervisedModel",
+    "build",
+    "from_config",
+]

@@ -1,0 +1,128 @@
+"""Willetts et al. AGM-DGM: the GM-DGM with the ADGM's auxiliary latent ``a``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..guides.auxiliary import AuxiliaryGuide
+from ..nets import Decoder, LabelGaussian, MultiInputCategorical, MultiInputGaussian
+from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel, class_prior, split_labels
+
+
+@dataclasses.dataclass
+class AGMDGMConfig(ModelConfig):
+    """AGM-DGM hyper-parameters; defaults follow Willetts et al. App. B and Table 1 (two
+    hidden layers, z = 200, a = 100).
+
+    Attributes:
+        a_dim: size of the auxiliary latent ``a``.
+        alpha: weight of the classification term alpha * log q(y|a, x) per labelled row
+            (Willetts eq. 8, with eq. 23's q(y|x) estimated at the sampled a).
+        sigma2: fixed pixel variance for ``likelihood="gaussian"`` (None = learned).
+        prior: class prior p(y) (eq. 29); uniform when None. For semi-unsupervised
+            learning see :func:`ppl_ssvae.models.priors.semi_unsupervised_prior`.
+        classify_samples: N_s, the draws a_i ~ q(a|x) averaged by the classifier (eq. 33).
+    """
+
+    z_dim: int = 200
+    a_dim: int = 100
+    hidden: tuple[int, ...] = (500, 500)
+    activation: str = "softplus"
+    alpha: float = 50.0
+    sigma2: float | None = 1.0
+    prior: tuple[float, ...] | None = None
+    classify_samples: int = 10
+
+
+class AGMDGM(SemiSupervisedModel):
+    r"""The auxiliary Gaussian mixture deep generative model.
+
+    Generative story (Willetts et al. eq. 32 with eq. 16, 29-31)::
+
+        y ~ Cat(pi)                          p(y), eq. 29
+        z ~ N(mu(y), diag sigma^2(y))        p_theta(z|y), eq. 30: linear in onehot(y)
+        x ~ p_theta(x | z)                   eq. 31: Bernoulli, or Gaussian with fixed sigma^2
+        a ~ N(mu(x, y, z), diag sigma^2(x, y, z))        p(a|x, y, z), eq. 16
+
+    Inference as for the ADGM (eq. 17-20): ``q(a, y, z|x) = q(z|a, y, x) q(y|a, x) q(a|x)``,
+    :class:`~ppl_ssvae.guides.AuxiliaryGuide`.
+
+    Objective (eq. 21-22 in the form of eq. 8), maximised::
+
+        J = sum_labelled [L(x, y) + alpha log q(y|a, x)] + sum_unlabelled L(x)
+        L(x, y) = E_q(a|x) q(z|a,y,x)[log p(a|x,y,z) + log p(x|z) + log p(z|y) + log p(y)
+                                      - log q(z|a,y,x) - log q(a|x)]
+        L(x)    = E_q(a|x)[sum_y q(y|a,x) (L_a(x, y) - log q(y|a,x))]
+
+    ``y`` is enumerated exactly given each draw of ``a`` (Willetts sec 5.4).
+
+    Classifier (eq. 33): ``q(y|x) ~= (1/N_s) sum_i q(y|a_i, x)``, ``a_i ~ q(a|x)``,
+    ``N_s = classify_samples``, drawn with a fixed seed so predictions are repeatable.
+
+    ``p(a|x, y, z)`` is always Gaussian: eq. 16's Bernoulli alternative cannot score the
+    real-valued ``a`` drawn from the Gaussian q(a|x).
+    """
+
+    name = "agmdgm"
+    config_class = AGMDGMConfig
+
+    def __init__(self, config: AGMDGMConfig, guide: nn.Module | None = None) -> None:
+        super().__init__(config)
+        c = config
+        if c.classify_samples < 1:
+            raise UserError("classify_samples must be at least 1")
+        prior = class_prior(c.num_classes, c.prior)
+        self.register_buffer("prior", prior)
+        self.p_z = LabelGaussian(c.num_classes, c.z_dim)
+        self.p_x = Decoder(
+            c.z_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation
+        )
+        self.p_a = MultiInputGaussian(
+            (c.input_dim, c.z_dim), c.hidden, c.a_dim, c.num_classes, c.activation
+        )
+        self.q = guide or AuxiliaryGuide(
+            q_a=MultiInputGaussian((c.input_dim,), c.hidden, c.a_dim, act=c.activation),
+            q_y=MultiInputCategorical(
+                (c.input_dim, c.a_dim), c.hidden, c.num_classes, c.activation
+            ),
+            q_z=MultiInputGaussian(
+                (c.input_dim, c.a_dim), c.hidden, c.z_dim, c.num_classes, c.activation
+            ),
+        )
+
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = self.check_batch(x, y)
+        pyro.module(f"{self.name}.p_z", self.p_z)
+        pyro.module(f"{self.name}.p_x", self.p_x)
+        pyro.module(f"{self.name}.p_a", self.p_a)
+        observed, y_filled = split_labels(y)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(self.prior), obs=y_filled, obs_mask=observed)
+            z = pyro.sample("z", self.p_z(y))
+            pyro.sample("x", self.p_x(z), obs=x)
+            pyro.sample("a", self.p_a(x, z, y=y))
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = self.check_batch(x, y)
+        pyro.module(f"{self.name}.q", self.q)
+        self.q(x, y, classifier_weight=self.config.alpha)
+
+    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q.class_probs(x, self.config.classify_samples)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
+    ) -> torch.Tensor:
+        # a is a leaf of the generative model: x does not depend on it.
+        if y is None:
+            y = dist.Categorical(self.prior).sample((n,))
+        y = torch.as_tensor(y, device=self.prior.device).expand(n)
+        p_x = self.p_x(self.p_z(y).sample())
+        return p_x.mean if mean else p_x.sample()

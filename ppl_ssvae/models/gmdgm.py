@@ -1,0 +1,106 @@
+"""Willetts et al. GM-DGM: a Gaussian mixture p(z|y) under a label-free decoder p(x|z)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ..guides.categorical_gaussian import CategoricalGaussianGuide
+from ..nets import CategoricalHead, ConditionalGaussian, Decoder, LabelGaussian
+from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel, class_prior, split_labels
+
+
+@dataclasses.dataclass
+class GMDGMConfig(ModelConfig):
+    """GM-DGM hyper-parameters; defaults follow Willetts et al. App. B (two hidden layers,
+    z = 200).
+
+    Attributes:
+        alpha: weight of the classification term alpha * log q(y|x) per labelled row
+            (Willetts eq. 8).
+        sigma2: fixed pixel variance for ``likelihood="gaussian"`` (None = learned).
+        prior: class prior p(y) (eq. 29); uniform when None. For semi-unsupervised
+            learning see :func:`ppl_ssvae.models.priors.semi_unsupervised_prior`.
+    """
+
+    z_dim: int = 200
+    hidden: tuple[int, ...] = (500, 500)
+    activation: str = "softplus"
+    alpha: float = 50.0
+    sigma2: float | None = 1.0
+    prior: tuple[float, ...] | None = None
+
+
+class GMDGM(SemiSupervisedModel):
+    r"""The Gaussian mixture deep generative model.
+
+    Generative story (Willetts et al. eq. 28-31)::
+
+        y ~ Cat(pi)                          p(y), eq. 29
+        z ~ N(mu(y), diag sigma^2(y))        p_theta(z|y), eq. 30: linear in onehot(y)
+        x ~ p_theta(x | z)                   eq. 31: Bernoulli, or Gaussian with fixed sigma^2
+
+    The decoder does not see ``y``: the class reaches ``x`` only through the mixture
+    component ``p(z|y)``.
+
+    Inference as for M2 (Willetts sec 5.2, eq. 5-7): ``q(y, z|x) = q(z|x, y) q(y|x)``,
+    :class:`~ppl_ssvae.guides.CategoricalGaussianGuide`.
+
+    Objective (eq. 2, 3, 8), maximised::
+
+        J = sum_labelled [L(x, y) + alpha log q(y|x)] + sum_unlabelled U(x)
+        L(x, y) = E_q(z|x,y)[log p(x|z) + log p(z|y) + log p(y) - log q(z|x,y)]
+        U(x)    = sum_y q(y|x) L(x, y) + H[q(y|x)]
+
+    with labelled and unlabelled rows in one plate and ``y`` enumerated by the guide,
+    as in :class:`~ppl_ssvae.models.m2.M2`.
+    """
+
+    name = "gmdgm"
+    config_class = GMDGMConfig
+
+    def __init__(self, config: GMDGMConfig, guide: nn.Module | None = None) -> None:
+        super().__init__(config)
+        c = config
+        prior = class_prior(c.num_classes, c.prior)
+        self.register_buffer("prior", prior)
+        self.p_z = LabelGaussian(c.num_classes, c.z_dim)
+        self.p_x = Decoder(
+            c.z_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation
+        )
+        self.q = guide or CategoricalGaussianGuide(
+            q_y=CategoricalHead(c.input_dim, c.hidden, c.num_classes, c.activation),
+            q_z=ConditionalGaussian(c.input_dim, c.num_classes, c.hidden, c.z_dim, c.activation),
+        )
+
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = self.check_batch(x, y)
+        pyro.module(f"{self.name}.p_z", self.p_z)
+        pyro.module(f"{self.name}.p_x", self.p_x)
+        observed, y_filled = split_labels(y)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(self.prior), obs=y_filled, obs_mask=observed)
+            z = pyro.sample("z", self.p_z(y))
+            pyro.sample("x", self.p_x(z), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = self.check_batch(x, y)
+        pyro.module(f"{self.name}.q", self.q)
+        self.q(x, y, classifier_weight=self.config.alpha)
+
+    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q.q_y(x).probs
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
+    ) -> torch.Tensor:
+        if y is None:
+            y = dist.Categorical(self.prior).sample((n,))
+        y = torch.as_tensor(y, device=self.prior.device).expand(n)
+        p_x = self.p_x(self.p_z(y).sample())
+        return p_x.mean if mean else p_x.sample()

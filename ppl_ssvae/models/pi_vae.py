@@ -1,0 +1,267 @@
+"""Berkhahn et al. (2019): the VAE with a pi (class) layer, and its siblings ES and EU."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import UserError
+from ..nets import (
+    ConvDecoder,
+    ConvEncoder,
+    DenseDecoder,
+    DenseEncoder,
+    LSTMDecoder,
+    LSTMEncoder,
+    PiEncoder,
+    output_params,
+)
+from .base import DATA_PLATE, MAX_PLATE_NESTING, ModelConfig, SemiSupervisedModel, split_labels
+
+VARIANTS = ("ss", "es", "eu")
+NETS = ("dense", "cnn", "rnn")
+
+
+@dataclasses.dataclass
+class PiVAEConfig(ModelConfig):
+    """pi-VAE hyper-parameters; defaults follow Berkhahn et al. App. A.1 (Table 13).
+
+    Attributes:
+        variant: ``"ss"`` the semi-supervised model (Fig. 1a), ``"es"`` its supervised
+            sibling (encoder + pi layer, cross-entropy only), ``"eu"`` its unsupervised
+            sibling (the VAE without the pi layer and its loss); Table 2.
+        net: ``"dense"`` (Table 13), ``"cnn"`` (Table 14, images) or ``"rnn"`` (Table 15,
+            multichannel sequences).
+        z_dim: size of the Gaussian latent (2 in Tables 13-15).
+        hidden: dense encoder widths; the dense decoder uses them reversed.
+        activation: activation of the dense layers.
+        alpha: weight of the classification term, ``alpha / #labelled * sum CE`` (eq. 5).
+            The ELBO here is summed over the rows of a batch, as everywhere in the
+            library, while the paper's Keras loss averages it; ``alpha = batch size``
+            reproduces the paper's balance for alpha(y) = 1.
+        beta: weight of the KL term (beta_norm of sec 4; 1 is the plain ELBO).
+        pi_to_decoder: feed pi into the decoder (eq. 2); False cuts that link (sec 4,
+            App. A.4) so pi only shapes the latent through the shared trunk.
+        sigma2: fixed output variance for ``likelihood="gaussian"``; None learns a
+            softplus scale (Table 15).
+        image_shape: (C, H, W) of the flattened images, for ``net="cnn"``.
+        conv_channels, conv_hidden, dropout: CNN widths and dropout rate (Table 14).
+        sequence_channels: C of the flattened (T, C) sequences, for ``net="rnn"``;
+            T = input_dim / C.
+        rnn_hidden: widths of the dense-in, LSTM and dense-out layers (Table 15).
+    """
+
+    variant: str = "ss"
+    net: str = "dense"
+    z_dim: int = 2
+    hidden: tuple[int, ...] = (1024, 1024)
+    activation: str = "relu"
+    alpha: float = 1.0
+    beta: float = 1.0
+    pi_to_decoder: bool = True
+    sigma2: float | None = None
+    image_shape: tuple[int, ...] = (1, 28, 28)
+    conv_channels: int = 64
+    conv_hidden: int = 512
+    dropout: float = 0.5
+    sequence_channels: int = 1
+    rnn_hidden: tuple[int, ...] = (40, 40, 30)
+
+
+class PiVAE(SemiSupervisedModel):
+    r"""The pi-layer VAE of Berkhahn, Keys, Ovsyannikov and Rapp (2019).
+
+    One encoder trunk with three heads (sec 2.1, Fig. 1a): ``mu(x)``, ``sigma(x)`` for
+    ``q(z|x) = N(mu, diag sigma^2)`` (eq. 1) and the class layer ``pi(x) = softmax(.)``.
+    The decoder reads ``pi ⊕ z`` (eq. 2)::
+
+        z  ~ q(z|x)                        encoder, reparameterised
+        pi = pi(x)                         deterministic, same trunk pass
+        x  ~ p_theta(x | pi ⊕ z)           Bernoulli or Gaussian
+
+    Loss (eq. 3-5), minimised, per batch::
+
+        L     = sum_rows -L_ELBO + L_cl
+        L_ELBO = E_q(z|x)[log p(x | pi ⊕ z)] - beta KL[q(z|x) || N(0, I)]
+        L_cl  = alpha / #labelled * sum_labelled -log pi_y(x)
+
+    There is no KL term on pi, and unlabelled rows (y = -1) add nothing to L_cl.
+
+    In Pyro, pi is a site ``log_pi`` (the log-probabilities ``log pi(x)``, for a stable
+    cross-entropy) whose guide is a point mass at the encoder's output and whose prior,
+    a one-hot class, is masked out of the objective; both masks make its KL exactly 0.
+    The guide runs the trunk once for z and pi, and the ELBO's replay hands that same
+    pi to the model, so model and guide see one pi, one dropout mask and one batch-norm
+    update per step. The cross-entropy is a ``pyro.factor`` in the model, masked to the
+    labelled rows and scaled by ``alpha / #labelled``; ``make_elbo`` is
+    ``TraceMeanField_ELBO`` so the z KL is analytic as in eq. 4, and one ``svi.step``
+    is one optimisation step on exactly ``L``. Run alone, the model draws a one-hot pi
+    from a uniform class, which is the conditional generation ``sample`` does.
+
+    The siblings of Table 2: ES keeps the trunk and the pi head and its loss is ``L_cl``
+    alone (no z, no decoder); EU drops the pi head and ``L_cl``.
+    """
+
+    name = "pi-vae"
+    config_class = PiVAEConfig
+
+    def __init__(self, config: PiVAEConfig) -> None:
+        super().__init__(config)
+        c = config
+        _validate(c)
+        self.has_pi = c.variant != "eu"
+        self.has_vae = c.variant != "es"
+        self.pi_to_decoder = self.has_pi and self.has_vae and c.pi_to_decoder
+        self.register_buffer("prior", torch.full((c.num_classes,), 1.0 / c.num_classes))
+        self.encoder = PiEncoder(
+            _encoder_trunk(c),
+            c.z_dim if self.has_vae else None,
+            c.num_classes if self.has_pi else None,
+        )
+        code_dim = c.z_dim + (c.num_classes if self.pi_to_decoder else 0)
+        self.decoder = _decoder(c, code_dim) if self.has_vae else None
+
+    # -- the Pyro pair ---------------------------------------------------------------------
+    def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
+        zeros = self.prior.new_zeros(self.config.z_dim)
+        return dist.Normal(zeros, 1.0).expand([*batch_shape, self.config.z_dim]).to_event(1)
+
+    def p_log_pi(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
+        """A one-hot class in log space, masked: it only matters when the model runs alone."""
+        one_hot = dist.OneHotCategorical(self.prior).expand(batch_shape)
+        log_one_hot = dist.TransformedDistribution(one_hot, [dist.transforms.ExpTransform().inv])
+        return log_one_hot.mask(False)
+
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = self.check_batch(x, y)
+        c = self.config
+        observed, y_filled = split_labels(y)
+        if self.decoder is not None:
+            pyro.module(f"{self.name}.decoder", self.decoder)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            log_pi = None
+            if self.has_pi:
+                log_pi = pyro.sample("log_pi", self.p_log_pi((x.shape[0],)))
+                labelled = int(observed.sum())
+                if labelled and c.alpha:  # pyro refuses a zero scale
+                    log_pi_y = log_pi.gather(-1, y_filled.unsqueeze(-1)).squeeze(-1)
+                    with poutine.mask(mask=observed), poutine.scale(scale=c.alpha / labelled):
+                        pyro.factor("classification", log_pi_y)
+            if self.has_vae:
+                with poutine.scale(scale=c.beta):
+                    z = pyro.sample("z", self.p_z())
+                pyro.sample("x", self.decoder(self.code(z, log_pi)), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = self.check_batch(x, y)
+        pyro.module(f"{self.name}.encoder", self.encoder)
+        q_z, q_pi = self.encoder(x)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            if q_pi is not None:
+                point = dist.Delta(q_pi.logits, event_dim=1)
+                pyro.sample("log_pi", point.mask(False))
+            if q_z is not None:
+                with poutine.scale(scale=self.config.beta):
+                    pyro.sample("z", q_z)
+
+    def make_elbo(self, **kwargs: Any) -> TraceMeanField_ELBO:
+        """Analytic KL for z (eq. 4); the masked pi site contributes exactly 0."""
+        return TraceMeanField_ELBO(max_plate_nesting=MAX_PLATE_NESTING, **kwargs)
+
+    def code(self, z: torch.Tensor, log_pi: torch.Tensor | None) -> torch.Tensor:
+        """The decoder input ``pi ⊕ z`` (eq. 2), or ``z`` when the link is cut."""
+        if not self.pi_to_decoder:
+            return z
+        return torch.cat([log_pi.exp(), z], -1)
+
+    # -- prediction ------------------------------------------------------------------------
+    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.has_pi:
+            raise UserError("the 'eu' variant has no pi layer and cannot classify")
+        return F.softmax(self.encoder.pi(self.encoder.trunk(x)), -1)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
+    ) -> torch.Tensor:
+        """Generate ``n`` inputs from ``z ~ N(0, I)`` with pi set to one-hot(y).
+
+        ``y=None`` draws uniform classes. Without a pi -> decoder link (EU, or
+        ``pi_to_decoder=False``) generation is unconditional and ``y`` is refused.
+        """
+        if self.decoder is None:
+            raise UserError("the 'es' variant has no decoder and cannot generate")
+        if y is not None and not self.pi_to_decoder:
+            raise UserError(
+                "this pi-VAE's decoder does not read pi (variant 'eu' or pi_to_decoder=False); "
+                "sample without y"
+            )
+        was_training = self.training
+        self.eval()  # batch norm running statistics, no dropout
+        try:
+            z = self.p_z((n,)).sample()
+            log_pi = None
+            if self.pi_to_decoder:
+                if y is None:
+                    y = dist.Categorical(self.prior).sample((n,))
+                y = torch.as_tensor(y, device=z.device).expand(n)
+                log_pi = F.one_hot(y, self.config.num_classes).to(z.dtype).log()
+            p_x = self.decoder(self.code(z, log_pi))
+            return p_x.mean if mean else p_x.sample()
+        finally:
+            self.train(was_training)
+
+
+def _validate(c: PiVAEConfig) -> None:
+    if c.variant not in VARIANTS:
+        raise UserError(
+            f"unknown pi-VAE variant {c.variant!r}; choose one of {', '.join(VARIANTS)}"
+        )
+    if c.net not in NETS:
+        raise UserError(f"unknown pi-VAE net {c.net!r}; choose one of {', '.join(NETS)}")
+    output_params(c.likelihood, c.sigma2)  # validates the likelihood name
+    if c.alpha < 0 or c.beta <= 0:
+        raise UserError(f"alpha={c.alpha} must be >= 0 and beta={c.beta} > 0")
+    if c.net == "cnn" and (len(c.image_shape) != 3 or math.prod(c.image_shape) != c.input_dim):
+        raise UserError(
+            f"image_shape={tuple(c.image_shape)} must be (C, H, W) with C*H*W = input_dim "
+            f"({c.input_dim})"
+        )
+    if c.net == "rnn" and (c.sequence_channels < 1 or c.input_dim % c.sequence_channels):
+        raise UserError(
+            f"input_dim={c.input_dim} is not a whole number of time steps of "
+            f"sequence_channels={c.sequence_channels}"
+        )
+    if c.net == "rnn" and len(c.rnn_hidden) != 3:
+        raise UserError(f"rnn_hidden={tuple(c.rnn_hidden)} must give three widths (Table 15)")
+
+
+def _encoder_trunk(c: PiVAEConfig) -> nn.Module:
+    if c.net == "cnn":
+        return ConvEncoder(c.image_shape, c.conv_channels, c.conv_hidden, c.dropout)
+    if c.net == "rnn":
+        steps = c.input_dim // c.sequence_channels
+        return LSTMEncoder(steps, c.sequence_channels, c.rnn_hidden)
+    return DenseEncoder(c.input_dim, c.hidden, c.activation)
+
+
+def _decoder(c: PiVAEConfig, code_dim: int) -> nn.Module:
+    if c.net == "cnn":
+        return ConvDecoder(
+            code_dim, c.image_shape, c.conv_channels, c.dropout, c.likelihood, c.sigma2
+        )
+    if c.net == "rnn":
+        steps = c.input_dim // c.sequence_channels
+        return LSTMDecoder(
+            code_dim, steps, c.sequence_channels, c.rnn_hidden, c.likelihood, c.sigma2
+        )
+    return DenseDecoder(code_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation)

@@ -1,0 +1,125 @@
+"""AGM-DGM's TraceEnum_ELBO loss against Willetts eq. 32 (with 16, 17-22, 29-31) by hand."""
+
+import pytest
+import torch
+import torch.distributions as td
+from pyro import poutine
+from torch.nn import functional as F
+
+from ppl_ssvae.models import build
+from ppl_ssvae.nets import MIN_SCALE
+
+K, D, Z, A = 3, 12, 4, 5
+PRIOR = (0.5, 0.3, 0.2)
+BATCHES = [[2, -1, 0, -1, -1, 1], [-1] * 6, [0, 1, 2, 2, 1, 0]]
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    # Double precision so the 1e-4 comparisons measure the maths, not rounding.
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _agmdgm(alpha=2.5, **kw):
+    return build(
+        "agmdgm", input_dim=D, num_classes=K, z_dim=Z, a_dim=A, hidden=(8,), alpha=alpha, **kw
+    )
+
+
+def _loss_and_latents(model, x, y):
+    """The library's loss, and the a (B, A) and z (K, B, Z) its guide drew."""
+    seen = {}
+
+    def recording_guide(x, y):
+        nodes = poutine.trace(model.guide).get_trace(x, y).nodes
+        seen["a"], seen["z"] = nodes["a"]["value"], nodes["z"]["value"]
+
+    loss = model.make_elbo().loss(model.model, recording_guide, x, y)
+    return loss, seen["a"], seen["z"]
+
+
+def _hidden(trunk, inputs, label=None):
+    """A MultiInputTrunk from its weights: act(sum_i W_i u_i + W_y onehot(y) + b), then the rest."""
+    h = sum(
+        F.linear(u, layer.weight, layer.bias) for layer, u in zip(trunk.layers, inputs, strict=True)
+    )
+    if label is not None:
+        h = h + F.one_hot(label, K).to(h.dtype) @ trunk.y_layer.weight
+    return trunk.rest(trunk.act(h))
+
+
+def _gaussian(net, inputs, label=None):
+    h = _hidden(net.trunk, inputs, label)
+    return td.Normal(net.head.loc(h), F.softplus(net.head.scale(h)) + MIN_SCALE)
+
+
+def _terms(model, x, a, z, prior):
+    """Per-row L_a(x, k) for every k at this a, log q(y|a, x), log q(a|x)."""
+    q = model.q
+    log_q_a = _gaussian(q.q_a, [x]).log_prob(a).sum(-1)
+    log_q_y = F.log_softmax(q.q_y.logits(_hidden(q.q_y.trunk, [x, a])), -1)
+    bounds = []
+    for k in range(K):
+        label = torch.full((len(x),), k)
+        log_q_z = _gaussian(q.q_z, [x, a], label).log_prob(z[k]).sum(-1)
+        loc, log_var = model.p_z.loc.weight[k], model.p_z.log_var.weight[k]
+        log_pz = td.Normal(loc, torch.exp(0.5 * log_var)).log_prob(z[k]).sum(-1)
+        logits = model.p_x.head.logits(model.p_x.trunk(z[k]))
+        log_px = td.Bernoulli(logits=logits).log_prob(x).sum(-1)
+        log_pa = _gaussian(model.p_a, [x, z[k]], label).log_prob(a).sum(-1)
+        log_py = torch.log(torch.tensor(prior[k]))
+        bounds.append(log_px + log_pz + log_py + log_pa - log_q_z)
+    return torch.stack(bounds, -1), log_q_y, log_q_a
+
+
+def _expected_loss(model, x, y, a, z, alpha, prior, entropy=True, aux=True):
+    L, log_q_y, log_q_a = _terms(model, x, a, z, prior)
+    labelled = y >= 0
+    y0 = y.clamp(min=0)[:, None]
+    labelled_bound = L.gather(1, y0).squeeze(1) + alpha * log_q_y.gather(1, y0).squeeze(1)
+    q = log_q_y.exp()
+    unlabelled_bound = (q * L).sum(-1) - entropy * (q * log_q_y).sum(-1)
+    bound = torch.where(labelled, labelled_bound, unlabelled_bound) - aux * log_q_a
+    return -bound.sum()
+
+
+@pytest.mark.parametrize("y", BATCHES)
+@pytest.mark.parametrize("prior", [None, PRIOR])
+def test_loss_equals_hand_written_bound(y, prior):
+    torch.manual_seed(0)
+    model = _agmdgm(alpha=2.5, prior=prior)
+    with torch.no_grad():  # move p(z|y) off its initial unit variances
+        model.p_z.log_var.weight.normal_(0.0, 0.5)
+    x = torch.bernoulli(torch.rand(6, D))
+    y = torch.tensor(y)
+    with torch.no_grad():
+        loss, a, z = _loss_and_latents(model, x, y)
+        assert a.shape == (6, A) and z.shape == (K, 6, Z)
+        expected = _expected_loss(model, x, y, a, z, 2.5, prior or (1 / K,) * K).item()
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_dropping_entropy_alpha_or_auxiliary_terms_would_fail():
+    torch.manual_seed(0)
+    model = _agmdgm(alpha=2.5)
+    x = torch.bernoulli(torch.rand(6, D))
+    y = torch.tensor(BATCHES[0])
+    uniform = (1 / K,) * K
+    with torch.no_grad():
+        loss, a, z = _loss_and_latents(model, x, y)
+        variants = {
+            "entropy": _expected_loss(model, x, y, a, z, 2.5, uniform, entropy=False),
+            "alpha": _expected_loss(model, x, y, a, z, 0.0, uniform),
+            "log q(a|x)": _expected_loss(model, x, y, a, z, 2.5, uniform, aux=False),
+        }
+    for term, value in variants.items():
+        assert abs(loss - value.item()) > 1e-2 * abs(loss), term
+
+
+def test_decoder_ignores_y_and_p_a_sees_it():
+    model = _agmdgm()
+    assert not any("y_layer" in name for name, _ in model.p_x.named_parameters())
+    assert model.p_a.trunk.y_layer is not None
