@@ -1,0 +1,56 @@
+"""Shared pieces of the experiment scripts: budgets and the results directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from ppl_ssvae.train import FitResult, environment
+
+
+def write_results(
+    name: str,
+    rows: list[dict[str, Any]],
+    config: dict[str, Any],
+    results_dir: str | Path = "results",
+) -> Path:
+    """Write ``results/<name>/`` with results.md, results.csv and config.json."""
+    out = Path(results_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0])
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "config.json").write_text(json.dumps({**config, "environment": environment()}, indent=2))
+    return out
+
+
+def plot_curves(path: Path, curves: dict[str, FitResult], key: str = "test_accuracy") -> None:
+    """Accuracy against CPU-minutes, one line per run (matplotlib only when asked for)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, result in curves.items():
+        ax.plot(
+            [h["elapsed_cpu_seconds"] / 60 for h in result.history],
+            [h[key] for h in result.history],
+            marker=".",
+            label=label,
+        )
+    ax.set_xlabel("CPU-minutes")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
