@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import UserError
 from ..guides.auxiliary import AuxiliaryGuide
 from ..nets import Decoder, LabelGaussian, MultiInputCategorical, MultiInputGaussian
-from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel, class_prior, split_labels
+from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels
 
 
 @dataclasses.dataclass
@@ -40,7 +40,7 @@ class AGMDGMConfig(ModelConfig):
     classify_samples: int = 10
 
 
-class AGMDGM(SemiSupervisedModel):
+class AGMDGM(LabelLatentModel):
     r"""The auxiliary Gaussian mixture deep generative model.
 
     Generative story (Willetts et al. eq. 32 with eq. 16, 29-31)::
@@ -77,8 +77,6 @@ class AGMDGM(SemiSupervisedModel):
         c = config
         if c.classify_samples < 1:
             raise UserError("classify_samples must be at least 1")
-        prior = class_prior(c.num_classes, c.prior)
-        self.register_buffer("prior", prior)
         self.p_z = LabelGaussian(c.num_classes, c.z_dim)
         self.p_x = Decoder(
             c.z_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation
@@ -108,21 +106,9 @@ class AGMDGM(SemiSupervisedModel):
             pyro.sample("x", self.p_x(z), obs=x)
             pyro.sample("a", self.p_a(x, z, y=y))
 
-    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = self.check_batch(x, y)
-        pyro.module(f"{self.name}.q", self.q)
-        self.q(x, y, classifier_weight=self.config.alpha)
-
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
         return self.q.class_probs(x, self.config.classify_samples)
 
-    @torch.no_grad()
-    def sample(
-        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
-    ) -> torch.Tensor:
+    def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
         # a is a leaf of the generative model: x does not depend on it.
-        if y is None:
-            y = dist.Categorical(self.prior).sample((n,))
-        y = torch.as_tensor(y, device=self.prior.device).expand(n)
-        p_x = self.p_x(self.p_z(y).sample())
-        return p_x.mean if mean else p_x.sample()
+        return self.p_x(self.p_z(y).sample())

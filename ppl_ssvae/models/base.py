@@ -13,6 +13,8 @@ import dataclasses
 from abc import abstractmethod
 from typing import Any, ClassVar
 
+import pyro
+import pyro.distributions as dist
 import torch
 from pyro.infer import TraceEnum_ELBO
 from torch import nn
@@ -20,7 +22,14 @@ from torch import nn
 from ..errors import UserError
 from ..plates import DATA_PLATE, MAX_PLATE_NESTING, split_labels
 
-__all__ = ["DATA_PLATE", "MAX_PLATE_NESTING", "ModelConfig", "SemiSupervisedModel", "split_labels"]
+__all__ = [
+    "DATA_PLATE",
+    "MAX_PLATE_NESTING",
+    "LabelLatentModel",
+    "ModelConfig",
+    "SemiSupervisedModel",
+    "split_labels",
+]
 
 
 @dataclasses.dataclass
@@ -142,6 +151,40 @@ class SemiSupervisedModel(nn.Module):
         x = self.check_x(x)
         y = torch.full((len(x),), -1, dtype=torch.long) if y is None else y
         return x, self.check_y(y, len(x))
+
+
+class LabelLatentModel(SemiSupervisedModel):
+    """Models whose label is a categorical latent of the generative model: M2, ADGM,
+    GM-DGM, AGM-DGM (Willetts et al. sec 3-5).
+
+    They share a class prior p(y) (the ``prior`` buffer, from ``config.prior``), a guide
+    module ``self.q`` called as ``q(x, y, classifier_weight=config.alpha)`` that enumerates
+    the latent label, and class-conditional generation through ``p_x_given_y``.
+    """
+
+    q: nn.Module
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.register_buffer("prior", class_prior(config.num_classes, config.prior))
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = self.check_batch(x, y)
+        pyro.module(f"{self.name}.q", self.q)
+        self.q(x, y, classifier_weight=self.config.alpha)
+
+    @abstractmethod
+    def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
+        """``p(x|y)`` for a batch of labels, with the other latents drawn from the prior."""
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
+    ) -> torch.Tensor:
+        if y is None:
+            y = dist.Categorical(self.prior).sample((n,))
+        p_x = self.p_x_given_y(torch.as_tensor(y, device=self.prior.device).expand(n))
+        return p_x.mean if mean else p_x.sample()
 
 
 def class_prior(num_classes: int, prior: tuple[float, ...] | None) -> torch.Tensor:

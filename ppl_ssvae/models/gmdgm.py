@@ -11,7 +11,7 @@ from torch import nn
 
 from ..guides.categorical_gaussian import CategoricalGaussianGuide
 from ..nets import CategoricalHead, ConditionalGaussian, Decoder, LabelGaussian
-from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel, class_prior, split_labels
+from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels
 
 
 @dataclasses.dataclass
@@ -35,7 +35,7 @@ class GMDGMConfig(ModelConfig):
     prior: tuple[float, ...] | None = None
 
 
-class GMDGM(SemiSupervisedModel):
+class GMDGM(LabelLatentModel):
     r"""The Gaussian mixture deep generative model.
 
     Generative story (Willetts et al. eq. 28-31)::
@@ -66,8 +66,6 @@ class GMDGM(SemiSupervisedModel):
     def __init__(self, config: GMDGMConfig, guide: nn.Module | None = None) -> None:
         super().__init__(config)
         c = config
-        prior = class_prior(c.num_classes, c.prior)
-        self.register_buffer("prior", prior)
         self.p_z = LabelGaussian(c.num_classes, c.z_dim)
         self.p_x = Decoder(
             c.z_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation
@@ -87,20 +85,8 @@ class GMDGM(SemiSupervisedModel):
             z = pyro.sample("z", self.p_z(y))
             pyro.sample("x", self.p_x(z), obs=x)
 
-    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = self.check_batch(x, y)
-        pyro.module(f"{self.name}.q", self.q)
-        self.q(x, y, classifier_weight=self.config.alpha)
-
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
         return self.q.q_y(x).probs
 
-    @torch.no_grad()
-    def sample(
-        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
-    ) -> torch.Tensor:
-        if y is None:
-            y = dist.Categorical(self.prior).sample((n,))
-        y = torch.as_tensor(y, device=self.prior.device).expand(n)
-        p_x = self.p_x(self.p_z(y).sample())
-        return p_x.mean if mean else p_x.sample()
+    def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
+        return self.p_x(self.p_z(y).sample())

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..guides.categorical_gaussian import CategoricalGaussianGuide
 from ..nets import CategoricalHead, ConditionalDecoder, ConditionalGaussian
-from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel, class_prior, split_labels
+from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels
 
 
 @dataclasses.dataclass
@@ -27,13 +27,13 @@ class M2Config(ModelConfig):
 
     z_dim: int = 50
     hidden: tuple[int, ...] = (500,)
-    activation: str = "softplus"
+    activation: str = "relu"
     alpha: float = 50.0
     sigma2: float | None = 1.0
     prior: tuple[float, ...] | None = None
 
 
-class M2(SemiSupervisedModel):
+class M2(LabelLatentModel):
     r"""Kingma's M2.
 
     Generative story (Kingma et al. 2014 eq. 2; Willetts et al. eq. 4)::
@@ -62,7 +62,6 @@ class M2(SemiSupervisedModel):
     def __init__(self, config: M2Config, guide: nn.Module | None = None) -> None:
         super().__init__(config)
         c = config
-        self.register_buffer("prior", class_prior(c.num_classes, c.prior))
         self.p_x = ConditionalDecoder(
             c.z_dim,
             c.num_classes,
@@ -90,20 +89,8 @@ class M2(SemiSupervisedModel):
             z = pyro.sample("z", self.p_z())
             pyro.sample("x", self.p_x(z, y), obs=x)
 
-    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = self.check_batch(x, y)
-        pyro.module(f"{self.name}.q", self.q)
-        self.q(x, y, classifier_weight=self.config.alpha)
-
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
         return self.q.q_y(x).probs
 
-    @torch.no_grad()
-    def sample(
-        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
-    ) -> torch.Tensor:
-        if y is None:
-            y = dist.Categorical(self.prior).sample((n,))
-        y = torch.as_tensor(y, device=self.prior.device).expand(n)
-        p_x = self.p_x(self.p_z((n,)).sample(), y)
-        return p_x.mean if mean else p_x.sample()
+    def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
+        return self.p_x(self.p_z(y.shape).sample(), y)

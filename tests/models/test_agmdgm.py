@@ -3,24 +3,18 @@
 import pytest
 import torch
 import torch.distributions as td
-from pyro import poutine
 from torch.nn import functional as F
 
 from ppl_ssvae.models import build
 from ppl_ssvae.nets import MIN_SCALE
+from tests.models.exact import loss_and_sites
 
 K, D, Z, A = 3, 12, 4, 5
 PRIOR = (0.5, 0.3, 0.2)
 BATCHES = [[2, -1, 0, -1, -1, 1], [-1] * 6, [0, 1, 2, 2, 1, 0]]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    # Double precision so the 1e-4 comparisons measure the maths, not rounding.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _agmdgm(alpha=2.5, **kw):
@@ -30,15 +24,7 @@ def _agmdgm(alpha=2.5, **kw):
 
 
 def _loss_and_latents(model, x, y):
-    """The library's loss, and the a (B, A) and z (K, B, Z) its guide drew."""
-    seen = {}
-
-    def recording_guide(x, y):
-        nodes = poutine.trace(model.guide).get_trace(x, y).nodes
-        seen["a"], seen["z"] = nodes["a"]["value"], nodes["z"]["value"]
-
-    loss = model.make_elbo().loss(model.model, recording_guide, x, y)
-    return loss, seen["a"], seen["z"]
+    return loss_and_sites(model, x, y, "a", "z")
 
 
 def _hidden(trunk, inputs, label=None):

@@ -9,19 +9,14 @@ from torch.nn import functional as F
 
 from ppl_ssvae.models import MODELS, build
 from ppl_ssvae.nets import MIN_SCALE
+from tests.models.exact import loss_and_sites
 
 K, D, Z = 3, 12, 4
 LAM = 0.3
 BATCHES = [[2, -1, 0, -1, -1, 1], [-1] * 6, [0, 1, 2, 2, 1, 0]]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    # Double precision so the 1e-4 comparisons measure the maths, not rounding.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _latent(name="latent", lam=LAM, **kw):
@@ -29,13 +24,7 @@ def _latent(name="latent", lam=LAM, **kw):
 
 
 def _loss_and_z(model, x, y):
-    """The library's loss, and the z (B, Z) its guide drew."""
-    seen = {}
-
-    def recording_guide(x, y):
-        seen["z"] = poutine.trace(model.guide).get_trace(x, y).nodes["z"]["value"]
-
-    return model.make_elbo().loss(model.model, recording_guide, x, y), seen["z"]
+    return loss_and_sites(model, x, y, "z")
 
 
 def _terms(model, x, z):

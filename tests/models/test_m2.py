@@ -3,22 +3,16 @@
 import pytest
 import torch
 import torch.distributions as td
-from pyro import poutine
 from torch.nn import functional as F
 
 from ppl_ssvae.models import build
 from ppl_ssvae.nets import MIN_SCALE, LabelConditionedTrunk
+from tests.models.exact import loss_and_sites
 
 K, D, Z = 3, 12, 4
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    # Double precision so the 1e-4 comparisons measure the maths, not rounding.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _m2(alpha=2.5, **kw):
@@ -26,13 +20,7 @@ def _m2(alpha=2.5, **kw):
 
 
 def _loss_and_z(model, x, y):
-    """The library's loss, and the z values its guide drew (shape (K, B, Z))."""
-    seen = {}
-
-    def recording_guide(x, y):
-        seen["z"] = poutine.trace(model.guide).get_trace(x, y).nodes["z"]["value"]
-
-    return model.make_elbo().loss(model.model, recording_guide, x, y), seen["z"]
+    return loss_and_sites(model, x, y, "z")
 
 
 def _hand_written_terms(model, x, y, z):

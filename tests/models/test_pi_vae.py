@@ -10,18 +10,13 @@ from torch.nn import functional as F
 
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.models import build
+from tests.models.exact import loss_and_sites
 
 K, D, Z = 3, 12, 4
 Y_MIXED = [2, -1, 0, -1, -1, 1]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    # Double precision so the 1e-6 comparisons measure the maths, not rounding.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _pi_vae(**kw):
@@ -34,13 +29,7 @@ def _batch(y=Y_MIXED):
 
 
 def _loss_and_z(model, x, y):
-    """The library's loss, and the z its guide drew."""
-    seen = {}
-
-    def recording_guide(x, y):
-        seen["z"] = poutine.trace(model.guide).get_trace(x, y).nodes["z"]["value"]
-
-    return model.make_elbo().loss(model.model, recording_guide, x, y), seen["z"]
+    return loss_and_sites(model, x, y, "z")
 
 
 def _hand_written_terms(model, x, z):
