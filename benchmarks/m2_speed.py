@@ -12,6 +12,7 @@ timed. The last line printed is the ratio ours / reference (seconds per epoch).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import pyro
@@ -24,17 +25,18 @@ from torch.nn import functional as F
 from ppl_ssvae.data import SemiSupervisedBatches, load, semi_supervised_split
 from ppl_ssvae.metrics import accuracy
 from ppl_ssvae.models import build
+from ppl_ssvae.nets import activation
 
 
 class NaiveM2(nn.Module):
     """Plain-PyTorch M2 with concatenated-label encoders, as most reference code has it."""
 
-    def __init__(self, d: int, k: int, z: int, h: int, alpha: float):
+    def __init__(self, d: int, k: int, z: int, h: int, alpha: float, act: str = "relu"):
         super().__init__()
         self.k, self.z, self.alpha = k, z, alpha
-        self.q_y = nn.Sequential(nn.Linear(d, h), nn.Softplus(), nn.Linear(h, k))
-        self.q_z = nn.Sequential(nn.Linear(d + k, h), nn.Softplus(), nn.Linear(h, 2 * z))
-        self.p_x = nn.Sequential(nn.Linear(z + k, h), nn.Softplus(), nn.Linear(h, d))
+        self.q_y = nn.Sequential(nn.Linear(d, h), activation(act), nn.Linear(h, k))
+        self.q_z = nn.Sequential(nn.Linear(d + k, h), activation(act), nn.Linear(h, 2 * z))
+        self.p_x = nn.Sequential(nn.Linear(z + k, h), activation(act), nn.Linear(h, d))
 
     def bound(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """L(x, y) per row, one reparameterised z sample."""
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labelled-share", default="natural")
     parser.add_argument("--alpha", type=float, default=50.0)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--activation", default="relu")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
 
@@ -93,13 +96,23 @@ def main(argv: list[str] | None = None) -> None:
           f"({batches.labelled_per_step} labelled + {batches.unlabelled_per_step} unlabelled rows)")  # fmt: skip
 
     pyro.set_rng_seed(0)
-    ours = build("m2", input_dim=784, num_classes=10, z_dim=50, hidden=(500,), alpha=args.alpha)
-    svi = SVI(ours.model, ours.guide, pyro.optim.Adam({"lr": args.lr}), ours.make_elbo())
+    ours = build(
+        "m2",
+        input_dim=784,
+        num_classes=10,
+        z_dim=50,
+        hidden=(500,),
+        alpha=args.alpha,
+        activation=args.activation,
+    )
+    # The optimizer `fit` uses (Adam with an optional per-step decay, here none).
+    optim = pyro.optim.ClippedAdam({"lr": args.lr, "clip_norm": math.inf})
+    svi = SVI(ours.model, ours.guide, optim, ours.make_elbo())
     print("ppl-ssvae M2 (Pyro, TraceEnum_ELBO):")
     ours_s = _time_epochs(svi.step, batches, args.epochs)
 
     torch.manual_seed(0)
-    naive = NaiveM2(784, 10, 50, 500, args.alpha)
+    naive = NaiveM2(784, 10, 50, 500, args.alpha, args.activation)
     opt = torch.optim.Adam(naive.parameters(), lr=args.lr)
 
     def naive_step(x: torch.Tensor, y: torch.Tensor) -> None:
