@@ -6,6 +6,7 @@ User errors exit non-zero with one line on stderr and no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "labels": None,
     "label_fraction": None,
     "hidden_classes": "",
+    "extra_classes": 0,
     "validation_size": None,
     "std_threshold": None,
     "binarize": False,
@@ -103,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep this fraction of each labelled class's labels instead",
     )
     g.add_argument("--hidden-classes", help="comma-separated classes whose labels are all removed")
+    g.add_argument(
+        "--extra-classes",
+        type=int,
+        help="N_aug classes added to the model beyond the dataset's K, |y| = K + N_aug "
+        "(Willetts et al. sec 6.1) [default: 0]",
+    )
     g.add_argument(
         "--validation-size",
         type=int,
@@ -202,7 +210,16 @@ def build_model(settings: dict[str, Any], split) -> Any:
 
     pyro.set_rng_seed(settings["seed"])
 
-    config: dict[str, Any] = {"input_dim": split.input_dim, "num_classes": split.num_classes}
+    extra = settings.get("extra_classes") or 0
+    if extra < 0:
+        raise UserError(f"--extra-classes {extra} must be >= 0")
+    num_classes = split.num_classes + extra
+    config: dict[str, Any] = {"input_dim": split.input_dim, "num_classes": num_classes}
+    if _is_clustering(settings, split) and settings["model"] in models.MODELS:
+        prior = _semi_unsupervised_prior(num_classes, split)
+        fields = {f.name for f in dataclasses.fields(models.MODELS[settings["model"]].config_class)}
+        if prior is not None and "prior" in fields:
+            config["prior"] = prior  # --model-arg prior=[...] below overrides it
     config["likelihood"] = settings["likelihood"] or (
         "bernoulli" if split.support == "unit" else "gaussian"
     )
@@ -220,12 +237,42 @@ def build_model(settings: dict[str, Any], split) -> Any:
     return models.build(settings["model"], **config)
 
 
+def _is_clustering(settings: dict[str, Any], split) -> bool:
+    """Hidden classes, extra model classes or no labels at all: cluster-and-label metrics."""
+    return bool(
+        split.hidden_classes
+        or (settings.get("extra_classes") or 0) > 0
+        or not bool(split.labelled_mask.any())
+    )
+
+
+def _semi_unsupervised_prior(num_classes: int, split) -> tuple[float, ...] | None:
+    """Eq. 34-35 of Willetts et al. over the classes that kept labels; None means uniform.
+
+    Without labels this is the uniform prior of the paper's unsupervised runs. With every
+    class labelled and extra classes added, eq. 34 leaves the extra classes no mass, so
+    the prior stays uniform rather than refusing the run.
+    """
+    from .models import semi_unsupervised_prior
+
+    visible = sorted(set(split.y_train[split.labelled_mask].tolist()))
+    if len(visible) == split.num_classes:
+        return None
+    return semi_unsupervised_prior(num_classes, visible, split.num_classes)
+
+
 def train(args: argparse.Namespace) -> int:
+    from .metrics import classification_report
     from .train import fit
 
     settings = _train_settings(args)
     split = load_data(settings)
     model = build_model(settings, split)
+    clustering = _is_clustering(settings, split)
+    if clustering:
+        from .clustering import clustering_report as evaluator
+    else:
+        evaluator = classification_report
     result = fit(
         model,
         split,
@@ -241,6 +288,7 @@ def train(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_minutes=settings["max_minutes"],
         progress=settings["progress"],
+        evaluate=evaluator,
         run_config={"cli": settings},
     )
     best = result.best
@@ -252,7 +300,33 @@ def train(args: argparse.Namespace) -> int:
         f"test accuracy {best['test_accuracy']:.4f}  [{len(result.history)} epochs, "
         f"{result.history[-1]['elapsed_cpu_seconds'] / 60:.1f} CPU-min, stopped: {result.stopped}]"
     )
+    if clustering:
+        _clustering_artifacts(model, split, Path(args.out), best)
     return 0
+
+
+def _clustering_artifacts(model: Any, split, run: Path, best: dict[str, Any]) -> None:
+    """Confusion matrix and z-unit activity of the best checkpoint, into the run dir."""
+    from . import checkpoint
+    from .clustering import write_clustering_artifacts
+
+    source = "last epoch"
+    if (run / "best.pt").is_file():
+        state = checkpoint.load(run / "best.pt", map_location=model.device)
+        model.load_state_dict(state["model"])
+        source = f"best.pt (epoch {state['epoch']})"
+    print(
+        f"cluster-and-label ({best['cluster_mapping']} mapping): visible classes "
+        f"{_fmt(best['test_accuracy_visible'])}, hidden classes {_fmt(best['test_accuracy_hidden'])}"
+    )
+    written = write_clustering_artifacts(model, split, run, source)
+    if written["unit_activity_error"]:
+        print(f"unit activity skipped: {written['unit_activity_error']}")
+    print(f"wrote {', '.join(p.name for p in written['files'])} to {run}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -273,6 +347,17 @@ def evaluate(args: argparse.Namespace) -> int:
     model = models.from_config(config["model"])
     state = checkpoint.load(run / ("best.pt" if args.checkpoint == "best" else "checkpoint.pt"))
     model.load_state_dict(state["model"])
+    if _is_clustering(settings, split):
+        from .clustering import clustering_report
+
+        report = clustering_report(model, split)
+        print(
+            f"test accuracy {report['test_accuracy']:.4f}  ({report['cluster_mapping']} mapping; "
+            f"visible classes {_fmt(report['test_accuracy_visible'])}, hidden classes "
+            f"{_fmt(report['test_accuracy_hidden'])})  ({args.checkpoint} checkpoint, epoch "
+            f"{state['epoch']}, {len(split.x_test)} test rows)"
+        )
+        return 0
     probs = model.classify(split.x_test)
     print(
         f"test accuracy {accuracy(probs, split.y_test):.4f}  log loss {log_loss(probs, split.y_test):.4f}  "
