@@ -13,7 +13,7 @@ SMOKE_ARGS = {
 
 
 def test_every_experiment_is_listed():
-    scripts = {p.stem for p in EXPERIMENTS.glob("*.py")} - {"__init__", "common"}
+    scripts = {p.stem for p in EXPERIMENTS.glob("*.py")} - {"__init__", "common", "report_runs"}
     assert scripts == set(SMOKE_ARGS)
 
 
@@ -23,3 +23,17 @@ def test_experiment_smoke(name, tmp_path):
     out = module.main([*SMOKE_ARGS[name], "--results-dir", str(tmp_path)])
     assert {"results.md", "results.csv", "config.json"} <= {p.name for p in out.iterdir()}
     assert "test_accuracy" in (out / "results.md").read_text()
+
+
+def test_report_runs_summarises_cli_runs(tmp_path):
+    from experiments import report_runs
+    from ppl_ssvae.cli import main as cli
+
+    run = tmp_path / "r1"
+    argv = ["train", "--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "16",
+            "--epochs", "2", "--batch-size", "100", "--no-progress", "--out", str(run)]  # fmt: skip
+    assert cli(argv) == 0
+    out = report_runs.main([str(run), "--name", "demo", "--results-dir", str(tmp_path / "res")])
+    table = (out / "results.md").read_text()
+    assert "--dataset digits --labels 50" in table and "--epochs 2" in table
+    assert (out / "curve.png").stat().st_size > 0 and (out / "r1.metrics.jsonl").exists()
