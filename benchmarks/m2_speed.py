@@ -87,15 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--labelled-share", default="natural")
-    parser.add_argument("--alpha", type=float, default=50.0)
+    parser.add_argument("--alpha", type=float, default=100.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--activation", default="relu")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
 
     data = semi_supervised_split(load("fashion-mnist", args.data_dir), labels=args.labels, seed=0)
+    # As `ppl-ssvae train` does for a Bernoulli likelihood: dynamic binarisation.
     batches = SemiSupervisedBatches(
-        data.x_train, data.y_train, args.batch_size, args.labelled_share, seed=0
+        data.x_train, data.y_train, args.batch_size, args.labelled_share, binarize=True, seed=0
     )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(batches)} steps/epoch "
           f"({batches.labelled_per_step} labelled + {batches.unlabelled_per_step} unlabelled rows)")  # fmt: skip

@@ -18,18 +18,40 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import plot_curves, write_results  # noqa: E402
-from ppl_ssvae.cli import TRAIN_DEFAULTS  # noqa: E402
 from ppl_ssvae.train import FitResult  # noqa: E402
 
 
-def command_line(cli: dict) -> str:
-    """The `ppl-ssvae train` options that differ from the defaults."""
-    parts = ["ppl-ssvae train"]
-    for key, value in cli.items():
-        if key in ("progress", "model_arg") or value == TRAIN_DEFAULTS.get(key):
-            continue
-        flag = "--" + key.replace("_", "-")
-        parts.append(flag if value is True else f"{flag} {value}")
+def command_line(config: dict) -> str:
+    """The `ppl-ssvae train` command of a run, spelled out from the values it recorded.
+
+    Effective values (``fit``, ``model``) are written explicitly rather than diffed against
+    today's defaults, so the command stays right when defaults change later.
+    """
+    cli, fit, model = config["cli"], config["fit"], config["model"]
+    parts = ["ppl-ssvae train", f"--model {model['model']}", f"--dataset {cli['dataset']}"]
+    for key in ("labels", "label_fraction", "hidden_classes", "extra_classes", "std_threshold"):
+        if cli.get(key) not in (None, "", 0):
+            parts.append(f"--{key.replace('_', '-')} {cli[key]}")
+    parts += [
+        f"--epochs {fit['epochs']}",
+        f"--seed {fit['seed']}",
+        f"--batch-size {fit['batch_size']}",
+        f"--labelled-share {fit['labelled_share']}",
+        f"--lr {fit['lr']:g}",
+        f"--lr-decay {fit.get('lr_decay', 1.0):g}",
+        "--binarize" if fit["binarize"] else "--no-binarize",
+    ]
+    for key in ("z_dim", "hidden", "activation", "alpha", "likelihood"):
+        if key in model:
+            value = model[key]
+            value = ",".join(map(str, value)) if isinstance(value, list) else value
+            parts.append(
+                f"--{key.replace('_', '-')} {value:g}"
+                if isinstance(value, float)
+                else f"--{key.replace('_', '-')} {value}"
+            )
+    if model.get("likelihood") == "gaussian":
+        parts.append(f"--sigma2 {model['sigma2']}")
     return " ".join(parts)
 
 
@@ -52,7 +74,7 @@ def main(argv: list[str] | None = None) -> Path:
         rows.append(
             {
                 "run": run.name,
-                "command": command_line(config["cli"]) + f" --out {run}",
+                "command": command_line(config) + f" --out {run}",
                 "best_epoch": best["epoch"],
                 "val_accuracy": best["val_accuracy"],
                 "test_accuracy": best["test_accuracy"],

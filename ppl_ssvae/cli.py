@@ -26,12 +26,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "extra_classes": 0,
     "validation_size": None,
     "std_threshold": None,
-    "binarize": False,
+    "binarize": None,
     "epochs": 30,
     "batch_size": 200,
     "labelled_share": "natural",
     "lr": 1e-3,
-    "lr_decay": 1.0,
+    "lr_decay": 0.9,
     "seed": 0,
     "device": "auto",
     "max_minutes": None,
@@ -124,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--binarize",
         action="store_true",
-        help="dynamic binarisation: fresh Bernoulli draw per batch",
+        help="dynamic binarisation, a fresh Bernoulli draw per batch [default: on for a "
+        "bernoulli likelihood, off otherwise]",
     )
+    g.add_argument("--no-binarize", dest="binarize", action="store_false", help="keep grey levels")
     g = t.add_argument_group("training")
     g.add_argument(
         "--epochs", type=int, help=f"passes over the unlabelled data [default: {d['epochs']}]"
@@ -141,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--lr-decay",
         type=float,
-        help="multiply the learning rate by this every epoch [default: 1.0, constant]",
+        help=f"multiply the learning rate by this every epoch (1 = constant) [default: {d['lr_decay']}]",
     )
     g.add_argument("--seed", type=int, help=f"random seed [default: {d['seed']}]")
     g.add_argument("--device", help="cpu, cuda or auto [default: auto]")

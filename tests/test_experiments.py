@@ -36,4 +36,5 @@ def test_report_runs_summarises_cli_runs(tmp_path):
     out = report_runs.main([str(run), "--name", "demo", "--results-dir", str(tmp_path / "res")])
     table = (out / "results.md").read_text()
     assert "--dataset digits --labels 50" in table and "--epochs 2" in table
+    assert "--z-dim 4 --hidden 16" in table and "--binarize" in table
     assert (out / "curve.png").stat().st_size > 0 and (out / "r1.metrics.jsonl").exists()
