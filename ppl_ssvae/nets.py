@@ -351,26 +351,6 @@ class DenseEncoder(nn.Module):
         return self.net(x)
 
 
-class DenseDecoder(nn.Module):
-    """``p(x|code)``: dense layers on the code and a likelihood head (Table 13 decoder)."""
-
-    def __init__(
-        self,
-        code_dim: int,
-        hidden: Sequence[int],
-        output_dim: int,
-        likelihood_name: str = "bernoulli",
-        sigma2: float | None = None,
-        act: str = "relu",
-    ):
-        super().__init__()
-        self.net = mlp([code_dim, *hidden], act)
-        self.head = likelihood(likelihood_name, _last(code_dim, hidden), output_dim, sigma2)
-
-    def forward(self, code: torch.Tensor) -> dist.Distribution:
-        return self.head(self.net(code))
-
-
 def _conv_bn(conv: nn.Module, channels: int) -> list[nn.Module]:
     # Convolutions feeding batch norm carry no bias: BN removes any per-channel shift,
     # so a bias would get an exactly zero gradient.

@@ -8,11 +8,10 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 
 from ..plates import DATA_PLATE, split_labels
-from .categorical_gaussian import _IMPOSSIBLE
+from .categorical_gaussian import classification_factor, sample_latent_label
 
 
 class AuxiliaryGuide(nn.Module):
@@ -41,25 +40,11 @@ class AuxiliaryGuide(nn.Module):
         with pyro.plate(DATA_PLATE, x.shape[0]):
             a = pyro.sample("a", self.q_a(x))
             q_y = self.q_y(x, a)
-            point_mass = torch.full_like(q_y.logits, _IMPOSSIBLE).scatter(
-                -1, y_filled[:, None], 0.0
-            )
-            logits = torch.where(observed[:, None], point_mass, q_y.logits)
-            with poutine.mask(mask=~observed):
-                y_latent = pyro.sample(
-                    "y_unobserved", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
-                )
+            y_latent = sample_latent_label(q_y, observed, y_filled)
             pyro.sample("z", self.q_z(x, a, y=y_latent))
-            if classifier_weight:
-                # Willetts eq. 8 with q(y|x) replaced by q(y|a, x) at the a drawn above: a
-                # one-sample estimate of eq. 23, as in the rest of the objective. A guide
-                # factor enters the ELBO as -log_factor, hence the sign.
-                with poutine.mask(mask=observed):
-                    pyro.factor(
-                        "classification",
-                        -classifier_weight * q_y.log_prob(y_filled),
-                        has_rsample=True,
-                    )
+            # Willetts eq. 8 with q(y|x) replaced by q(y|a, x) at the a drawn above: a
+            # one-sample estimate of eq. 23, as in the rest of the objective.
+            classification_factor(q_y, observed, y_filled, classifier_weight)
 
     @torch.no_grad()
     def class_probs(self, x: torch.Tensor, num_samples: int, seed: int = 0) -> torch.Tensor:

@@ -15,6 +15,33 @@ from ..plates import DATA_PLATE, split_labels
 _IMPOSSIBLE = -1e4
 
 
+def sample_latent_label(
+    q_y: dist.Categorical, observed: torch.Tensor, y_filled: torch.Tensor
+) -> torch.Tensor:
+    """The enumerated ``y_unobserved`` site (inside the data plate): ``q(y|.)`` on
+    unlabelled rows, a point mass at the observed label on labelled rows, so the enumerated
+    sum reduces to ``L(x, y)`` there. Its ``log q`` counts on unlabelled rows only."""
+    point_mass = torch.full_like(q_y.logits, _IMPOSSIBLE).scatter(-1, y_filled[:, None], 0.0)
+    logits = torch.where(observed[:, None], point_mass, q_y.logits)
+    with poutine.mask(mask=~observed):
+        return pyro.sample(
+            "y_unobserved", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
+        )
+
+
+def classification_factor(
+    q_y: dist.Categorical, observed: torch.Tensor, y_filled: torch.Tensor, weight: float
+) -> None:
+    """Kingma eq. 9 / Willetts eq. 8: ``+ weight * log q(y|.)`` on labelled rows.
+
+    A guide factor enters the ELBO as ``-log_factor``, hence the sign; ``has_rsample=True``
+    keeps Pyro from treating it as a score-function term.
+    """
+    if weight:
+        with poutine.mask(mask=observed):
+            pyro.factor("classification", -weight * q_y.log_prob(y_filled), has_rsample=True)
+
+
 class CategoricalGaussianGuide(nn.Module):
     """``q(y, z|x) = q(y|x) q(z|x, y)`` with parallel enumeration of the latent label.
 
@@ -37,22 +64,6 @@ class CategoricalGaussianGuide(nn.Module):
         observed, y_filled = split_labels(y)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             q_y = self.q_y(x)
-            point_mass = torch.full_like(q_y.logits, _IMPOSSIBLE).scatter(
-                -1, y_filled[:, None], 0.0
-            )
-            logits = torch.where(observed[:, None], point_mass, q_y.logits)
-            with poutine.mask(mask=~observed):
-                y_latent = pyro.sample(
-                    "y_unobserved", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
-                )
+            y_latent = sample_latent_label(q_y, observed, y_filled)
             pyro.sample("z", self.q_z(x, y_latent))
-            if classifier_weight:
-                # Kingma eq. 9 / Willetts eq. 8: + alpha * log q(y|x) on labelled rows. A guide
-                # factor enters the ELBO as -log_factor, hence the sign; has_rsample=True
-                # keeps Pyro from treating it as a score-function term.
-                with poutine.mask(mask=observed):
-                    pyro.factor(
-                        "classification",
-                        -classifier_weight * q_y.log_prob(y_filled),
-                        has_rsample=True,
-                    )
+            classification_factor(q_y, observed, y_filled, classifier_weight)

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..nets import (
     ConvDecoder,
     ConvEncoder,
-    DenseDecoder,
+    Decoder,
     DenseEncoder,
     LSTMDecoder,
     LSTMEncoder,
@@ -264,4 +264,4 @@ def _decoder(c: PiVAEConfig, code_dim: int) -> nn.Module:
         return LSTMDecoder(
             code_dim, steps, c.sequence_channels, c.rnn_hidden, c.likelihood, c.sigma2
         )
-    return DenseDecoder(code_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation)
+    return Decoder(code_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation)

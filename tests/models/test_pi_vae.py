@@ -38,7 +38,7 @@ def _hand_written_terms(model, x, z):
     h = enc.trunk.net(x)
     q_z = td.Normal(enc.q_z.loc(h), F.softplus(enc.q_z.scale(h)) + 1e-4)
     log_pi = F.log_softmax(enc.pi(h), -1)
-    logits = dec.head.logits(dec.net(torch.cat([log_pi.exp(), z], -1)))
+    logits = dec.head.logits(dec.trunk(torch.cat([log_pi.exp(), z], -1)))
     log_px = td.Bernoulli(logits=logits).log_prob(x).sum(-1)
     kl_z = td.kl_divergence(q_z, td.Normal(0.0, 1.0)).sum(-1)
     return log_px, kl_z, log_pi
@@ -142,7 +142,7 @@ def test_pi_to_decoder_switch():
     linked, cut = _pi_vae(), _pi_vae(pi_to_decoder=False)
     assert not torch.allclose(x_logits(linked, pi_a), x_logits(linked, pi_b))
     assert torch.equal(x_logits(cut, pi_a), x_logits(cut, pi_b))
-    assert cut.decoder.net[0].in_features == Z and linked.decoder.net[0].in_features == Z + K
+    assert cut.decoder.trunk[0].in_features == Z and linked.decoder.trunk[0].in_features == Z + K
     with pytest.raises(UserError, match="does not read pi"):
         cut.sample(2, y=1)
 
@@ -186,7 +186,7 @@ def test_eu_has_no_pi_head_and_trains():
     model = _pi_vae(variant="eu")
     assert model.encoder.pi is None
     assert not any(".pi." in n for n, _ in model.named_parameters())
-    assert model.decoder.net[0].in_features == Z
+    assert model.decoder.trunk[0].in_features == Z
     x, y = _batch()
     trace = poutine.trace(model.model).get_trace(x, y)
     assert {"log_pi", "classification"}.isdisjoint(trace.nodes)
