@@ -6,8 +6,7 @@ import torch.distributions as td
 from torch.nn import functional as F
 
 from ppl_ssvae.models import build
-from ppl_ssvae.nets import MIN_SCALE
-from tests.models.exact import loss_and_sites
+from tests.models.exact import loss_and_sites, multi_input_gaussian, multi_input_hidden
 
 K, D, Z, A = 3, 12, 4, 5
 PRIOR = (0.5, 0.3, 0.2)
@@ -27,34 +26,19 @@ def _loss_and_latents(model, x, y):
     return loss_and_sites(model, x, y, "a", "z")
 
 
-def _hidden(trunk, inputs, label=None):
-    """A MultiInputTrunk from its weights: act(sum_i W_i u_i + W_y onehot(y) + b), then the rest."""
-    h = sum(
-        F.linear(u, layer.weight, layer.bias) for layer, u in zip(trunk.layers, inputs, strict=True)
-    )
-    if label is not None:
-        h = h + F.one_hot(label, K).to(h.dtype) @ trunk.y_layer.weight
-    return trunk.rest(trunk.act(h))
-
-
-def _gaussian(net, inputs, label=None):
-    h = _hidden(net.trunk, inputs, label)
-    return td.Normal(net.head.loc(h), F.softplus(net.head.scale(h)) + MIN_SCALE)
-
-
 def _terms(model, x, a, z, prior):
     """Per-row L_a(x, k) for every k (eq. 22's bracket at this a), log q(y|a, x), log q(a|x)."""
     q = model.q
-    log_q_a = _gaussian(q.q_a, [x]).log_prob(a).sum(-1)
-    log_q_y = F.log_softmax(q.q_y.logits(_hidden(q.q_y.trunk, [x, a])), -1)
+    log_q_a = multi_input_gaussian(q.q_a, [x]).log_prob(a).sum(-1)
+    log_q_y = F.log_softmax(q.q_y.logits(multi_input_hidden(q.q_y.trunk, [x, a])), -1)
     bounds = []
     for k in range(K):
         label = torch.full((len(x),), k)
-        log_q_z = _gaussian(q.q_z, [x, a], label).log_prob(z[k]).sum(-1)
+        log_q_z = multi_input_gaussian(q.q_z, [x, a], label).log_prob(z[k]).sum(-1)
         logits = model.p_x.head.logits(model.p_x.trunk(z[k], label))
         log_px = td.Bernoulli(logits=logits).log_prob(x).sum(-1)
         log_pz = td.Normal(0.0, 1.0).log_prob(z[k]).sum(-1)
-        log_pa = _gaussian(model.p_a, [x, z[k]], label).log_prob(a).sum(-1)
+        log_pa = multi_input_gaussian(model.p_a, [x, z[k]], label).log_prob(a).sum(-1)
         log_py = torch.log(torch.tensor(prior[k]))
         bounds.append(log_px + log_py + log_pz + log_pa - log_q_z)
     return torch.stack(bounds, -1), log_q_y, log_q_a
