@@ -103,6 +103,7 @@ def test_semi_unsupervised_run_records_cluster_metrics(tmp_path, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["cli"]["extra_classes"] == 2
     assert config["model"]["num_classes"] == 12
+    assert config["fit"]["labelled_share"] == "1:1"  # Willetts App. B batches under the protocol
     # Eq. 34-35 prior: 1/N_gt for the 8 labelled classes, the rest shared by 2 + 2.
     prior = config["model"]["prior"]
     assert prior[2:10] == pytest.approx([0.1] * 8)
@@ -145,6 +146,7 @@ def test_plain_semi_supervised_run_keeps_default_evaluator(tmp_path):
     assert main(["train", "--model", "m2", *TINY, "--labels", "50", "--out", str(run)]) == 0
     (record,) = _records(run)
     assert "cluster_mapping" not in record and "test_log_loss" in record
+    assert json.loads((run / "config.json").read_text())["fit"]["labelled_share"] == "natural"
     assert not (run / "confusion_matrix.csv").exists()
 
 
