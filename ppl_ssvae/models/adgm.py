@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import UserError
 from ..guides.auxiliary import AuxiliaryGuide
 from ..nets import ConditionalDecoder, MultiInputCategorical, MultiInputGaussian
-from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels
+from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels, standard_normal
 
 
 @dataclasses.dataclass
@@ -102,8 +102,7 @@ class ADGM(LabelLatentModel):
         )
 
     def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
-        zeros = self.prior.new_zeros(self.config.z_dim)
-        return dist.Normal(zeros, 1.0).expand([*batch_shape, self.config.z_dim]).to_event(1)
+        return standard_normal(self.config.z_dim, self.prior, batch_shape)
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)

@@ -29,6 +29,7 @@ __all__ = [
     "ModelConfig",
     "SemiSupervisedModel",
     "split_labels",
+    "standard_normal",
 ]
 
 
@@ -185,6 +186,14 @@ class LabelLatentModel(SemiSupervisedModel):
             y = dist.Categorical(self.prior).sample((n,))
         p_x = self.p_x_given_y(torch.as_tensor(y, device=self.prior.device).expand(n))
         return p_x.mean if mean else p_x.sample()
+
+
+def standard_normal(
+    dim: int, like: torch.Tensor, batch_shape: torch.Size | tuple[int, ...] = ()
+) -> dist.Distribution:
+    """``N(0, I)`` over ``dim`` units, on ``like``'s device and dtype (the usual p(z))."""
+    zeros = like.new_zeros(dim)
+    return dist.Normal(zeros, 1.0).expand([*batch_shape, dim]).to_event(1)
 
 
 def class_prior(num_classes: int, prior: tuple[float, ...] | None) -> torch.Tensor:

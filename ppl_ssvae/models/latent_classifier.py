@@ -16,7 +16,14 @@ from ..errors import UserError
 from ..guides.auxiliary import seeded_sample
 from ..guides.encoder import EncoderGuide
 from ..nets import CategoricalHead, ConditionalDecoder, Decoder, MultiInputGaussian
-from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel, class_prior, split_labels
+from .base import (
+    DATA_PLATE,
+    ModelConfig,
+    SemiSupervisedModel,
+    class_prior,
+    split_labels,
+    standard_normal,
+)
 
 UNLABELLED_BOUNDS = ("thesis", "marginal")
 # Proposals from p(z) per draw when sampling z ~ p(z|y) by importance resampling.
@@ -126,8 +133,7 @@ class LatentClassifier(SemiSupervisedModel):
         return super().make_elbo(**kwargs)
 
     def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
-        zeros = self.prior.new_zeros(self.config.z_dim)
-        return dist.Normal(zeros, 1.0).expand([*batch_shape, self.config.z_dim]).to_event(1)
+        return standard_normal(self.config.z_dim, self.prior, batch_shape)
 
     def row_weights(self, observed: torch.Tensor) -> torch.Tensor:
         """lambda on labelled rows, 1 on unlabelled rows."""

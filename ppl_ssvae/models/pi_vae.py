@@ -25,7 +25,14 @@ from ..nets import (
     PiEncoder,
     output_params,
 )
-from .base import DATA_PLATE, MAX_PLATE_NESTING, ModelConfig, SemiSupervisedModel, split_labels
+from .base import (
+    DATA_PLATE,
+    MAX_PLATE_NESTING,
+    ModelConfig,
+    SemiSupervisedModel,
+    split_labels,
+    standard_normal,
+)
 
 VARIANTS = ("ss", "es", "eu")
 NETS = ("dense", "cnn", "rnn")
@@ -132,8 +139,7 @@ class PiVAE(SemiSupervisedModel):
 
     # -- the Pyro pair ---------------------------------------------------------------------
     def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
-        zeros = self.prior.new_zeros(self.config.z_dim)
-        return dist.Normal(zeros, 1.0).expand([*batch_shape, self.config.z_dim]).to_event(1)
+        return standard_normal(self.config.z_dim, self.prior, batch_shape)
 
     def p_log_pi(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
         """A one-hot class in log space, masked: it only matters when the model runs alone."""
