@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 import numpy as np
 import torch
 from sklearn.metrics import log_loss as sk_log_loss
+from torch import nn
+from torch.distributions import Distribution
 
+from .errors import UserError
 from .models.base import SemiSupervisedModel
 
 
@@ -53,4 +59,151 @@ def classification_report(model: SemiSupervisedModel, data) -> dict[str, float]:
         "val_accuracy": accuracy(val_probs, data.y_val) if val_probs is not None else float("nan"),
         "test_accuracy": accuracy(test_probs, data.y_test),
         "test_log_loss": log_loss(test_probs, data.y_test),
+    }
+
+
+class FactorSampler(Protocol):
+    """What the betaVAE score needs from a dataset with known discrete factors.
+
+    :class:`ppl_ssvae.data.shapes.FactorImages` (procedural shapes, Small-NORB) implements
+    it; the split into "draw factors" and "show an image with these factors" follows
+    disentanglement_lib, so rendered and looked-up datasets work alike.
+    """
+
+    factor_sizes: tuple[int, ...]
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, K) integer factor values, each factor drawn from its prior."""
+        ...
+
+    def sample_observations(self, factors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(n, D) float images showing the given factor values, one per row."""
+        ...
+
+
+def _encode(
+    encoder: Callable[[torch.Tensor], torch.Tensor | Distribution],
+    x: np.ndarray,
+    device: torch.device,
+    chunk: int,
+) -> np.ndarray:
+    parts = []
+    for start in range(0, len(x), chunk):
+        out = encoder(torch.as_tensor(x[start : start + chunk], dtype=torch.float32, device=device))
+        # a guide head returns q(z|x); its mean is the representation (Higgins et al.)
+        if isinstance(out, Distribution):
+            out = out.mean
+        parts.append(out.detach().reshape(len(out), -1).double().cpu().numpy())
+    return np.concatenate(parts)
+
+
+def _beta_vae_points(
+    encoder: Callable,
+    data: FactorSampler,
+    num_points: int,
+    batch_size: int,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    device: torch.device,
+    chunk: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    factor_rng, image_rng = rngs
+    num_factors = len(data.factor_sizes)
+    labels = factor_rng.integers(0, num_factors, num_points)
+    n = num_points * batch_size
+    f1 = data.sample_factors(n, factor_rng)
+    f2 = data.sample_factors(n, factor_rng)
+    rows, shared = np.arange(n), np.repeat(labels, batch_size)
+    f2[rows, shared] = f1[rows, shared]
+    # pairs interleaved, so that any chunking asks for images in the same order and
+    # the score does not depend on ``chunk``
+    pairs = np.stack([f1, f2], axis=1).reshape(2 * n, num_factors)
+    features = []
+    rows_per_chunk = max(1, chunk // (2 * batch_size)) * 2 * batch_size
+    for start in range(0, 2 * n, rows_per_chunk):
+        x = data.sample_observations(pairs[start : start + rows_per_chunk], image_rng)
+        z = _encode(encoder, x, device, chunk)
+        z = z.reshape(len(z) // (2 * batch_size), batch_size, 2, -1)
+        features.append(np.abs(z[:, :, 0] - z[:, :, 1]).mean(axis=1))
+    return np.concatenate(features), labels
+
+
+def beta_vae_score(
+    encoder: Callable[[torch.Tensor], torch.Tensor | Distribution],
+    data: FactorSampler,
+    *,
+    batch_size: int = 64,
+    num_train: int = 2048,
+    num_test: int = 2048,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    chunk: int = 4096,
+) -> dict[str, float]:
+    """The betaVAE disentanglement score (Higgins et al., 2017) of a representation.
+
+    One data point: pick a factor ``k`` uniformly; draw ``batch_size`` pairs of images
+    whose factors are independent except that factor ``k`` is shared; the feature is the
+    mean over pairs of ``|enc(x1) - enc(x2)|`` and the label is ``k``. A logistic
+    regression is fitted on ``num_train`` points and its accuracy on ``num_test`` fresh
+    points is the score: 1 when one coordinate block moves with each factor alone,
+    ``1 / #factors`` (chance) when the representation ignores the factors. The π-VAE
+    paper (Berkhahn et al., sec. 4, Table 12) uses 2 × 64 images per point, 2048 train
+    and 2048 test points and a plain logistic regressor on the latent means; those are
+    the defaults here.
+
+    Args:
+        encoder: images (B, D) float32 -> representation (B, d), or a distribution whose
+            mean is used (e.g. the guide's q(z|x) head). ``nn.Module`` encoders are put
+            in eval mode while scoring; wrap other callables yourself.
+        data: a :class:`FactorSampler`, e.g. ``Shapes()`` or
+            ``FactorImages.from_dataset(load_smallnorb(...))``.
+        batch_size: pairs averaged per point (L).
+        num_train, num_test: points to fit and to score the classifier on.
+        seed: seeds the numpy Generator that draws factors and images, so the score is
+            deterministic for a deterministic encoder.
+        device: where the encoder's inputs go; defaults to the module's parameters' device.
+        chunk: images per encoder call (memory bound).
+
+    Returns:
+        ``{"beta_vae_score": test accuracy, "beta_vae_train_accuracy": train accuracy}``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    num_factors = len(data.factor_sizes)
+    if num_factors < 2:
+        raise UserError(f"the betaVAE score needs at least 2 factors, the data has {num_factors}")
+    for name, value in [
+        ("batch_size", batch_size),
+        ("num_train", num_train),
+        ("num_test", num_test),
+        ("chunk", chunk),
+    ]:
+        if int(value) != value or value < 1:
+            raise UserError(f"beta_vae_score: {name} must be a positive integer, got {value!r}")
+    module = encoder if isinstance(encoder, nn.Module) else None
+    if device is None:
+        param = next(module.parameters(), None) if module is not None else None
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    rngs = tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        with torch.no_grad():
+            x_train, y_train = _beta_vae_points(
+                encoder, data, num_train, batch_size, rngs, device, chunk
+            )
+            x_test, y_test = _beta_vae_points(
+                encoder, data, num_test, batch_size, rngs, device, chunk
+            )
+    finally:
+        if module is not None:
+            module.train(was_training)
+    if len(np.unique(y_train)) < 2:
+        raise UserError(f"num_train={num_train} drew a single factor; use more training points")
+    classifier = LogisticRegression(max_iter=1000)
+    classifier.fit(x_train, y_train)
+    return {
+        "beta_vae_score": float(classifier.score(x_test, y_test)),
+        "beta_vae_train_accuracy": float(classifier.score(x_train, y_train)),
     }

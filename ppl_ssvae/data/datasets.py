@@ -15,6 +15,10 @@ import numpy as np
 
 from ..errors import DataNotFoundError, UserError
 from .idx import read_idx
+from .sequences import load_sequences
+from .shapes import load_shapes
+from .smallnorb import load_smallnorb
+from .uci_har import load_uci_har
 
 DATA_ENV = "PPL_SSVAE_DATA"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -217,6 +221,10 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": load_digits,
     "moons": load_moons,
     "circles": load_circles,
+    "uci-har": load_uci_har,
+    "sequences": load_sequences,
+    "shapes": load_shapes,
+    "smallnorb": load_smallnorb,
 }
 
 
