@@ -27,6 +27,7 @@ from .data import SemiSupervisedBatches, SemiSupervisedData
 from .errors import NonFiniteLossError, UserError
 from .metrics import classification_report
 from .models.base import SemiSupervisedModel
+from .optim import SingleOptimizer
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -113,6 +114,8 @@ def fit(
     binarize: bool | None = None,
     lr: float = 1e-3,
     lr_decay: float = 0.9,
+    optimizer: str = "adam",
+    optimizer_args: dict[str, Any] | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
     out: str | Path | None = None,
@@ -129,9 +132,12 @@ def fit(
         batch_size, labelled_share, binarize: see ``SemiSupervisedBatches``. ``binarize=None``
             binarises exactly when the model's likelihood is Bernoulli, so grey levels
             become the binary data that likelihood describes (Willetts et al. App. B).
-        lr: Adam learning rate.
+        lr: learning rate.
         lr_decay: the learning rate is multiplied by this once per epoch (spread evenly
             over its steps); 0.9 takes 1e-3 to ~5e-5 in 30 epochs.
+        optimizer: ``"adam"`` or ``"rmsprop"`` (Berkhahn et al. App. A), one torch
+            optimizer over all parameters (``ppl_ssvae.optim.SingleOptimizer``).
+        optimizer_args: further arguments of that optimizer, e.g. ``{"momentum": 0.9}``.
         seed: seeds parameters' initial noise, batches and z samples.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         out: run directory for ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``
@@ -164,11 +170,7 @@ def fit(
     )
     if not 0.0 < lr_decay <= 1.0:
         raise UserError(f"lr_decay={lr_decay} must be in (0, 1]")
-    # ClippedAdam is Adam plus a per-step decay kept in the optimizer's own state (so it
-    # resumes exactly); its element-wise gradient clipping is switched off.
-    optim = pyro.optim.ClippedAdam(
-        {"lr": lr, "lrd": lr_decay ** (1.0 / len(batches)), "clip_norm": math.inf}
-    )
+    optim = make_optimizer(optimizer, lr, lr_decay ** (1.0 / len(batches)), optimizer_args)
     svi = SVI(model.model, model.guide, optim, model.make_elbo())
     result = FitResult(run_dir=run_dir)
     start_epoch, elapsed_wall, elapsed_cpu = 1, 0.0, 0.0
@@ -193,7 +195,8 @@ def fit(
             "model": model.to_config(),
             "fit": {
                 "epochs": epochs, "batch_size": batch_size, "labelled_share": labelled_share,
-                "binarize": binarize, "lr": lr, "lr_decay": lr_decay, "seed": seed, "device": str(dev),
+                "binarize": binarize, "lr": lr, "lr_decay": lr_decay, "optimizer": optimizer,
+                "optimizer_args": optimizer_args or {}, "seed": seed, "device": str(dev),
                 "max_minutes": max_minutes,
             },
             "data": data.summary,
@@ -275,6 +278,14 @@ def fit(
     if max_minutes is not None and result.stopped == "epochs" and elapsed_wall >= 60 * max_minutes:
         result.stopped = "max_minutes"
     return result
+
+
+def make_optimizer(
+    name: str, lr: float, lr_decay_per_step: float = 1.0, options: dict[str, Any] | None = None
+) -> SingleOptimizer:
+    """The optimizer ``fit`` uses: one torch optimizer (``"adam"``, ``"rmsprop"``) over all
+    parameters, with the learning rate multiplied by ``lr_decay_per_step`` after each step."""
+    return SingleOptimizer(name, lr, lr_decay_per_step, **(options or {}))
 
 
 def _read_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:

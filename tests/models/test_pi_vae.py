@@ -137,7 +137,7 @@ def test_pi_to_decoder_switch():
 
     def x_logits(model, log_pi):
         given = poutine.condition(model.model, data={"z": z, "log_pi": log_pi})
-        return poutine.trace(given).get_trace(x, y).nodes["x"]["fn"].base_dist.logits
+        return poutine.trace(given).get_trace(x, y).nodes["x"]["fn"].logits
 
     linked, cut = _pi_vae(), _pi_vae(pi_to_decoder=False)
     assert not torch.allclose(x_logits(linked, pi_a), x_logits(linked, pi_b))

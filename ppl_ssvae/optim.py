@@ -1,0 +1,122 @@
+"""One torch optimizer over all of a model's parameters, usable by ``pyro.infer.SVI``.
+
+``pyro.optim.PyroOptim`` builds one optimizer instance per parameter tensor and steps
+them one by one from Python. With a handful of large weight matrices that is a dozen
+optimizer calls per step; a single torch optimizer with its multi-tensor (``foreach``)
+kernels does the same update in one call. The update rule is the torch optimizer's own
+(Adam, RMSprop, ...), unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import pyro
+import torch
+from pyro.optim import PyroOptim
+
+from .errors import UserError
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+class SingleOptimizer(PyroOptim):
+    """``SVI``-compatible wrapper of one ``torch.optim`` optimizer over every parameter.
+
+    Parameters join the optimizer the first step they receive a gradient, in the order of
+    their names in Pyro's param store, so a resumed run rebuilds the same parameter groups.
+    The learning rate is multiplied by ``lr_decay_per_step`` after every step; it lives in
+    the optimizer's parameter groups, so ``get_state``/``set_state`` resume it exactly.
+
+    Args:
+        name: a key of ``OPTIMIZERS`` (``"adam"``, ``"rmsprop"``).
+        lr: initial learning rate.
+        lr_decay_per_step: multiplicative decay applied after each step (1 = none).
+        **options: further keyword arguments of the torch optimizer (``momentum``...).
+    """
+
+    def __init__(
+        self, name: str, lr: float, lr_decay_per_step: float = 1.0, **options: Any
+    ) -> None:
+        if name not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if not 0.0 < lr_decay_per_step <= 1.0:
+            raise UserError(f"lr_decay_per_step={lr_decay_per_step} must be in (0, 1]")
+        # PyroOptim.__init__ is not called: its per-parameter bookkeeping is what this
+        # class replaces. SVI only needs __call__, get_state and set_state.
+        self.optim_class = OPTIMIZERS[name]
+        self.options = {"lr": lr, "foreach": True, **options}
+        self.lr_decay_per_step = lr_decay_per_step
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.param_names: list[str] = []
+        self._pending_state: dict[str, Any] | None = None
+
+    def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
+        params = [p for p in params if p.grad is not None]
+        self._add_new(params)
+        self.optimizer.step()
+        if self.lr_decay_per_step != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.lr_decay_per_step
+
+    def _add_new(self, params: list[torch.Tensor]) -> None:
+        store = pyro.get_param_store()
+        known = {id(p) for group in self._groups() for p in group["params"]}
+        new = sorted(
+            ((store.param_name(p), p) for p in params if id(p) not in known),
+            key=lambda pair: pair[0],
+        )
+        if not new:
+            return
+        names, tensors = [n for n, _ in new], [p for _, p in new]
+        if self.optimizer is None:
+            self.optimizer = self.optim_class(tensors, **self.options)
+        else:
+            # Later parameters (a model that grows) start at the current, decayed lr.
+            self.optimizer.add_param_group(
+                {"params": tensors, "lr": self.optimizer.param_groups[-1]["lr"]}
+            )
+        self.param_names += names
+        if self._pending_state is not None and self.param_names == self._pending_state["names"]:
+            self._load(self._pending_state)
+            self._pending_state = None
+
+    def _load(self, state: dict[str, Any]) -> None:
+        # Rebuild the saved group structure (groups appear when a model grows) so that
+        # torch's load_state_dict matches parameters one to one.
+        tensors = [p for group in self.optimizer.param_groups for p in group["params"]]
+        groups, start = [], 0
+        for saved in state["optimizer"]["param_groups"]:
+            groups.append({"params": tensors[start : start + len(saved["params"])]})
+            start += len(saved["params"])
+        self.optimizer = self.optim_class(groups, **self.options)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _groups(self) -> list[dict[str, Any]]:
+        return [] if self.optimizer is None else self.optimizer.param_groups
+
+    def get_state(self) -> dict[str, Any]:
+        if self._pending_state is not None:
+            return self._pending_state
+        if self.optimizer is None:
+            return {"names": [], "optimizer": None}
+        # A copy: torch's state_dict shares the moment buffers that the next step updates.
+        state = copy.deepcopy(self.optimizer.state_dict())
+        return {"names": list(self.param_names), "optimizer": state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a ``get_state`` result; applied when the same parameters are seen again
+        (the first step after a resume), since the tensors do not exist before that."""
+        if "names" not in state:
+            raise UserError(
+                "this checkpoint's optimizer state predates ppl_ssvae.optim; start a new run"
+            )
+        if self.optimizer is not None and self.param_names == state["names"]:
+            self._load(state)
+        else:
+            self._pending_state = state if state["optimizer"] is not None else None
