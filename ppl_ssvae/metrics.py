@@ -50,6 +50,13 @@ def mean_elbo(model: SemiSupervisedModel, x: torch.Tensor, batch_size: int = 100
     return -total / len(x)
 
 
+def elbo_report(model: SemiSupervisedModel, data) -> dict[str, float]:
+    """Validation and test ELBO per row, for models that cannot classify (the pi-VAE's
+    unsupervised sibling EU); ``fit`` then keeps the epoch with the best validation ELBO."""
+    x_val = data.x_val if len(data.x_val) else data.x_test
+    return {"elbo": mean_elbo(model, x_val), "test_elbo": mean_elbo(model, data.x_test)}
+
+
 def classification_report(model: SemiSupervisedModel, data) -> dict[str, float]:
     """Validation and test accuracy plus the validation ELBO: the trainer's default evaluation."""
     val_probs = model.classify(data.x_val) if len(data.x_val) else None

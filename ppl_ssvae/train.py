@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import __version__, checkpoint
 from .data import SemiSupervisedBatches, SemiSupervisedData
 from .errors import NonFiniteLossError, UserError
-from .metrics import classification_report
+from .metrics import classification_report, elbo_report
 from .models.base import SemiSupervisedModel
 from .optim import SingleOptimizer
 
@@ -122,7 +122,7 @@ def fit(
     resume: bool = False,
     max_minutes: float | None = None,
     progress: bool = True,
-    evaluate: Evaluator = classification_report,
+    evaluate: Evaluator | None = None,
     run_config: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` with SVI + the model's ELBO (TraceEnum_ELBO).
@@ -145,7 +145,9 @@ def fit(
         resume: continue from ``out/checkpoint.pt``.
         max_minutes: stop, as a normal finish, at the end of the epoch that passes this
             wall-clock budget.
-        evaluate: ``(model, data) -> dict`` run after each epoch; must give ``val_accuracy``.
+        evaluate: ``(model, data) -> dict`` run after each epoch, giving ``val_accuracy``
+            (or, for models that cannot classify, ``elbo``: the validation ELBO). None:
+            ``classification_report``, or ``elbo_report`` for models without a classifier.
         run_config: extra entries for ``config.json`` (e.g. the data arguments).
 
     Raises:
@@ -154,6 +156,8 @@ def fit(
     """
     if epochs < 0:
         raise UserError(f"epochs={epochs} must be >= 0")
+    if evaluate is None:
+        evaluate = classification_report if model.can_classify else elbo_report
     if resume and out is None:
         raise UserError("resume needs the run directory (out=...)")
     run_dir = Path(out) if out is not None else None
@@ -244,14 +248,16 @@ def fit(
             "elapsed_cpu_seconds": elapsed_cpu,
         }
         result.history.append(record)
-        val = last_eval.get("val_accuracy", float("nan"))
+        # Best by validation accuracy; by validation ELBO for models that cannot classify.
+        val = last_eval.get("val_accuracy", last_eval.get("elbo", float("nan")))
         improved = math.isfinite(val) and val > result.best_val_accuracy
         if improved:
             result.best_epoch, result.best_val_accuracy = epoch, val
         if progress:
             tqdm.write(
                 f"epoch {epoch}: loss {record['train_loss']:.2f}  elbo {record.get('elbo', float('nan')):.2f}  "
-                f"val acc {val:.4f}  test acc {last_eval.get('test_accuracy', float('nan')):.4f}  "
+                f"val acc {last_eval.get('val_accuracy', float('nan')):.4f}  "
+                f"test acc {last_eval.get('test_accuracy', float('nan')):.4f}  "
                 f"({epoch_wall:.1f}s)"
             )
         if run_dir is not None:

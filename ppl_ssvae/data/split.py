@@ -29,6 +29,7 @@ class SemiSupervisedData:
         x_test, y_test: the dataset's test split.
         feature_mask: boolean mask over the original features that were kept
             (``None`` when every feature is kept); ``expand`` puts samples back.
+        extra: the dataset's metadata (``Dataset.extra``: sequence layout, factors...).
     """
 
     name: str
@@ -46,6 +47,7 @@ class SemiSupervisedData:
     image_shape: tuple[int, ...] | None = None
     feature_mask: np.ndarray | None = None
     summary: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
     @property
     def input_dim(self) -> int:
@@ -180,4 +182,5 @@ def semi_supervised_split(
         image_shape=dataset.image_shape,
         feature_mask=feature_mask,
         summary=summary,
+        extra=dataset.extra,
     )

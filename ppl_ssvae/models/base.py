@@ -60,6 +60,9 @@ class SemiSupervisedModel(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
+    # Training settings from the model's paper that differ from the library defaults
+    # (``fit`` arguments / CLI options); the CLI applies them unless the user overrides.
+    fit_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -91,6 +94,11 @@ class SemiSupervisedModel(nn.Module):
             return torch.cat([self._class_probs(chunk) for chunk in x.split(batch_size)])
         finally:
             self.train(was_training)
+
+    @property
+    def can_classify(self) -> bool:
+        """False for models without a classifier (the pi-VAE's EU sibling)."""
+        return True
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Most probable class id per row."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -51,10 +51,10 @@ class PiVAEConfig(ModelConfig):
         z_dim: size of the Gaussian latent (2 in Tables 13-15).
         hidden: dense encoder widths; the dense decoder uses them reversed.
         activation: activation of the dense layers.
-        alpha: weight of the classification term, ``alpha / #labelled * sum CE`` (eq. 5).
-            The ELBO here is summed over the rows of a batch, as everywhere in the
-            library, while the paper's Keras loss averages it; ``alpha = batch size``
-            reproduces the paper's balance for alpha(y) = 1.
+        alpha: alpha(y) of eq. 5 for labelled rows: the classification term is
+            ``alpha / #labelled * sum CE`` next to the batch-mean ELBO, as in the paper
+            (alpha = 1 there). The library sums the ELBO over rows, so the loss is the
+            paper's times the batch size B: ``alpha B / #labelled * sum CE``.
         beta: weight of the KL term (beta_norm of sec 4; 1 is the plain ELBO).
         pi_to_decoder: feed pi into the decoder (eq. 2); False cuts that link (sec 4,
             App. A.4) so pi only shapes the latent through the shared trunk.
@@ -97,7 +97,7 @@ class PiVAE(SemiSupervisedModel):
 
     Loss (eq. 3-5), minimised, per batch::
 
-        L     = sum_rows -L_ELBO + L_cl
+        L     = B * (mean_rows -L_ELBO + L_cl)    (B rows; the paper averages the ELBO)
         L_ELBO = E_q(z|x)[log p(x | pi ⊕ z)] - beta KL[q(z|x) || N(0, I)]
         L_cl  = alpha / #labelled * sum_labelled -log pi_y(x)
 
@@ -109,7 +109,7 @@ class PiVAE(SemiSupervisedModel):
     The guide runs the trunk once for z and pi, and the ELBO's replay hands that same
     pi to the model, so model and guide see one pi, one dropout mask and one batch-norm
     update per step. The cross-entropy is a ``pyro.factor`` in the model, masked to the
-    labelled rows and scaled by ``alpha / #labelled``; ``make_elbo`` is
+    labelled rows and scaled by ``alpha B / #labelled``; ``make_elbo`` is
     ``TraceMeanField_ELBO`` so the z KL is analytic as in eq. 4, and one ``svi.step``
     is one optimisation step on exactly ``L``. Run alone, the model draws a one-hot pi
     from a uniform class, which is the conditional generation ``sample`` does.
@@ -120,6 +120,12 @@ class PiVAE(SemiSupervisedModel):
 
     name = "pi-vae"
     config_class = PiVAEConfig
+    # App. A.1-A.2: RMSprop, lr 5e-4, momentum 0.9, no decay, grey levels in [0, 1];
+    # sec 2.3: 1:1 labelled/unlabelled batches.
+    fit_defaults: ClassVar[dict[str, Any]] = {
+        "optimizer": "rmsprop", "lr": 5e-4, "momentum": 0.9, "lr_decay": 1.0, "labelled_share": "1:1",
+        "binarize": False,
+    }  # fmt: skip
 
     def __init__(self, config: PiVAEConfig) -> None:
         super().__init__(config)
@@ -160,7 +166,8 @@ class PiVAE(SemiSupervisedModel):
                 labelled = int(observed.sum())
                 if labelled and c.alpha:  # pyro refuses a zero scale
                     log_pi_y = log_pi.gather(-1, y_filled.unsqueeze(-1)).squeeze(-1)
-                    with poutine.mask(mask=observed), poutine.scale(scale=c.alpha / labelled):
+                    scale = c.alpha * x.shape[0] / labelled
+                    with poutine.mask(mask=observed), poutine.scale(scale=scale):
                         pyro.factor("classification", log_pi_y)
             if self.has_vae:
                 with poutine.scale(scale=c.beta):
@@ -190,6 +197,10 @@ class PiVAE(SemiSupervisedModel):
         return torch.cat([log_pi.exp(), z], -1)
 
     # -- prediction ------------------------------------------------------------------------
+    @property
+    def can_classify(self) -> bool:
+        return self.has_pi
+
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
         if not self.has_pi:
             raise UserError("the 'eu' variant has no pi layer and cannot classify")

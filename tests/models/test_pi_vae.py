@@ -45,16 +45,17 @@ def _hand_written_terms(model, x, z):
 
 
 def _expected_loss(model, x, y, z, alpha, beta, ce_rows="labelled", pi_kl=False):
-    """Eq. 3-5: -sum(E log p(x|pi, z) - beta KL_z) + alpha / #labelled * sum_labelled CE."""
+    """Eq. 3-5 times the batch size B (the library sums the ELBO over rows where the paper's
+    Keras loss averages it): -sum(E log p(x|pi, z) - beta KL_z) + alpha B / #labelled * sum CE."""
     log_px, kl_z, log_pi = _hand_written_terms(model, x, z)
     ce = -log_pi.gather(1, y.clamp(min=0)[:, None]).squeeze(1)
     labelled = y >= 0
     if ce_rows == "labelled":
-        l_cl = alpha / labelled.sum() * ce[labelled].sum() if labelled.any() else 0.0
+        l_cl = alpha * len(y) / labelled.sum() * ce[labelled].sum() if labelled.any() else 0.0
     elif ce_rows == "all":  # wrong: unlabelled rows (placeholder class 0) counted too
-        l_cl = alpha / labelled.sum() * ce.sum()
-    else:  # wrong: normalised by the batch size instead of the labelled count
-        l_cl = alpha / len(y) * ce[labelled].sum()
+        l_cl = alpha * len(y) / labelled.sum() * ce.sum()
+    else:  # wrong: not normalised by the labelled count
+        l_cl = alpha * ce[labelled].sum()
     loss = -(log_px - beta * kl_z).sum() + l_cl
     if pi_kl:  # the wrong way: a KL[Cat(pi) || uniform] per row
         loss = loss + (log_pi.exp() * (log_pi + torch.log(torch.tensor(float(K))))).sum()
@@ -101,7 +102,9 @@ def test_cross_entropy_is_alpha_over_labelled_count_times_labelled_sum():
     loss4 = weighted.make_elbo().loss(weighted.model, weighted.guide, x, y)
     log_pi = base.classify(x).log()
     labelled = (y >= 0).nonzero().squeeze(1)
-    assert loss4 - loss0 == pytest.approx(-4.0 / 3 * log_pi[labelled, y[labelled]].sum().item())
+    assert loss4 - loss0 == pytest.approx(
+        -4.0 * len(y) / 3 * log_pi[labelled, y[labelled]].sum().item()
+    )
 
 
 def _pi_head_grad(model, x, y):
@@ -120,7 +123,7 @@ def test_pi_head_learns_only_from_labelled_cross_entropy():
     weight = model.encoder.pi.weight
     log_pi = F.log_softmax(model.encoder.pi(model.encoder.trunk(x)), -1)
     labelled = y >= 0
-    l_cl = -2.5 / labelled.sum() * log_pi[labelled].gather(1, y[labelled, None]).sum()
+    l_cl = -2.5 * len(y) / labelled.sum() * log_pi[labelled].gather(1, y[labelled, None]).sum()
     (expected,) = torch.autograd.grad(l_cl, weight)
     assert torch.allclose(grad, expected)
     unlabelled_grad = _pi_head_grad(model, x, torch.full((6,), -1))
@@ -174,9 +177,11 @@ def test_es_is_encoder_and_pi_only_and_trains():
     trace = poutine.trace(model.model).get_trace(x, y)
     assert {"z", "x"}.isdisjoint(trace.nodes) and "classification" in trace.nodes
     with torch.no_grad():
-        ce = -model.classify(x).log()[torch.arange(6), y].mean().item()
+        ce = (
+            -model.classify(x).log()[torch.arange(6), y].mean().item()
+        )  # 6 of 6 labelled: loss = 2.5 * 6 / 6 * sum CE
     before, after = _train(model, x, y)
-    assert before == pytest.approx(2.5 * ce) and after < before
+    assert before == pytest.approx(2.5 * 6 * ce) and after < before
     with pytest.raises(UserError, match="no decoder"):
         model.sample(2)
 
