@@ -54,3 +54,12 @@ def plot_curves(path: Path, curves: dict[str, FitResult], key: str = "test_accur
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def whole_labels(requested: int, num_classes: int) -> int:
+    """The largest label count <= ``requested`` that every class can share equally.
+
+    ``semi_supervised_split`` keeps the same number of labels per class, so it refuses
+    e.g. 100 labels over 3 shape classes; the paper's counts (100, 300, ...) become 99, 300.
+    """
+    return requested // num_classes * num_classes

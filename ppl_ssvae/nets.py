@@ -586,17 +586,33 @@ class PiEncoder(nn.Module):
     ``q(z|x) = N(mu(x), diag sigma^2(x))`` and the class layer ``pi(x) = softmax(.)``.
 
     Either head may be absent: the supervised sibling ES has no z head, the unsupervised
-    sibling EU no pi head (Table 2). ``forward`` runs the trunk once for both heads.
+    sibling EU no pi head (Table 2). ``factor_classes`` adds one more pi head per further
+    label factor (Table 16: category, elevation, azimuth, lighting of Small-NORB).
+    ``forward`` runs the trunk once for every head.
     """
 
-    def __init__(self, trunk: nn.Module, z_dim: int | None, num_classes: int | None):
+    def __init__(
+        self,
+        trunk: nn.Module,
+        z_dim: int | None,
+        num_classes: int | None,
+        factor_classes: Sequence[int] = (),
+    ):
         super().__init__()
         self.trunk = trunk
         self.q_z = DiagonalGaussian(trunk.features, z_dim) if z_dim else None
         self.pi = nn.Linear(trunk.features, num_classes) if num_classes else None
+        self.factor_pi = nn.ModuleList(nn.Linear(trunk.features, k) for k in factor_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[dist.Distribution | None, dist.Categorical | None]:
+        """``(q(z|x), pi(x))``; see ``heads`` for the further factor heads too."""
+        q_z, q_pi, _ = self.heads(x)
+        return q_z, q_pi
+
+    def heads(
+        self, x: torch.Tensor
+    ) -> tuple[dist.Distribution | None, dist.Categorical | None, list[dist.Categorical]]:
         h = self.trunk(x)
         q_z = self.q_z(h) if self.q_z is not None else None
         q_pi = dist.Categorical(logits=self.pi(h)) if self.pi is not None else None
-        return q_z, q_pi
+        return q_z, q_pi, [dist.Categorical(logits=head(h)) for head in self.factor_pi]

@@ -38,7 +38,8 @@ class SemiSupervisedBatches:
     """Iterate mixed batches of ``batch_size`` rows, ``y == -1`` marking unlabelled rows.
 
     Args:
-        x, y: training inputs and kept labels (``-1`` for unlabelled).
+        x, y: training inputs and kept labels (``-1`` for unlabelled); ``y`` may be
+            ``(N, F)``, one column per label factor.
         batch_size: rows per step, labelled and unlabelled together.
         labelled_share: ``"natural"`` (the training set's own proportion), ``0.5`` /
             ``"1:1"`` (upsample labelled rows to half of every batch), or any share in [0, 1).
@@ -58,8 +59,11 @@ class SemiSupervisedBatches:
         if batch_size < 1:
             raise UserError(f"batch_size={batch_size} must be >= 1")
         self.x, self.y, self.binarize, self.seed = x, y, binarize, seed
-        self.labelled_idx = torch.nonzero(y >= 0).squeeze(1)
-        self.unlabelled_idx = torch.nonzero(y < 0).squeeze(1)
+        # (N, F) labels (several label factors, e.g. pi-VAE heads): a row is labelled
+        # when any of its factors is.
+        labelled = y >= 0 if y.dim() == 1 else (y >= 0).any(-1)
+        self.labelled_idx = torch.nonzero(labelled).squeeze(1)
+        self.unlabelled_idx = torch.nonzero(~labelled).squeeze(1)
         n_l, n_u = len(self.labelled_idx), len(self.unlabelled_idx)
         if n_l + n_u == 0:
             raise UserError("no training rows")

@@ -65,6 +65,10 @@ class PiVAEConfig(ModelConfig):
         sequence_channels: C of the flattened (T, C) sequences, for ``net="rnn"``;
             T = input_dim / C.
         rnn_hidden: widths of the dense-in, LSTM and dense-out layers (Table 15).
+        factor_classes: class counts of further pi heads, one per extra label factor
+            (Table 16); labels are then ``(N, 1 + len(factor_classes))``, column 0 for the
+            main pi layer, ``-1`` where a factor is unknown. Only the main pi can feed the
+            decoder; the factor heads are losses on the shared trunk (sec 4).
     """
 
     variant: str = "ss"
@@ -82,6 +86,7 @@ class PiVAEConfig(ModelConfig):
     dropout: float = 0.5
     sequence_channels: int = 1
     rnn_hidden: tuple[int, ...] = (40, 40, 30)
+    factor_classes: tuple[int, ...] = ()
 
 
 class PiVAE(SemiSupervisedModel):
@@ -139,6 +144,7 @@ class PiVAE(SemiSupervisedModel):
             _encoder_trunk(c),
             c.z_dim if self.has_vae else None,
             c.num_classes if self.has_pi else None,
+            c.factor_classes if self.has_pi else (),
         )
         code_dim = c.z_dim + (c.num_classes if self.pi_to_decoder else 0)
         self.decoder = _decoder(c, code_dim) if self.has_vae else None
@@ -147,28 +153,48 @@ class PiVAE(SemiSupervisedModel):
     def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
         return standard_normal(self.config.z_dim, self.prior, batch_shape)
 
-    def p_log_pi(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
+    def p_log_pi(
+        self, batch_shape: torch.Size | tuple[int, ...] = (), num_classes: int | None = None
+    ) -> dist.Distribution:
         """A one-hot class in log space, masked: it only matters when the model runs alone."""
-        one_hot = dist.OneHotCategorical(self.prior).expand(batch_shape)
+        probs = (
+            self.prior
+            if num_classes is None
+            else self.prior.new_full((num_classes,), 1 / num_classes)
+        )
+        one_hot = dist.OneHotCategorical(probs).expand(batch_shape)
         log_one_hot = dist.TransformedDistribution(one_hot, [dist.transforms.ExpTransform().inv])
         return log_one_hot.mask(False)
+
+    def pi_sites(self) -> list[tuple[str, str, int]]:
+        """``(pi site, classification factor, classes)`` of every pi head, main head first."""
+        if not self.has_pi:
+            return []
+        c = self.config
+        sites = [("log_pi", "classification", c.num_classes)]
+        return sites + [(f"log_pi_{j}", f"classification_{j}", k)
+                        for j, k in enumerate(c.factor_classes, start=1)]  # fmt: skip
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)
         c = self.config
-        observed, y_filled = split_labels(y)
+        labels = y.unsqueeze(-1) if y.dim() == 1 else y  # 1-D: labels of the main head only
         if self.decoder is not None:
             pyro.module(f"{self.name}.decoder", self.decoder)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             log_pi = None
-            if self.has_pi:
-                log_pi = pyro.sample("log_pi", self.p_log_pi((x.shape[0],)))
+            for column, (site, factor, k) in enumerate(self.pi_sites()):
+                log_p = pyro.sample(site, self.p_log_pi((x.shape[0],), k))
+                log_pi = log_p if column == 0 else log_pi
+                if column >= labels.shape[1]:
+                    continue
+                observed, y_filled = split_labels(labels[:, column])
                 labelled = int(observed.sum())
                 if labelled and c.alpha:  # pyro refuses a zero scale
-                    log_pi_y = log_pi.gather(-1, y_filled.unsqueeze(-1)).squeeze(-1)
+                    log_p_y = log_p.gather(-1, y_filled.unsqueeze(-1)).squeeze(-1)
                     scale = c.alpha * x.shape[0] / labelled
                     with poutine.mask(mask=observed), poutine.scale(scale=scale):
-                        pyro.factor("classification", log_pi_y)
+                        pyro.factor(factor, log_p_y)
             if self.has_vae:
                 with poutine.scale(scale=c.beta):
                     z = pyro.sample("z", self.p_z())
@@ -177,11 +203,11 @@ class PiVAE(SemiSupervisedModel):
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)
         pyro.module(f"{self.name}.encoder", self.encoder)
-        q_z, q_pi = self.encoder(x)
+        q_z, q_pi, q_factors = self.encoder.heads(x)
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            if q_pi is not None:
-                point = dist.Delta(q_pi.logits, event_dim=1)
-                pyro.sample("log_pi", point.mask(False))
+            heads = [q_pi, *q_factors] if q_pi is not None else []
+            for (site, _, _), head in zip(self.pi_sites(), heads, strict=True):
+                pyro.sample(site, dist.Delta(head.logits, event_dim=1).mask(False))
             if q_z is not None:
                 with poutine.scale(scale=self.config.beta):
                     pyro.sample("z", q_z)
@@ -195,6 +221,25 @@ class PiVAE(SemiSupervisedModel):
         if not self.pi_to_decoder:
             return z
         return torch.cat([log_pi.exp(), z], -1)
+
+    def check_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        """Class ids ``(N,)``, or ``(N, 1 + len(factor_classes))`` with one column per pi head."""
+        factors = self.config.factor_classes
+        if not isinstance(y, torch.Tensor):
+            y = torch.as_tensor(y)
+        if y.dim() != 2:
+            return super().check_y(y, n)
+        if y.shape != (n, 1 + len(factors)):
+            raise UserError(
+                f"y has shape {tuple(y.shape)}; expected ({n},) or ({n}, {1 + len(factors)}): one "
+                "column per pi head (main class, then factor_classes)"
+            )
+        if y.dtype.is_floating_point:
+            raise UserError("y must hold integer class ids (-1 for unlabelled), not floats")
+        for column, k in enumerate((self.config.num_classes, *factors)):
+            if n and (y[:, column].min() < -1 or y[:, column].max() >= k):
+                raise UserError(f"labels of pi head {column} must be in -1..{k - 1}")
+        return y.to(self.device, torch.long)
 
     # -- prediction ------------------------------------------------------------------------
     @property
@@ -246,6 +291,10 @@ def _validate(c: PiVAEConfig) -> None:
     if c.net not in NETS:
         raise UserError(f"unknown pi-VAE net {c.net!r}; choose one of {', '.join(NETS)}")
     output_params(c.likelihood, c.sigma2)  # validates the likelihood name
+    if any(k < 2 for k in c.factor_classes):
+        raise UserError(
+            f"factor_classes={tuple(c.factor_classes)}: every factor needs >= 2 classes"
+        )
     if c.alpha < 0 or c.beta <= 0:
         raise UserError(f"alpha={c.alpha} must be >= 0 and beta={c.beta} > 0")
     if c.net == "cnn" and (len(c.image_shape) != 3 or math.prod(c.image_shape) != c.input_dim):

@@ -274,3 +274,31 @@ def test_rnn_builds_steps_and_gets_gradients(sigma2):
 def test_bad_config_is_a_user_error(bad):
     with pytest.raises(UserError):
         _pi_vae(**bad)
+
+
+def test_factor_heads_each_add_their_own_normalised_cross_entropy():
+    """Table 16: one pi head per label factor, each CE over the rows that know that factor,
+    normalised by their count; a 1-D y labels the main head only."""
+    torch.manual_seed(0)
+    model = _pi_vae(variant="es", factor_classes=(3,), alpha=2.0)
+    x, _ = _batch()
+    y = torch.tensor([[0, 2], [1, -1], [-1, 0], [2, 1], [-1, -1], [0, -1]])
+    loss = model.make_elbo().differentiable_loss(model.model, model.guide, x, y)
+    with torch.no_grad():
+        _, q_pi, (q_factor,) = model.encoder.heads(x)
+    expected = 0.0
+    for column, head in enumerate((q_pi, q_factor)):
+        known = y[:, column] >= 0
+        ce = -head.log_prob(y[:, column].clamp(min=0))[known]
+        expected += 2.0 * len(y) / known.sum() * ce.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    main_only = model.make_elbo().differentiable_loss(model.model, model.guide, x, y[:, 0])
+    known = y[:, 0] >= 0
+    ce = -q_pi.log_prob(y[:, 0].clamp(min=0))[known]
+    assert main_only.item() == pytest.approx(
+        (2.0 * len(y) / known.sum() * ce.sum()).item(), rel=1e-6
+    )
+    with pytest.raises(UserError, match="one column per pi head"):
+        model.check_y(torch.zeros(6, 3, dtype=torch.long), 6)
+    with pytest.raises(UserError, match="pi head 1 must be in -1..2"):
+        model.check_y(torch.tensor([[0, 3]] * 6), 6)
