@@ -11,19 +11,25 @@ As in sec 4, the pi layer is only a loss on the latent layer: it is not fed to t
 the KL weight is beta_norm = 0.25. On the procedural shapes (``ppl_ssvae.data.shapes``,
 a stand-in for Small-NORB) one factor (``--label-factor``, shape by default) is the
 label; the paper has one pi head per Small-NORB factor, here one head sees one factor.
-For every count in ``--labels`` the SS model trains on every training image unlabelled plus
-that many labelled ones (as in Table 12, the unlabelled set stays the same and labels come
-on top; 1:1 labelled/unlabelled batches; with 0 labels the pi loss is absent and this is a
-beta-VAE), then the betaVAE score (Higgins et al. 2017; a logistic regression on the mean
-absolute difference of the posterior means of z over 2 x 64 images, 2048 train and 2048
-test points, as in sec 4) is computed on the full factor grid from the final model.
+
+For every count in ``--labels`` an SS model trains on every training image unlabelled
+plus that many labelled copies (Table 12 keeps its unlabelled set and adds labels on
+top) in 1:1 labelled/unlabelled batches; with 0 labels the pi loss is absent, the model
+is a beta-VAE and, its batches being all unlabelled, takes half as many steps per epoch.
 ``--labelled-only N`` adds Table 12's last row: the same model on N labelled images
-alone. ``--alpha`` follows sec 4's rule of thumb (alpha times the cross-entropy of the
-same order as the reconstruction loss: ~100-250 nats per shapes image against ln 3 nats
-for an untrained 3-way pi); ``alpha_ce`` in the table lets one check it. Counts are rounded down to a multiple of the number of classes (100 -> 99 for
-three shapes). App. A.4's RMSprop (momentum 0.9, lr 1e-3); the paper does not say how long
-it trains. Budgets: ``smoke`` (1 epoch, a 64-point metric from 8 pairs: plumbing only),
-``cpu`` (20 epochs, the paper's metric sizes) and ``paper`` (50 epochs).
+alone. Counts are rounded down to a multiple of the number of classes (100 -> 99 for
+three shapes). The final model's betaVAE score (Higgins et al. 2017: a logistic
+regression on the mean absolute difference of the posterior means of z over 2 x 64
+images, 2048 train and 2048 test points, as in sec 4) is computed on the full factor grid.
+
+``--alpha`` (100) follows sec 4's rule of thumb, alpha times the cross-entropy of the same
+order as the reconstruction loss: ~100-250 nats per shapes image against ln 3 nats for an
+untrained 3-way pi; the ``alpha_ce`` column (alpha times the final cross-entropy on the
+labelled images) lets one check it against ``val_elbo``. App. A.4's RMSprop (momentum
+0.9, lr 1e-3); the paper does not say how long it trains. Budgets: ``smoke`` (1 epoch, a
+64-point metric from 8 pairs: plumbing only), ``cpu`` (20 epochs, the paper's metric
+sizes, ~6 CPU-minutes for the default sweep) and ``paper`` (50 epochs).
+
 Writes results/pi_vae_disentanglement_<dataset>_<label factor>_<net>/ (results.md,
 results.csv, config.json): one row per run with ``beta_vae_score`` (test accuracy of the
 metric's classifier), its train accuracy and the pi head's test accuracy on the label.

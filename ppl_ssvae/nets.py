@@ -33,6 +33,18 @@ def activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def init_normal_(module: nn.Module, std: float) -> None:
+    """Every kernel ~ N(0, std^2) and every bias 0 (Willetts et al. App. B: std 0.001);
+    normalisation layers keep their identity initialisation."""
+    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, norms):
+                continue
+            for name, p in m.named_parameters(recurse=False):
+                p.zero_() if name.startswith("bias") else p.normal_(0.0, std)
+
+
 def mlp(sizes: Sequence[int], act: str = "relu", final_activation: bool = True) -> nn.Sequential:
     """Linear layers between consecutive ``sizes`` with ``act`` after each (and after the last)."""
     layers: list[nn.Module] = []

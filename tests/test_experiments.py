@@ -11,9 +11,11 @@ SMOKE_ARGS = {
     "m2_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
     "pi_vae_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
     "pi_vae_anomaly": ["--budget", "smoke", "--dataset", "digits", "--classes", "3"],
+    "pi_vae_disentanglement": ["--budget", "smoke", "--labels", "0,30", "--labelled-only", "30"],
+    "pi_vae_sequences": ["--budget", "smoke", "--labels", "100"],
 }
 # A column each script's table must have.
-COLUMN = {"pi_vae_anomaly": "auc_ss"}
+COLUMN = {"pi_vae_anomaly": "auc_ss", "pi_vae_disentanglement": "beta_vae_score"}
 
 
 def test_every_experiment_is_listed():

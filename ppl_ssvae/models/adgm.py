@@ -100,6 +100,7 @@ class ADGM(LabelLatentModel):
                 (c.input_dim, c.a_dim), c.hidden, c.z_dim, c.num_classes, c.activation
             ),
         )
+        self._initialise()
 
     def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
         return standard_normal(self.config.z_dim, self.prior, batch_shape)

@@ -93,6 +93,7 @@ class AGMDGM(LabelLatentModel):
                 (c.input_dim, c.a_dim), c.hidden, c.z_dim, c.num_classes, c.activation
             ),
         )
+        self._initialise()
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)

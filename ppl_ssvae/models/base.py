@@ -21,6 +21,7 @@ from pyro.infer import TraceEnum_ELBO
 from torch import nn
 
 from ..errors import UserError
+from ..nets import init_normal_
 from ..plates import DATA_PLATE, MAX_PLATE_NESTING, split_labels
 
 __all__ = [
@@ -41,6 +42,9 @@ class ModelConfig:
     input_dim: int
     num_classes: int
     likelihood: str = "bernoulli"
+    # None keeps torch's default initialisation; a number draws every kernel from
+    # N(0, init_std^2) with zero biases (Willetts et al. App. B use 0.001).
+    init_std: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +98,15 @@ class SemiSupervisedModel(nn.Module):
             return torch.cat([self._class_probs(chunk) for chunk in x.split(batch_size)])
         finally:
             self.train(was_training)
+
+    def _initialise(self) -> None:
+        """Apply ``config.init_std``; every model calls this at the end of ``__init__``."""
+        std = self.config.init_std
+        if std is None:
+            return
+        if not std > 0:
+            raise UserError(f"init_std={std} must be > 0 (or None for torch's defaults)")
+        init_normal_(self, std)
 
     @property
     def can_classify(self) -> bool:

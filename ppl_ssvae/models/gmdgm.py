@@ -74,6 +74,7 @@ class GMDGM(LabelLatentModel):
             q_y=CategoricalHead(c.input_dim, c.hidden, c.num_classes, c.activation),
             q_z=ConditionalGaussian(c.input_dim, c.num_classes, c.hidden, c.z_dim, c.activation),
         )
+        self._initialise()
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)

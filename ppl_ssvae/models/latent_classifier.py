@@ -114,6 +114,7 @@ class LatentClassifier(SemiSupervisedModel):
         self.q = guide or EncoderGuide(
             MultiInputGaussian((c.input_dim,), c.hidden, c.z_dim, act=c.activation)
         )
+        self._initialise()
 
     def _decoder(self) -> nn.Module:
         c = self.config

@@ -76,6 +76,7 @@ class M2(LabelLatentModel):
             q_y=CategoricalHead(c.input_dim, c.hidden, c.num_classes, c.activation),
             q_z=ConditionalGaussian(c.input_dim, c.num_classes, c.hidden, c.z_dim, c.activation),
         )
+        self._initialise()
 
     def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
         return standard_normal(self.config.z_dim, self.prior, batch_shape)

@@ -148,6 +148,7 @@ class PiVAE(SemiSupervisedModel):
         )
         code_dim = c.z_dim + (c.num_classes if self.pi_to_decoder else 0)
         self.decoder = _decoder(c, code_dim) if self.has_vae else None
+        self._initialise()
 
     # -- the Pyro pair ---------------------------------------------------------------------
     def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:

@@ -16,9 +16,9 @@ D, K = 10, 3
 SMALL = {"z_dim": 3, "hidden": (8,)}
 
 
-def _model(name):
+def _model(name, **config):
     pyro.set_rng_seed(0)
-    return build(name, input_dim=D, num_classes=K, **SMALL)
+    return build(name, input_dim=D, num_classes=K, **SMALL, **config)
 
 
 def _batch(kind):
@@ -81,3 +81,20 @@ def test_trains_with_no_labels_and_all_labels(name, labels):
     )
     result = fit(_model(name), data, epochs=1, batch_size=50, progress=False)
     assert math.isfinite(result.history[0]["train_loss"])
+
+
+def test_init_std_reaches_every_kernel_and_bias(name):
+    """Willetts et al. App. B initialisation: kernels ~ N(0, 0.001^2), biases 0."""
+    torch.manual_seed(0)
+    model = _model(name, init_std=1e-3)
+    kernels = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+            continue
+        for p_name, p in module.named_parameters(recurse=False):
+            if p_name.startswith("bias"):
+                assert not p.any(), f"{module_name}.{p_name}"
+            else:
+                kernels.append(p.detach().flatten())
+    values = torch.cat(kernels)
+    assert values.abs().max() < 0.01 and 0.8e-3 < values.std() < 1.2e-3
