@@ -3,7 +3,8 @@ al. sec 4, App. A.4, Table 12).
 
     python experiments/pi_vae_disentanglement.py --budget cpu
     python experiments/pi_vae_disentanglement.py --budget paper --labels 0,100,300,1000 --labelled-only 1000
-    python experiments/pi_vae_disentanglement.py --budget cpu --label-factor x --net cnn
+    python experiments/pi_vae_disentanglement.py --budget cpu --label-factor x --labels 0,102,300
+    python experiments/pi_vae_disentanglement.py --budget paper --net cnn  # GPU: ~1 CPU-minute per epoch
     python experiments/pi_vae_disentanglement.py --budget paper --dataset smallnorb --data-dir DIR --net cnn
 
 As in sec 4, the pi layer is only a loss on the latent layer: it is not fed to the decoder

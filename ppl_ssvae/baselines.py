@@ -67,7 +67,8 @@ def fit_labelled_only(
     ``classify_samples`` draws z_i ~ q(z|x) at prediction time, so the baseline is trained
     on that same averaged prediction (fresh reparameterised draws each step) and
     evaluated with ``model.classify`` itself (fixed-seed draws), exactly as the
-    semi-supervised model is.
+    semi-supervised model is. (With no KL term, nothing stops q(z|x) from narrowing, and
+    the trained baseline is close to deterministic.)
 
     After every epoch (one pass over the labelled rows) it records train, validation and
     test accuracy and test log loss; the epoch with the best validation accuracy is the

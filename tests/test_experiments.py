@@ -11,6 +11,7 @@ SMOKE_ARGS = {
     "m2_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
     "pi_vae_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
     "pi_vae_anomaly": ["--budget", "smoke", "--dataset", "digits", "--classes", "3"],
+    "latent_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
     "pi_vae_disentanglement": ["--budget", "smoke", "--labels", "0,30", "--labelled-only", "30"],
     "pi_vae_sequences": ["--budget", "smoke", "--labels", "100"],
 }
