@@ -141,11 +141,17 @@ def fit_labelled_only(
             loss.backward()
             optim.step()
             total_loss += loss.item() * len(rows)
-        record = {"epoch": epoch, "train_loss": total_loss / len(x_l), **_evaluate(model, data, keep)}
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / len(x_l),
+            **_evaluate(model, data, keep),
+        }
         epoch_wall, epoch_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         elapsed_wall, elapsed_cpu = elapsed_wall + epoch_wall, elapsed_cpu + epoch_cpu
         record.update(
-            epoch_cpu_seconds=epoch_cpu, elapsed_seconds=elapsed_wall, elapsed_cpu_seconds=elapsed_cpu
+            epoch_cpu_seconds=epoch_cpu,
+            elapsed_seconds=elapsed_wall,
+            elapsed_cpu_seconds=elapsed_cpu,
         )
         result.history.append(record)
         if record["val_accuracy"] > result.best_val_accuracy:
