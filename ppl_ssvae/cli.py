@@ -195,7 +195,8 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
     changed = sorted(k for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v)
     if changed:
         raise UserError(f"--resume cannot change {', '.join(changed)}; start a new --out instead")
-    return {**saved, **given}
+    # Options added after a run was started take the values that run actually used.
+    return {**TRAIN_DEFAULTS, **saved, **given}
 
 
 def _model_fit_defaults(given: dict[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,16 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert "cannot change lr" in capsys.readouterr().err
 
 
+def test_resume_a_run_started_before_an_option_existed(tmp_path):
+    """A run whose config.json predates an option resumes with that option's default."""
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["cli"]["optimizer"], config["cli"]["momentum"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+
+
 def test_argparse_errors_are_one_line():
     proc = subprocess.run([sys.executable, "-m", "ppl_ssvae.cli", "train", "--epochs", "x", "--out", "o"],
                           capture_output=True, text=True)  # fmt: skip
