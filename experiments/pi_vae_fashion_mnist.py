@@ -43,7 +43,11 @@ def labelled_only(split: data.SemiSupervisedData) -> data.SemiSupervisedData:
     )  # fmt: skip
 
 
-def run(variant: str, split, net: str, epochs: int, seed: int, max_minutes: float | None):
+def run(
+    variant: str, split, net: str, epochs: int, seed: int, max_minutes: float | None,
+    alpha: float | None = None,
+):  # fmt: skip
+    extra = {} if alpha is None else {"alpha": alpha}
     model = models.build(
         "pi-vae",
         input_dim=split.input_dim,
@@ -51,6 +55,7 @@ def run(variant: str, split, net: str, epochs: int, seed: int, max_minutes: floa
         variant=variant,
         net=net,
         image_shape=(1, *split.image_shape),
+        **extra,
     )
     settings = PiVAE.fit_defaults
     start = time.process_time()
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--labels", default="1000", help="number of labels, or 'all'")
     parser.add_argument("--net", choices=("dense", "cnn"), default="dense")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per run")
+    parser.add_argument("--alpha", type=float, default=None, help="alpha of eq. 5 [model default]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
@@ -96,11 +102,12 @@ def main(argv: list[str] | None = None) -> Path:
     ss_model = None
     for variant, (train_split, epochs) in runs.items():
         model, result, cpu_minutes = run(
-            variant, train_split, args.net, epochs, args.seed, args.max_minutes
+            variant, train_split, args.net, epochs, args.seed, args.max_minutes, args.alpha
         )
         best = result.best
         rows.append({
             "model": f"{variant.upper()}-{args.net}",
+            "alpha": model.config.alpha,
             "labels": int(split.labelled_mask.sum()),
             "training_rows": len(train_split.x_train),
             "epochs": len(result.history),

@@ -10,6 +10,7 @@ results/<name>/ with results.md, results.csv, curve.png and each run's config an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -52,7 +53,34 @@ def command_line(config: dict) -> str:
             )
     if model.get("likelihood") == "gaussian":
         parts.append(f"--sigma2 {model['sigma2']}")
-    return " ".join(parts)
+    if "optimizer" in fit:
+        parts.append(f"--optimizer {fit['optimizer']}")
+        for key, value in (fit.get("optimizer_args") or {}).items():
+            parts.append(f"--{key.replace('_', '-')} {value:g}")
+    for key in ("variant", "net"):
+        if key in model:
+            parts.append(f"--{key} {model[key]}")
+    return " ".join(parts + _other_model_args(model))
+
+
+def _other_model_args(model: dict) -> list[str]:
+    """``--model-arg`` for every other model field that differs from its current default
+    (listing all of them would bury the command; the run's config.json has every value)."""
+    from ppl_ssvae.models import MODELS
+
+    covered = {"model", "input_dim", "num_classes", "z_dim", "hidden", "activation", "alpha",
+               "likelihood", "sigma2", "variant", "net", "prior"}  # fmt: skip
+    cls = MODELS.get(model["model"])
+    if cls is None:
+        return []
+    defaults = {f.name: f.default for f in dataclasses.fields(cls.config_class)}
+    args = []
+    for key, value in model.items():
+        default = defaults.get(key, dataclasses.MISSING)
+        default = list(default) if isinstance(default, tuple) else default
+        if key not in covered and key in defaults and value != default:
+            args.append(f"--model-arg {key}={json.dumps(value, separators=(',', ':'))}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> Path:
