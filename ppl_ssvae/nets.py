@@ -27,10 +27,15 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 MIN_SCALE = 1e-4
 
 
-def activation(name: str) -> nn.Module:
+def activation(name: str, inplace: bool = False) -> nn.Module:
+    """The activation module ``name``; ``inplace`` where torch offers it (ReLU, ELU), for
+    inputs that no other operation keeps for its backward pass."""
     if name not in ACTIVATIONS:
         raise UserError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    module = ACTIVATIONS[name]()
+    if inplace and hasattr(module, "inplace"):
+        module.inplace = True
+    return module
 
 
 def init_normal_(module: nn.Module, std: float) -> None:
@@ -71,7 +76,8 @@ class LabelConditionedTrunk(nn.Module):
         self.x_layer = nn.Linear(input_dim, hidden[0])
         self.y_layer = nn.Embedding(num_classes, hidden[0])  # == W_y @ onehot(y)
         nn.init.normal_(self.y_layer.weight, std=input_dim**-0.5)
-        self.act = activation(act)
+        # The first layer's output is a fresh sum that no backward pass needs.
+        self.act = activation(act, inplace=True)
         self.rest = mlp(hidden, act)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -138,7 +144,7 @@ class _BernoulliLogProb(torch.autograd.Function):
         g = grad.unsqueeze(-1)
         grad_logits = grad_value = None
         if ctx.needs_input_grad[0]:
-            grad_logits = torch.sigmoid(logits).neg_().add_(value).mul_(g)
+            grad_logits = torch.sigmoid(logits).sub_(value).mul_(g.neg())
         if ctx.needs_input_grad[1]:
             grad_value = _sum_to(g * logits, value.shape)
         return grad_logits, grad_value
@@ -309,7 +315,8 @@ class MultiInputTrunk(nn.Module):
         self.y_layer = nn.Embedding(num_classes, hidden[0]) if num_classes else None
         if self.y_layer is not None:
             nn.init.normal_(self.y_layer.weight, std=sum(input_dims) ** -0.5)
-        self.act = activation(act)
+        # The first layer's output is a fresh sum that no backward pass needs.
+        self.act = activation(act, inplace=True)
         self.rest = mlp(hidden, act)
 
     def forward(

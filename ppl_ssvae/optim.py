@@ -60,6 +60,9 @@ class SingleOptimizer(PyroOptim):
         params = [p for p in params if p.grad is not None]
         self._add_new(params)
         self.optimizer.step()
+        # Release the gradients here: Pyro's SVI would otherwise replace each by a zero
+        # tensor, and the next backward pass would add into it instead of assigning.
+        self.optimizer.zero_grad(set_to_none=True)
         if self.lr_decay_per_step != 1.0:
             for group in self.optimizer.param_groups:
                 group["lr"] *= self.lr_decay_per_step

@@ -4,7 +4,7 @@ import torch
 import torch.distributions as td
 from torch.nn import functional as F
 
-from ppl_ssvae.nets import BernoulliPixels
+from ppl_ssvae.nets import BernoulliPixels, LabelConditionedTrunk
 
 
 def test_bernoulli_pixels_log_prob_matches_torch_under_enumeration_broadcast():
@@ -52,3 +52,23 @@ def test_bernoulli_pixels_gradient_reaches_the_data_too():
         -F.binary_cross_entropy_with_logits(logits, x_ref.expand_as(logits), reduction="none")
     ).sum().backward()
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+
+
+def test_label_conditioned_trunk_is_a_layer_on_x_and_onehot_y():
+    """``act(W_x x + W_y y + b)`` with ``W_x x`` once per row equals the textbook layer on
+    ``[x, onehot(y)]`` for every enumerated label, values and gradients alike."""
+    torch.manual_seed(4)
+    trunk = LabelConditionedTrunk(6, 3, (5,))
+    x = torch.randn(4, 6)
+    y = torch.arange(3)[:, None]  # (K, 1): parallel enumeration over K = 3 labels
+    trunk(x, y).square().sum().backward()
+    ours = [p.grad.clone() for p in (trunk.x_layer.weight, trunk.y_layer.weight)]
+
+    weight = torch.cat([trunk.x_layer.weight, trunk.y_layer.weight.T], 1).detach()
+    weight.requires_grad_()
+    inputs = torch.cat([x.expand(3, 4, 6), F.one_hot(y.expand(3, 4), 3).float()], -1)
+    expected = torch.relu(inputs @ weight.T + trunk.x_layer.bias)
+    assert torch.allclose(trunk(x, y), expected, atol=1e-6)
+    expected.square().sum().backward()
+    assert torch.allclose(ours[0], weight.grad[:, :6], atol=1e-5)
+    assert torch.allclose(ours[1], weight.grad[:, 6:].T, atol=1e-5)

@@ -45,6 +45,15 @@ def test_same_trajectory_as_the_torch_optimizer(name, cls, options):
     assert ours == pytest.approx(loc.item(), abs=1e-6)
 
 
+def test_gradients_are_released_after_each_step():
+    """SVI's own zeroing would leave zero tensors that the next backward adds into; the
+    optimizer releases them instead, and the trajectory stays the torch optimizer's."""
+    pyro.clear_param_store()
+    optim = SingleOptimizer("adam", 0.05)
+    _run(optim, 2)
+    assert pyro.param("loc").unconstrained().grad is None
+
+
 def test_lr_decays_per_step_and_resumes_exactly():
     pyro.clear_param_store()
     optim = SingleOptimizer("adam", 0.1, lr_decay_per_step=0.5)
