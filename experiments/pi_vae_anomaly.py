@@ -29,10 +29,15 @@ from ppl_ssvae.train import fit  # noqa: E402
 BUDGETS = {"smoke": 1, "cpu": 3, "paper": 10}
 
 
-def train_and_score(variant: str, split, normal, epochs: int, seed: int, samples: int):
+def train_and_score(
+    variant: str, split, normal, epochs: int, seed: int, samples: int, alpha: float | None = None
+):
     """AUC of one pi-VAE variant trained on ``normal`` (a split of the normal classes)."""
+    options = {"variant": variant}
+    if alpha is not None and variant != "eu":  # EU has no pi layer to weight
+        options["alpha"] = alpha
     model = models.build(
-        "pi-vae", input_dim=normal.input_dim, num_classes=normal.num_classes, variant=variant
+        "pi-vae", input_dim=normal.input_dim, num_classes=normal.num_classes, **options
     )
     settings = PiVAE.fit_defaults
     start = time.process_time()
@@ -63,6 +68,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--label-fractions", default="1.0",
                         help="labelled fraction of the normal classes for SS, comma-separated")  # fmt: skip
     parser.add_argument("--samples", type=int, default=10, help="L, samples of z per score")
+    parser.add_argument(
+        "--alpha", type=float, default=None, help="SS's alpha of eq. 5 [model default]"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
@@ -88,12 +96,13 @@ def main(argv: list[str] | None = None) -> Path:
             normal = data.semi_supervised_split(split.normal, label_fraction=fraction,
                                                 seed=args.seed)  # fmt: skip
             ss_auc, ss_result, ss_minutes = train_and_score(
-                "ss", split, normal, epochs, args.seed, args.samples
+                "ss", split, normal, epochs, args.seed, args.samples, args.alpha
             )
             rows.append({
                 "anomalous_class": anomalous,
                 "name": dataset.class_names[anomalous],
                 "label_fraction": fraction,
+                "alpha_ss": PiVAE.config_class.alpha if args.alpha is None else args.alpha,
                 "auc_ss": ss_auc,
                 "auc_eu": eu_auc,
                 "ss_at_least_eu": ss_auc >= eu_auc,
