@@ -24,6 +24,7 @@ from experiments.common import write_results  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.anomaly import anomaly_auc, anomaly_split, reconstruction_log_prob  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
+from ppl_ssvae.optim import optimizer_args  # noqa: E402
 from ppl_ssvae.train import fit  # noqa: E402
 
 BUDGETS = {"smoke": 1, "cpu": 3, "paper": 10}
@@ -50,7 +51,7 @@ def train_and_score(
         lr=settings["lr"],
         lr_decay=settings["lr_decay"],
         optimizer=settings["optimizer"],
-        optimizer_args={"momentum": settings["momentum"]},
+        optimizer_args=optimizer_args(settings),
         seed=seed,
         progress=False,
     )

@@ -26,8 +26,8 @@ images, 2048 train and 2048 test points, as in sec 4) is computed on the full fa
 ``--alpha`` (100) follows sec 4's rule of thumb, alpha times the cross-entropy of the same
 order as the reconstruction loss: ~100-250 nats per shapes image against ln 3 nats for an
 untrained 3-way pi; the ``alpha_ce`` column (alpha times the final cross-entropy on the
-labelled images) lets one check it against ``val_elbo``. App. A.4's RMSprop (momentum
-0.9, lr 1e-3); the paper does not say how long it trains. Budgets: ``smoke`` (1 epoch, a
+labelled images) lets one check it against ``val_elbo``. App. A.4's RMSprop (rho 0.9,
+lr 1e-3); the paper does not say how long it trains. Budgets: ``smoke`` (1 epoch, a
 64-point metric from 8 pairs: plumbing only), ``cpu`` (20 epochs, the paper's metric
 sizes, ~6 CPU-minutes for the default sweep) and ``paper`` (50 epochs).
 
@@ -55,6 +55,7 @@ from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.data.shapes import SHAPE_FACTORS, FactorImages, load_shapes  # noqa: E402
 from ppl_ssvae.metrics import beta_vae_score, log_loss  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
+from ppl_ssvae.optim import optimizer_args  # noqa: E402
 from ppl_ssvae.train import FitResult, fit  # noqa: E402
 
 
@@ -135,7 +136,7 @@ def train(
         lr=LR,
         lr_decay=settings["lr_decay"],
         optimizer=settings["optimizer"],
-        optimizer_args={"momentum": settings["momentum"]},
+        optimizer_args=optimizer_args(settings),
         seed=args.seed,
         max_minutes=args.max_minutes,
         progress=False,

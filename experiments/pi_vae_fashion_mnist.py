@@ -7,7 +7,8 @@ class-conditional generation grids (Figs 2, 3).
 
 As in sec 3.1.1, SS trains on every training image with the labels of ``--labels`` of them
 (1:1 labelled/unlabelled batches, sec 2.3) for 10 epochs, and ES on the labelled images
-alone for 20 epochs; both use App. A's RMSprop (lr 5e-4, momentum 0.9) and grey levels.
+alone for 20 epochs; both use App. A's RMSprop (lr 5e-4, rho 0.9 as Keras 2.2 defines it: see
+``PiVAE.fit_defaults``) and grey levels.
 Accuracy and log loss are those of the best-validation epoch (a labelled validation set of
 10,000 training images, for model selection only). The SS model's decoder then draws a
 grid of images per class with pi set to that class. Budgets: ``smoke`` (1 epoch each),
@@ -28,6 +29,7 @@ from experiments.common import plot_curves, write_results  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.inspect import generation_grid  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
+from ppl_ssvae.optim import optimizer_args  # noqa: E402
 from ppl_ssvae.train import fit  # noqa: E402
 
 # Epochs of (SS, ES) per budget; sec 3.1.1 trains SS 10 and ES 20 epochs.
@@ -68,7 +70,7 @@ def run(
         lr=settings["lr"],
         lr_decay=settings["lr_decay"],
         optimizer=settings["optimizer"],
-        optimizer_args={"momentum": settings["momentum"]},
+        optimizer_args=optimizer_args(settings),
         seed=seed,
         max_minutes=max_minutes,
         progress=False,

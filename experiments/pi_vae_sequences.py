@@ -9,8 +9,8 @@ The LSTM encoder and decoder of Table 15 (dense 40 -> LSTM 40 -> dense 30 along 
 feature axis, z of size 2) with a Gaussian likelihood and a learnt scale, since the
 signals are real-valued. As in sec 3.1.1, SS trains on every training window with the
 labels of ``--labels`` of them (1:1 labelled/unlabelled batches) and ES, its supervised
-sibling, on the labelled windows alone; RMSprop with momentum 0.9 and App. A.3's lr of
-1e-3. Accuracy and log loss are those of the best-validation epoch (a labelled validation
+sibling, on the labelled windows alone; the pi-VAE's RMSprop (rho 0.9) and App. A.3's lr
+of 1e-3. Accuracy and log loss are those of the best-validation epoch (a labelled validation
 set taken from the training windows, for model selection only). The default data set is
 the synthetic ``sequences`` stand-in (5 classes, 4 channels x 48 steps); ``--dataset
 uci-har --data-dir DIR`` runs the paper's data (6 activities, 9 inertial channels x 128 steps) for
@@ -35,6 +35,7 @@ from experiments.common import plot_curves, whole_labels, write_results  # noqa:
 from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
+from ppl_ssvae.optim import optimizer_args  # noqa: E402
 from ppl_ssvae.train import FitResult, fit  # noqa: E402
 
 # Epochs of (SS, ES) per budget. ES on 100 labels is one step per epoch, hence its many
@@ -74,7 +75,7 @@ def run(
         lr=LR,
         lr_decay=settings["lr_decay"],
         optimizer=settings["optimizer"],
-        optimizer_args={"momentum": settings["momentum"]},
+        optimizer_args=optimizer_args(settings),
         seed=seed,
         max_minutes=max_minutes,
         progress=False,

@@ -34,6 +34,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr_decay": 0.9,
     "optimizer": "adam",
     "momentum": None,
+    "rho": None,
+    "eps": None,
     "seed": 0,
     "device": "auto",
     "max_minutes": None,
@@ -147,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--labelled-share", help="labelled share of each batch: natural, 1:1 or a number in [0,1) "
                    "[default: 1:1 with hidden or extra classes (Willetts et al. App. B), else natural]")  # fmt: skip
     g.add_argument("--optimizer", help="adam or rmsprop [default: adam; rmsprop for pi-vae]")
-    g.add_argument("--momentum", type=float, help="rmsprop momentum [0.9 for pi-vae]")
+    g.add_argument("--momentum", type=float, help="rmsprop momentum [torch's default, 0]")
+    g.add_argument("--rho", type=float, help="rmsprop squared-gradient decay (Keras's rho, "
+                   "torch's alpha) [torch's default, 0.99; 0.9 for pi-vae]")  # fmt: skip
+    g.add_argument("--eps", type=float, help="optimizer epsilon [torch's default; 1e-7 for pi-vae]")
     g.add_argument("--lr", type=float, help=f"learning rate [default: {d['lr']}; 5e-4 for pi-vae]")
     g.add_argument(
         "--lr-decay",
@@ -310,6 +315,7 @@ def _semi_unsupervised_prior(num_classes: int, split) -> tuple[float, ...] | Non
 
 def train(args: argparse.Namespace) -> int:
     from .metrics import classification_report, elbo_report
+    from .optim import optimizer_args
     from .train import fit
 
     settings = _train_settings(args)
@@ -332,7 +338,7 @@ def train(args: argparse.Namespace) -> int:
         lr=settings["lr"],
         lr_decay=settings["lr_decay"],
         optimizer=settings["optimizer"],
-        optimizer_args={} if settings["momentum"] is None else {"momentum": settings["momentum"]},
+        optimizer_args=optimizer_args(settings),
         seed=settings["seed"],
         device=settings["device"],
         out=args.out,

@@ -23,6 +23,21 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "rmsprop": torch.optim.RMSprop,
 }
+# Training settings that are optimizer arguments: setting name -> torch keyword. ``rho`` is
+# RMSprop's squared-gradient decay, Keras's name for what torch calls ``alpha`` (and the
+# library's ``alpha`` is a model's classifier weight).
+OPTIMIZER_OPTIONS: dict[str, str] = {"momentum": "momentum", "rho": "alpha", "eps": "eps"}
+
+
+def optimizer_args(settings: dict[str, Any]) -> dict[str, Any]:
+    """The torch optimizer arguments among ``settings`` (training settings such as a
+    model's ``fit_defaults`` or the CLI's); options that are absent or None keep torch's
+    defaults."""
+    return {
+        torch_name: settings[name]
+        for name, torch_name in OPTIMIZER_OPTIONS.items()
+        if settings.get(name) is not None
+    }
 
 
 class SingleOptimizer(PyroOptim):

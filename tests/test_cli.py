@@ -68,6 +68,18 @@ def test_resume_a_run_started_before_an_option_existed(tmp_path):
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
 
 
+def test_pi_vae_trains_with_keras_rmsprop_unless_told_otherwise(tmp_path):
+    """Berkhahn et al. App. A's RMSprop: rho 0.9, epsilon 1e-7, no momentum (torch's
+    alpha, eps); options given on the command line win."""
+    args = ["train", "--model", "pi-vae", *TINY, "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    fit = json.loads((tmp_path / "a" / "config.json").read_text())["fit"]
+    assert fit["optimizer"] == "rmsprop" and fit["optimizer_args"] == {"alpha": 0.9, "eps": 1e-7}
+    assert main([*args, "--rho", "0.99", "--momentum", "0.5", "--out", str(tmp_path / "b")]) == 0
+    fit = json.loads((tmp_path / "b" / "config.json").read_text())["fit"]
+    assert fit["optimizer_args"] == {"momentum": 0.5, "alpha": 0.99, "eps": 1e-7}
+
+
 def test_argparse_errors_are_one_line():
     proc = subprocess.run([sys.executable, "-m", "ppl_ssvae.cli", "train", "--epochs", "x", "--out", "o"],
                           capture_output=True, text=True)  # fmt: skip

@@ -7,7 +7,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from ppl_ssvae.errors import UserError
-from ppl_ssvae.optim import SingleOptimizer
+from ppl_ssvae.optim import SingleOptimizer, optimizer_args
 
 DATA = torch.tensor([0.5, 1.5, 2.0, -0.3])
 
@@ -43,6 +43,21 @@ def test_same_trajectory_as_the_torch_optimizer(name, cls, options):
         (-dist.Normal(loc, 1.0).log_prob(DATA).sum()).backward()
         opt.step()
     assert ours == pytest.approx(loc.item(), abs=1e-6)
+
+
+def test_rho_and_eps_give_keras_rmsprop():
+    """``rho`` is RMSprop's squared-gradient decay (Keras's name; torch calls it alpha):
+    a <- rho a + (1 - rho) g^2, theta <- theta - lr g / (sqrt(a) + eps), no momentum."""
+    pyro.clear_param_store()
+    args = optimizer_args({"rho": 0.9, "eps": 1e-7, "momentum": None, "lr": 0.05})
+    assert args == {"alpha": 0.9, "eps": 1e-7}
+    ours = _run(SingleOptimizer("rmsprop", 0.05, **args), 5)
+    loc, square_avg = 0.0, 0.0
+    for _ in range(5):
+        grad = -(DATA - loc).sum().item()  # d/dloc of -sum log N(DATA | loc, 1)
+        square_avg = 0.9 * square_avg + 0.1 * grad**2
+        loc -= 0.05 * grad / (square_avg**0.5 + 1e-7)
+    assert ours == pytest.approx(loc, abs=1e-5)
 
 
 def test_gradients_are_released_after_each_step():
