@@ -47,7 +47,7 @@ def labelled_only(split: data.SemiSupervisedData) -> data.SemiSupervisedData:
 
 def run(
     variant: str, split, net: str, epochs: int, seed: int, max_minutes: float | None,
-    alpha: float | None = None,
+    alpha: float | None = None, batch_size: int = 200,
 ):  # fmt: skip
     extra = {} if alpha is None else {"alpha": alpha}
     model = models.build(
@@ -65,6 +65,7 @@ def run(
         model,
         split,
         epochs=epochs,
+        batch_size=batch_size,
         labelled_share=settings["labelled_share"],
         binarize=settings["binarize"],
         lr=settings["lr"],
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--net", choices=("dense", "cnn"), default="dense")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per run")
     parser.add_argument("--alpha", type=float, default=None, help="alpha of eq. 5 [model default]")
+    parser.add_argument("--batch-size", type=int, default=200,
+                        help="rows per step, labelled + unlabelled (the paper does not say; "
+                        "Keras's default is 32)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
@@ -104,12 +108,14 @@ def main(argv: list[str] | None = None) -> Path:
     ss_model = None
     for variant, (train_split, epochs) in runs.items():
         model, result, cpu_minutes = run(
-            variant, train_split, args.net, epochs, args.seed, args.max_minutes, args.alpha
-        )
+            variant, train_split, args.net, epochs, args.seed, args.max_minutes, args.alpha,
+            args.batch_size,
+        )  # fmt: skip
         best = result.best
         rows.append({
             "model": f"{variant.upper()}-{args.net}",
             "alpha": model.config.alpha,
+            "batch_size": args.batch_size,
             "labels": int(split.labelled_mask.sum()),
             "training_rows": len(train_split.x_train),
             "epochs": len(result.history),
