@@ -9,6 +9,10 @@ from typing import Any
 
 from ppl_ssvae.train import FitResult, environment
 
+# Read when a script starts, so results name the code that produced them, not a commit
+# made while a long run was going.
+STARTED_FROM = environment()
+
 
 def write_results(
     name: str,
@@ -28,7 +32,7 @@ def write_results(
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "config.json").write_text(json.dumps({**config, "environment": environment()}, indent=2))
+    (out / "config.json").write_text(json.dumps({**config, "environment": STARTED_FROM}, indent=2))
     return out
 
 

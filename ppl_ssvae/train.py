@@ -67,13 +67,18 @@ def environment() -> dict[str, Any]:
     import numpy
     import sklearn
 
+    here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here,
         ).stdout.strip() or None  # fmt: skip
+        # Edits to tracked files that the commit does not hold.
+        dirty = bool(subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+            text=True, timeout=5, cwd=here,
+        ).stdout.strip()) if commit else None  # fmt: skip
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit = dirty = None
     return {
         "ppl_ssvae": __version__,
         "python": platform.python_version(),
@@ -83,6 +88,7 @@ def environment() -> dict[str, Any]:
         "sklearn": sklearn.__version__,
         "threads": torch.get_num_threads(),
         "git_commit": commit,
+        "git_dirty": dirty,
         "machine": platform.machine(),
     }
 

@@ -147,3 +147,16 @@ def test_model_input_checks():
 def test_cuda_training(digits):
     result = _fit(_model(digits), digits, epochs=1, device="cuda")
     assert result.history[0]["test_accuracy"] > 0
+
+
+def test_environment_names_the_commit_and_whether_the_tree_had_edits():
+    import subprocess
+
+    from ppl_ssvae.train import environment
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    env = environment()
+    if head.returncode != 0:  # not a git checkout: nothing to record
+        assert env["git_commit"] is None and env["git_dirty"] is None
+    else:
+        assert env["git_commit"] == head.stdout.strip() and isinstance(env["git_dirty"], bool)
