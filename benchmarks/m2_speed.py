@@ -29,6 +29,7 @@ from ppl_ssvae.data import SemiSupervisedBatches, load, semi_supervised_split
 from ppl_ssvae.metrics import accuracy
 from ppl_ssvae.models import build
 from ppl_ssvae.nets import activation
+from ppl_ssvae.plates import split_labels
 from ppl_ssvae.train import make_optimizer
 
 
@@ -71,8 +72,7 @@ def factored_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     """``-J^alpha`` of our M2 module without Pyro: the enumerated sum written out, labelled
     rows given the point mass at their label (as the guide does), all rows enumerated."""
     q, k = model.q, model.config.num_classes
-    observed = y >= 0
-    y_filled = torch.where(observed, y, torch.zeros_like(y))
+    observed, y_filled = split_labels(y)
     q_y = q.q_y(x)
     point_mass = torch.full_like(q_y.logits, -1e4).scatter(-1, y_filled[:, None], 0.0)
     log_q = torch.where(observed[:, None], point_mass, q_y.logits).log_softmax(-1).T  # (K, B)
@@ -164,33 +164,33 @@ def main(argv: list[str] | None = None) -> None:
         naive.loss(x, y).backward()
         opt.step()
 
-    pyro.set_rng_seed(0)
-    factored = build(
-        "m2", input_dim=784, num_classes=10, z_dim=50, hidden=(500,),
-        alpha=args.alpha, activation=args.activation,
-    )  # fmt: skip
-    factored_opt = torch.optim.Adam(factored.parameters(), lr=args.lr)
-
-    def factored_step(x: torch.Tensor, y: torch.Tensor) -> None:
-        factored_opt.zero_grad()
-        factored_loss(factored, x, y).backward()
-        factored_opt.step()
-
     steps = {"ours": svi.step, "naive": naive_step}
     if args.factored:
+        pyro.set_rng_seed(0)
+        factored = build(
+            "m2", input_dim=784, num_classes=10, z_dim=50, hidden=(500,),
+            alpha=args.alpha, activation=args.activation,
+        )  # fmt: skip
+        factored_opt = torch.optim.Adam(factored.parameters(), lr=args.lr)
+
+        def factored_step(x: torch.Tensor, y: torch.Tensor) -> None:
+            factored_opt.zero_grad()
+            factored_loss(factored, x, y).backward()
+            factored_opt.step()
+
         steps["factored"] = factored_step
     seconds = _time_epochs(steps, batches, args.epochs)
-    ours_s, naive_s = seconds["ours"], seconds["naive"]
+    # The first epoch carries one-off warm-up costs; compare the median epoch.
+    median = {name: sorted(s)[len(s) // 2] for name, s in seconds.items()}
+    ours_epoch, naive_epoch = median["ours"], median["naive"]
 
     with torch.no_grad():
         naive_acc = accuracy(F.softmax(naive.q_y(data.x_test), -1), data.y_test)
     ours_acc = accuracy(ours.classify(data.x_test), data.y_test)
-    # The first epoch carries one-off warm-up costs; compare the median epoch.
-    ours_epoch, naive_epoch = sorted(ours_s)[len(ours_s) // 2], sorted(naive_s)[len(naive_s) // 2]
     print(f"test accuracy after {args.epochs} epochs: ours {ours_acc:.4f}, naive {naive_acc:.4f}")
     print(f"seconds/epoch (median): ours {ours_epoch:.2f}, naive {naive_epoch:.2f}")
     if args.factored:
-        factored_epoch = sorted(seconds["factored"])[len(ours_s) // 2]
+        factored_epoch = median["factored"]
         print(
             f"factored modules without Pyro: {factored_epoch:.2f} s/epoch, "
             f"ratio factored/naive {factored_epoch / naive_epoch:.3f}"

@@ -7,11 +7,27 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ppl_ssvae.models.base import SemiSupervisedModel
+from ppl_ssvae.optim import optimizer_args
 from ppl_ssvae.train import FitResult, environment
 
 # Read when a script starts, so results name the code that produced them, not a commit
 # made while a long run was going.
 STARTED_FROM = environment()
+
+
+def paper_fit_arguments(model_class: type[SemiSupervisedModel]) -> dict[str, Any]:
+    """``fit`` keyword arguments from a model's ``fit_defaults`` (its paper's training
+    settings): batch composition, binarisation, learning rate and its decay, optimizer."""
+    settings = model_class.fit_defaults
+    return {
+        "labelled_share": settings["labelled_share"],
+        "binarize": settings["binarize"],
+        "lr": settings["lr"],
+        "lr_decay": settings["lr_decay"],
+        "optimizer": settings["optimizer"],
+        "optimizer_args": optimizer_args(settings),
+    }
 
 
 def write_results(

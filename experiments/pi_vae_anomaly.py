@@ -20,11 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import write_results  # noqa: E402
+from experiments.common import paper_fit_arguments, write_results  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.anomaly import anomaly_auc, anomaly_split, reconstruction_log_prob  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.optim import optimizer_args  # noqa: E402
 from ppl_ssvae.train import fit  # noqa: E402
 
 BUDGETS = {"smoke": 1, "cpu": 3, "paper": 10}
@@ -40,18 +39,12 @@ def train_and_score(
     model = models.build(
         "pi-vae", input_dim=normal.input_dim, num_classes=normal.num_classes, **options
     )
-    settings = PiVAE.fit_defaults
     start = time.process_time()
     result = fit(
         model,
         normal,
         epochs=epochs,
-        labelled_share=settings["labelled_share"],
-        binarize=settings["binarize"],
-        lr=settings["lr"],
-        lr_decay=settings["lr_decay"],
-        optimizer=settings["optimizer"],
-        optimizer_args=optimizer_args(settings),
+        **paper_fit_arguments(PiVAE),
         seed=seed,
         progress=False,
     )

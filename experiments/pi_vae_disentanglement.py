@@ -49,13 +49,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import whole_labels, write_results  # noqa: E402
+from experiments.common import paper_fit_arguments, whole_labels, write_results  # noqa: E402
 from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.data.shapes import SHAPE_FACTORS, FactorImages, load_shapes  # noqa: E402
 from ppl_ssvae.metrics import beta_vae_score, log_loss  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.optim import optimizer_args  # noqa: E402
 from ppl_ssvae.train import FitResult, fit  # noqa: E402
 
 
@@ -125,18 +124,12 @@ def train(
         pi_to_decoder=False,
         **({"image_shape": shape if len(shape) == 3 else (1, *shape)} if args.net == "cnn" else {}),
     )
-    settings = PiVAE.fit_defaults
     start = time.process_time()
     result = fit(
         model,
         split,
         epochs=epochs,
-        labelled_share=settings["labelled_share"],
-        binarize=settings["binarize"],
-        lr=LR,
-        lr_decay=settings["lr_decay"],
-        optimizer=settings["optimizer"],
-        optimizer_args=optimizer_args(settings),
+        **{**paper_fit_arguments(PiVAE), "lr": LR},
         seed=args.seed,
         max_minutes=args.max_minutes,
         progress=False,

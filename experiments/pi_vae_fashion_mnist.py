@@ -25,11 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import plot_curves, write_results  # noqa: E402
+from experiments.common import paper_fit_arguments, plot_curves, write_results  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.inspect import generation_grid  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.optim import optimizer_args  # noqa: E402
 from ppl_ssvae.train import fit  # noqa: E402
 
 # Epochs of (SS, ES) per budget; sec 3.1.1 trains SS 10 and ES 20 epochs.
@@ -59,19 +58,13 @@ def run(
         image_shape=(1, *split.image_shape),
         **extra,
     )
-    settings = PiVAE.fit_defaults
     start = time.process_time()
     result = fit(
         model,
         split,
         epochs=epochs,
         batch_size=batch_size,
-        labelled_share=settings["labelled_share"],
-        binarize=settings["binarize"],
-        lr=settings["lr"],
-        lr_decay=settings["lr_decay"],
-        optimizer=settings["optimizer"],
-        optimizer_args=optimizer_args(settings),
+        **paper_fit_arguments(PiVAE),
         seed=seed,
         max_minutes=max_minutes,
         progress=False,

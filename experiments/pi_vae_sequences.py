@@ -31,11 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import plot_curves, whole_labels, write_results  # noqa: E402
+from experiments.common import (  # noqa: E402
+    paper_fit_arguments,
+    plot_curves,
+    whole_labels,
+    write_results,
+)
 from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.optim import optimizer_args  # noqa: E402
 from ppl_ssvae.train import FitResult, fit  # noqa: E402
 
 # Epochs of (SS, ES) per budget. ES on 100 labels is one step per epoch, hence its many
@@ -64,18 +68,12 @@ def run(
         sequence_channels=split.extra["sequence_channels"],
         likelihood="gaussian" if split.support == "real" else "bernoulli",
     )
-    settings = PiVAE.fit_defaults
     start = time.process_time()
     result = fit(
         model,
         split,
         epochs=epochs,
-        labelled_share=settings["labelled_share"],
-        binarize=settings["binarize"],
-        lr=LR,
-        lr_decay=settings["lr_decay"],
-        optimizer=settings["optimizer"],
-        optimizer_args=optimizer_args(settings),
+        **{**paper_fit_arguments(PiVAE), "lr": LR},
         seed=seed,
         max_minutes=max_minutes,
         progress=False,
