@@ -45,3 +45,14 @@ def test_report_runs_summarises_cli_runs(tmp_path):
     assert "--dataset digits --labels 50" in table and "--epochs 2" in table
     assert "--z-dim 4 --hidden 16" in table and "--binarize" in table
     assert (out / "curve.png").stat().st_size > 0 and (out / "r1.metrics.jsonl").exists()
+
+
+def test_pi_vae_epoch_overrides_replace_the_budget(tmp_path):
+    import csv
+
+    from experiments import pi_vae_fashion_mnist
+
+    argv = [*SMOKE_ARGS["pi_vae_fashion_mnist"], "--ss-epochs", "2", "--es-epochs", "3"]
+    out = pi_vae_fashion_mnist.main([*argv, "--results-dir", str(tmp_path)])
+    rows = {r["model"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows["SS-dense"]["epochs"] == "2" and rows["ES-dense"]["epochs"] == "3"
