@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ppl_ssvae.models.base import SemiSupervisedModel
 from ppl_ssvae.optim import optimizer_args
 from ppl_ssvae.train import FitResult, environment
@@ -30,23 +32,51 @@ def paper_fit_arguments(model_class: type[SemiSupervisedModel]) -> dict[str, Any
     }
 
 
+def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    columns = list(rows[0])
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def mean_and_sd(rows: list[dict[str, Any]], by: str, columns: list[str]) -> list[dict[str, Any]]:
+    """One row per value of ``by``: the runs' count and, for each of ``columns``, the mean
+    and the sample standard deviation (0 for a single run), as the papers' "± " columns."""
+    summary = []
+    for key in dict.fromkeys(r[by] for r in rows):
+        group = [r for r in rows if r[by] == key]
+        row: dict[str, Any] = {by: key, "runs": len(group)}
+        for column in columns:
+            values = np.array([float(r[column]) for r in group])
+            row[f"{column}_mean"] = float(values.mean())
+            row[f"{column}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary.append(row)
+    return summary
+
+
 def write_results(
     name: str,
     rows: list[dict[str, Any]],
     config: dict[str, Any],
     results_dir: str | Path = "results",
+    summary: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``results/<name>/`` with results.md, results.csv and config.json."""
+    """Write ``results/<name>/`` with results.md, results.csv and config.json; a
+    ``summary`` (e.g. ``mean_and_sd`` over seeds) goes to summary.csv and under the table."""
     out = Path(results_dir) / name
     out.mkdir(parents=True, exist_ok=True)
-    columns = list(rows[0])
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    _write_csv(out / "results.csv", rows)
+    lines = _markdown_table(rows)
+    if summary:
+        _write_csv(out / "summary.csv", summary)
+        lines += ["", "Mean and standard deviation over runs:", "", *_markdown_table(summary)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "config.json").write_text(json.dumps({**config, "environment": STARTED_FROM}, indent=2))
     return out

@@ -53,6 +53,23 @@ def test_pi_vae_epoch_overrides_replace_the_budget(tmp_path):
     from experiments import pi_vae_fashion_mnist
 
     argv = [*SMOKE_ARGS["pi_vae_fashion_mnist"], "--ss-epochs", "2", "--es-epochs", "3"]
-    out = pi_vae_fashion_mnist.main([*argv, "--results-dir", str(tmp_path)])
-    rows = {r["model"]: r for r in csv.DictReader((out / "results.csv").open())}
-    assert rows["SS-dense"]["epochs"] == "2" and rows["ES-dense"]["epochs"] == "3"
+    out = pi_vae_fashion_mnist.main([*argv, "--seeds", "0,1", "--results-dir", str(tmp_path)])
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["model"], r["seed"], r["epochs"]) for r in rows] == [
+        ("SS-dense", "0", "2"), ("ES-dense", "0", "3"), ("SS-dense", "1", "2"), ("ES-dense", "1", "3")
+    ]  # fmt: skip
+    summary = {r["model"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    ss = [float(r["test_accuracy"]) for r in rows if r["model"] == "SS-dense"]
+    assert float(summary["SS-dense"]["test_accuracy_mean"]) == pytest.approx(sum(ss) / 2)
+    assert "Mean and standard deviation" in (out / "results.md").read_text()
+
+
+def test_mean_and_sd_groups_runs_by_a_column():
+    from experiments.common import mean_and_sd
+
+    rows = [{"model": "a", "acc": 0.7}, {"model": "b", "acc": 0.5}, {"model": "a", "acc": 0.9}]
+    summary = mean_and_sd(rows, "model", ["acc"])
+    assert [s["model"] for s in summary] == ["a", "b"] and summary[0]["runs"] == 2
+    assert summary[0]["acc_mean"] == pytest.approx(0.8)
+    assert summary[0]["acc_sd"] == pytest.approx(0.1414213562)  # sample sd of 0.7, 0.9
+    assert summary[1]["acc_sd"] == 0.0
