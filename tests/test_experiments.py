@@ -73,3 +73,17 @@ def test_mean_and_sd_groups_runs_by_a_column():
     assert summary[0]["acc_mean"] == pytest.approx(0.8)
     assert summary[0]["acc_sd"] == pytest.approx(0.1414213562)  # sample sd of 0.7, 0.9
     assert summary[1]["acc_sd"] == 0.0
+
+
+def test_pi_vae_without_validation_reports_the_last_epoch(tmp_path):
+    import csv
+    import math
+
+    from experiments import pi_vae_fashion_mnist
+
+    argv = [*SMOKE_ARGS["pi_vae_fashion_mnist"], "--ss-epochs", "2", "--validation-size", "0"]
+    out = pi_vae_fashion_mnist.main([*argv, "--results-dir", str(tmp_path)])
+    rows = {r["model"]: r for r in csv.DictReader((out / "results.csv").open())}
+    ss = rows["SS-dense"]
+    assert ss["best_epoch"] == "2" and math.isnan(float(ss["val_accuracy"]))
+    assert ss["test_accuracy"] == ss["last_test_accuracy"]
