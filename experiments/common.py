@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ppl_ssvae.data import SemiSupervisedData
 from ppl_ssvae.models.base import SemiSupervisedModel
 from ppl_ssvae.optim import optimizer_args
 from ppl_ssvae.train import FitResult, environment
@@ -29,6 +30,24 @@ def paper_fit_arguments(model_class: type[SemiSupervisedModel]) -> dict[str, Any
         "lr_decay": settings["lr_decay"],
         "optimizer": settings["optimizer"],
         "optimizer_args": optimizer_args(settings),
+    }
+
+
+def selected_epoch_columns(
+    result: FitResult, split: SemiSupervisedData, train_split: SemiSupervisedData
+) -> dict[str, Any]:
+    """A results row's data and selected-epoch columns for one ``fit``: labels, rows trained
+    on, epochs run, and the best-validation epoch's accuracies and log loss (the last epoch
+    when the split has no validation rows to select by)."""
+    best = result.best or result.history[-1]
+    return {
+        "labels": int(split.labelled_mask.sum()),
+        "training_rows": len(train_split.x_train),
+        "epochs": len(result.history),
+        "best_epoch": best["epoch"],
+        "val_accuracy": best["val_accuracy"],
+        "test_accuracy": best["test_accuracy"],
+        "test_log_loss": best["test_log_loss"],
     }
 
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments.common import (  # noqa: E402
     paper_fit_arguments,
     plot_curves,
+    selected_epoch_columns,
     whole_labels,
     write_results,
 )
@@ -110,16 +111,9 @@ def main(argv: list[str] | None = None) -> Path:
         result, cpu_minutes = run(
             variant, train_split, epochs, args.z_dim, args.seed, args.max_minutes
         )
-        best = result.best
         rows.append({
             "model": f"{variant.upper()}-rnn",
-            "labels": int(split.labelled_mask.sum()),
-            "training_rows": len(train_split.x_train),
-            "epochs": len(result.history),
-            "best_epoch": best["epoch"],
-            "val_accuracy": best["val_accuracy"],
-            "test_accuracy": best["test_accuracy"],
-            "test_log_loss": best["test_log_loss"],
+            **selected_epoch_columns(result, split, train_split),
             "cpu_minutes": cpu_minutes,
             "stopped": result.stopped,
         })  # fmt: skip
