@@ -64,6 +64,17 @@ def test_pi_vae_epoch_overrides_replace_the_budget(tmp_path):
     assert "Mean and standard deviation" in (out / "results.md").read_text()
 
 
+def test_latent_epoch_overrides_replace_the_budget(tmp_path):
+    import csv
+
+    from experiments import latent_fashion_mnist
+
+    argv = [*SMOKE_ARGS["latent_fashion_mnist"], "--epochs", "2", "--baseline-epochs", "3"]
+    out = latent_fashion_mnist.main([*argv, "--results-dir", str(tmp_path)])
+    epochs = {r["model"]: r["epochs"] for r in csv.DictReader((out / "results.csv").open())}
+    assert epochs == {"M2": "2", "latent": "2", "latent-simplified": "2", "labelled-only": "3"}
+
+
 def test_mean_and_sd_groups_runs_by_a_column():
     from experiments.common import mean_and_sd
 
