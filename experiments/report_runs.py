@@ -3,8 +3,11 @@
     python experiments/report_runs.py runs/m2-a runs/m2-b --name m2_fashion_mnist
 
 For each run: its command line (rebuilt from config.json), the best-validation epoch,
-validation and test accuracy there, epochs run and CPU-minutes. Writes
-results/<name>/ with results.md, results.csv, curve.png and each run's config and metrics.
+validation and test accuracy there, epochs run and CPU-minutes. Clustering runs (hidden
+classes, extra classes or no labels) add the cluster mapping and the test accuracy on
+visible and on hidden classes (Willetts et al. Table 1's columns). Writes results/<name>/
+with results.md, results.csv, curve.png and each run's config and metrics, and its
+confusion matrix and z-unit activity when the run has them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import plot_curves, write_results  # noqa: E402
 from ppl_ssvae.train import FitResult  # noqa: E402
+
+# Extra columns of clustering runs, from their best-validation epoch's metrics.
+CLUSTERING_COLUMNS = ("cluster_mapping", "test_accuracy_visible", "test_accuracy_hidden")
+# What `ppl-ssvae train` writes into a clustering run's directory.
+CLUSTERING_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "unit_activity.json")
 
 
 def command_line(config: dict) -> str:
@@ -92,20 +100,29 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
 
-    rows, curves = [], {}
+    runs = {}
     for run in args.runs:
         config = json.loads((run / "config.json").read_text())
         history = [
             json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line
         ]
+        runs[run] = (config, history)
+    clustering = any("cluster_mapping" in h for _, history in runs.values() for h in history)
+    rows, curves = [], {}
+    for run, (config, history) in runs.items():
         best = max(history, key=lambda h: h["val_accuracy"])
+        row = {
+            "run": run.name,
+            "command": command_line(config) + f" --out {run}",
+            "best_epoch": best["epoch"],
+            "val_accuracy": best["val_accuracy"],
+            "test_accuracy": best["test_accuracy"],
+        }
+        if clustering:  # blanks for a run without them, or with no hidden class (null)
+            row |= {key: "" if best.get(key) is None else best[key] for key in CLUSTERING_COLUMNS}
         rows.append(
-            {
-                "run": run.name,
-                "command": command_line(config) + f" --out {run}",
-                "best_epoch": best["epoch"],
-                "val_accuracy": best["val_accuracy"],
-                "test_accuracy": best["test_accuracy"],
+            row
+            | {
                 "epochs": len(history),
                 "cpu_minutes": history[-1]["elapsed_cpu_seconds"] / 60,
                 "threads": config["environment"]["threads"],
@@ -114,8 +131,9 @@ def main(argv: list[str] | None = None) -> Path:
         curves[run.name] = FitResult(history=history)
     out = write_results(args.name, rows, {"runs": [str(r) for r in args.runs]}, args.results_dir)
     for run in args.runs:
-        for name in ("config.json", "metrics.jsonl"):
-            shutil.copy(run / name, out / f"{run.name}.{name}")
+        for name in ("config.json", "metrics.jsonl", *CLUSTERING_FILES):
+            if (run / name).exists():
+                shutil.copy(run / name, out / f"{run.name}.{name}")
     plot_curves(out / "curve.png", curves)
     print((out / "results.md").read_text())
     return out

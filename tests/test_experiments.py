@@ -1,6 +1,7 @@
 """Every experiment script runs end to end on a small budget (cf. Pyro's test_examples)."""
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,34 @@ def test_report_runs_summarises_cli_runs(tmp_path):
     assert "--dataset digits --labels 50" in table and "--epochs 2" in table
     assert "--z-dim 4 --hidden 16" in table and "--binarize" in table
     assert (out / "curve.png").stat().st_size > 0 and (out / "r1.metrics.jsonl").exists()
+
+
+def test_report_runs_gives_clustering_runs_visible_and_hidden_columns(tmp_path):
+    import csv
+
+    from experiments import report_runs
+    from ppl_ssvae.cli import main as cli
+
+    common = ["train", "--dataset", "digits", "--z-dim", "4", "--hidden", "16", "--epochs", "1",
+              "--batch-size", "100", "--no-progress"]  # fmt: skip
+    clustered, plain = tmp_path / "clustered", tmp_path / "plain"
+    assert cli([*common, "--model", "gmdgm", "--label-fraction", "0.2", "--hidden-classes",
+                "0,1", "--extra-classes", "2", "--out", str(clustered)]) == 0  # fmt: skip
+    assert cli([*common, "--labels", "50", "--out", str(plain)]) == 0
+    argv = [str(clustered), str(plain), "--name", "su", "--results-dir", str(tmp_path / "res")]
+    out = report_runs.main(argv)
+
+    rows = {r["run"]: r for r in csv.DictReader((out / "results.csv").open())}
+    columns = list(rows["clustered"])
+    assert columns.index("test_accuracy") + 1 == columns.index("cluster_mapping")
+    history = [json.loads(line) for line in (clustered / "metrics.jsonl").open()]
+    best = max(history, key=lambda h: h["val_accuracy"])
+    assert rows["clustered"]["cluster_mapping"] == best["cluster_mapping"] == "majority"
+    assert float(rows["clustered"]["test_accuracy_hidden"]) == best["test_accuracy_hidden"]
+    assert rows["plain"]["test_accuracy_visible"] == rows["plain"]["cluster_mapping"] == ""
+    assert (out / "clustered.confusion_matrix.csv").exists()
+    assert (out / "clustered.unit_activity.json").exists()
+    assert not (out / "plain.confusion_matrix.csv").exists()
 
 
 def test_pi_vae_epoch_overrides_replace_the_budget(tmp_path):
