@@ -7,7 +7,8 @@ validation and test accuracy there, epochs run and CPU-minutes. Clustering runs 
 classes, extra classes or no labels) add the cluster mapping and the test accuracy on
 visible and on hidden classes (Willetts et al. Table 1's columns). Writes results/<name>/
 with results.md, results.csv, curve.png and each run's config and metrics, and its
-confusion matrix and z-unit activity when the run has them.
+confusion matrix and z-unit activity when the run has them (and curve_hidden.png: hidden-class
+accuracy against CPU-minutes, when a run has hidden classes).
 """
 
 from __future__ import annotations
@@ -135,6 +136,13 @@ def main(argv: list[str] | None = None) -> Path:
             if (run / name).exists():
                 shutil.copy(run / name, out / f"{run.name}.{name}")
     plot_curves(out / "curve.png", curves)
+    hidden = {
+        name: r
+        for name, r in curves.items()
+        if r.history[-1].get("test_accuracy_hidden") is not None
+    }
+    if hidden:
+        plot_curves(out / "curve_hidden.png", hidden, key="test_accuracy_hidden")
     print((out / "results.md").read_text())
     return out
 

@@ -74,6 +74,7 @@ def test_report_runs_gives_clustering_runs_visible_and_hidden_columns(tmp_path):
     assert (out / "clustered.confusion_matrix.csv").exists()
     assert (out / "clustered.unit_activity.json").exists()
     assert not (out / "plain.confusion_matrix.csv").exists()
+    assert (out / "curve_hidden.png").stat().st_size > 0
 
 
 def test_pi_vae_epoch_overrides_replace_the_budget(tmp_path):
