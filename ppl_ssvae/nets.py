@@ -38,16 +38,42 @@ def activation(name: str, inplace: bool = False) -> nn.Module:
     return module
 
 
-def init_normal_(module: nn.Module, std: float) -> None:
-    """Every kernel ~ N(0, std^2) and every bias 0 (Willetts et al. App. B: std 0.001);
-    normalisation layers keep their identity initialisation."""
-    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def head(layer: nn.Module) -> nn.Module:
+    """Mark ``layer`` as an output layer: one whose outputs are a distribution's parameters
+    (logits, loc, scale). ``init_normal_(..., layers="heads")`` draws only these small."""
+    layer.is_head = True
+    return layer
+
+
+def init_normal_(module: nn.Module, std: float, layers: str = "all") -> None:
+    """Willetts et al.'s initialisation (App. B): kernels ~ N(0, std^2), biases 0.
+
+    ``layers="all"`` applies N(0, std^2) to every kernel, as App. B's text reads.
+    ``layers="heads"`` applies it to the output layers only (those marked by :func:`head`)
+    and draws every other kernel Glorot-normal, as the authors' released code does; with
+    std 0.001 on every layer the hidden activations start almost constant and learning is
+    slow. Normalisation layers keep their identity initialisation either way.
+    """
+    if layers not in INIT_LAYERS:
+        raise UserError(f"unknown init_layers {layers!r}; choose one of {', '.join(INIT_LAYERS)}")
     with torch.no_grad():
         for m in module.modules():
-            if isinstance(m, norms):
+            if isinstance(m, _NORMS):
                 continue
+            small = layers == "all" or getattr(m, "is_head", False)
             for name, p in m.named_parameters(recurse=False):
-                p.zero_() if name.startswith("bias") else p.normal_(0.0, std)
+                if name.startswith("bias"):
+                    p.zero_()
+                elif small or p.dim() < 2:
+                    p.normal_(0.0, std)
+                else:
+                    nn.init.xavier_normal_(p)
+
+
+INIT_LAYERS = ("all", "heads")
 
 
 def mlp(sizes: Sequence[int], act: str = "relu", final_activation: bool = True) -> nn.Sequential:
@@ -90,7 +116,7 @@ class CategoricalHead(nn.Module):
     def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, act: str = "relu"):
         super().__init__()
         self.net = nn.Sequential(
-            mlp([input_dim, *hidden], act), nn.Linear(_last(input_dim, hidden), num_classes)
+            mlp([input_dim, *hidden], act), head(nn.Linear(_last(input_dim, hidden), num_classes))
         )
 
     def forward(self, x: torch.Tensor) -> dist.Categorical:
@@ -102,8 +128,8 @@ class DiagonalGaussian(nn.Module):
 
     def __init__(self, features: int, out_dim: int):
         super().__init__()
-        self.loc = nn.Linear(features, out_dim)
-        self.scale = nn.Linear(features, out_dim)
+        self.loc = head(nn.Linear(features, out_dim))
+        self.scale = head(nn.Linear(features, out_dim))
 
     def forward(self, h: torch.Tensor) -> dist.Normal:
         return dist.Normal(self.loc(h), F.softplus(self.scale(h)) + MIN_SCALE).to_event(1)
@@ -211,7 +237,7 @@ class BernoulliLikelihood(nn.Module):
 
     def __init__(self, features: int, output_dim: int):
         super().__init__()
-        self.logits = nn.Linear(features, output_dim)
+        self.logits = head(nn.Linear(features, output_dim))
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         # Inputs were range-checked once per batch (SemiSupervisedModel.check_x).
@@ -226,9 +252,9 @@ class GaussianLikelihood(nn.Module):
 
     def __init__(self, features: int, output_dim: int, sigma2: float | None = 1.0):
         super().__init__()
-        self.loc = nn.Linear(features, output_dim)
+        self.loc = head(nn.Linear(features, output_dim))
         self.sigma2 = sigma2
-        self.scale = nn.Linear(features, output_dim) if sigma2 is None else None
+        self.scale = head(nn.Linear(features, output_dim)) if sigma2 is None else None
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         loc = self.loc(h)
@@ -361,7 +387,7 @@ class MultiInputCategorical(nn.Module):
     ):
         super().__init__()
         self.trunk = MultiInputTrunk(input_dims, hidden, None, act)
-        self.logits = nn.Linear(hidden[-1], num_classes)
+        self.logits = head(nn.Linear(hidden[-1], num_classes))
 
     def forward(self, *inputs: torch.Tensor) -> dist.Categorical:
         return dist.Categorical(logits=self.logits(self.trunk(inputs)))
@@ -378,7 +404,9 @@ class LabelGaussian(nn.Module):
 
     def __init__(self, num_classes: int, out_dim: int):
         super().__init__()
-        self.loc = nn.Embedding(num_classes, out_dim)
+        # Only the means are an output layer for init_normal_(layers="heads"): the
+        # authors' code draws the log-variance map Glorot-normal.
+        self.loc = head(nn.Embedding(num_classes, out_dim))
         self.log_var = nn.Embedding(num_classes, out_dim)
         nn.init.zeros_(self.log_var.weight)
 
@@ -534,7 +562,7 @@ class ConvDecoder(nn.Module):
                 nn.ConvTranspose2d(channels, channels, 3, 2, 1, output_padding=pad, bias=False),
                 channels,
             ),
-            nn.ConvTranspose2d(channels, c * self.n_params, 1),
+            head(nn.ConvTranspose2d(channels, c * self.n_params, 1)),
         )
 
     def forward(self, code: torch.Tensor) -> dist.Distribution:
@@ -589,7 +617,7 @@ class LSTMDecoder(nn.Module):
         self.pre = nn.Sequential(nn.Linear(code_dim, post), nn.ReLU())
         self.lstm = nn.LSTM(post, width, batch_first=True)
         self.post = nn.Sequential(nn.Linear(width, pre), nn.ReLU())
-        self.out = nn.Linear(pre, channels * self.n_params)
+        self.out = head(nn.Linear(pre, channels * self.n_params))
 
     def forward(self, code: torch.Tensor) -> dist.Distribution:
         h = self.pre(code)
@@ -620,8 +648,8 @@ class PiEncoder(nn.Module):
         super().__init__()
         self.trunk = trunk
         self.q_z = DiagonalGaussian(trunk.features, z_dim) if z_dim else None
-        self.pi = nn.Linear(trunk.features, num_classes) if num_classes else None
-        self.factor_pi = nn.ModuleList(nn.Linear(trunk.features, k) for k in factor_classes)
+        self.pi = head(nn.Linear(trunk.features, num_classes)) if num_classes else None
+        self.factor_pi = nn.ModuleList(head(nn.Linear(trunk.features, k)) for k in factor_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[dist.Distribution | None, dist.Categorical | None]:
         """``(q(z|x), pi(x))``; see ``heads`` for the further factor heads too."""

@@ -42,9 +42,12 @@ class ModelConfig:
     input_dim: int
     num_classes: int
     likelihood: str = "bernoulli"
-    # None keeps torch's default initialisation; a number draws every kernel from
-    # N(0, init_std^2) with zero biases (Willetts et al. App. B use 0.001).
+    # None keeps torch's default initialisation; a number draws kernels from
+    # N(0, init_std^2) with zero biases (Willetts et al. App. B use 0.001): every kernel
+    # with init_layers="all" (App. B's text), the output layers only with "heads" (the
+    # authors' released code; the other kernels Glorot-normal).
     init_std: float | None = None
+    init_layers: str = "all"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,7 +109,7 @@ class SemiSupervisedModel(nn.Module):
             return
         if not std > 0:
             raise UserError(f"init_std={std} must be > 0 (or None for torch's defaults)")
-        init_normal_(self, std)
+        init_normal_(self, std, self.config.init_layers)
 
     @property
     def can_classify(self) -> bool:

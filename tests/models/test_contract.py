@@ -98,3 +98,32 @@ def test_init_std_reaches_every_kernel_and_bias(name):
                 kernels.append(p.detach().flatten())
     values = torch.cat(kernels)
     assert values.abs().max() < 0.01 and 0.8e-3 < values.std() < 1.2e-3
+
+
+def test_init_layers_heads_draws_only_output_layers_small(name):
+    """The authors' code (Willetts et al.): N(0, 0.001^2) for the layers that output a
+    distribution's parameters, Glorot-normal for every other kernel, zero biases."""
+    torch.manual_seed(0)
+    model = _model(name, init_std=1e-3, init_layers="heads")
+    heads, hidden = 0, 0
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+            continue
+        for p_name, p in module.named_parameters(recurse=False):
+            if p_name.startswith("bias"):
+                assert not p.any(), f"{module_name}.{p_name}"
+            elif getattr(module, "is_head", False):
+                heads += 1
+                assert p.abs().max() < 0.01, f"{module_name}.{p_name} is an output layer"
+            elif p.dim() == 2:
+                hidden += 1
+                glorot = (2.0 / sum(p.shape)) ** 0.5
+                assert p.abs().max() > 0.5 * glorot, f"{module_name}.{p_name} is not Glorot"
+    assert heads and hidden
+
+
+def test_unknown_init_layers_is_a_user_error():
+    from ppl_ssvae.errors import UserError
+
+    with pytest.raises(UserError, match="init_layers"):
+        _model("m2", init_std=1e-3, init_layers="middle")
