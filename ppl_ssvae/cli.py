@@ -39,6 +39,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "max_minutes": None,
+    "max_cpu_minutes": None,
     "progress": True,
     "z_dim": None,
     "hidden": None,
@@ -51,7 +52,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "model_arg": [],
 }
 # Options a resumed run may change; everything else must match the saved run.
-RESUMABLE = {"epochs", "max_minutes", "device", "progress"}
+RESUMABLE = {"epochs", "max_minutes", "max_cpu_minutes", "device", "progress"}
 MODEL_OPTIONS = ("z_dim", "hidden", "alpha", "likelihood", "sigma2", "activation", "variant", "net")
 
 
@@ -165,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-minutes",
         type=float,
         help="stop at the end of the epoch that passes this many minutes",
+    )
+    g.add_argument(
+        "--max-cpu-minutes",
+        type=float,
+        help="stop before an epoch that would end past this many CPU-minutes (all threads; "
+        "judged by the previous epoch)",
     )
     g.add_argument(
         "--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoints)"
@@ -344,6 +351,7 @@ def train(args: argparse.Namespace) -> int:
         out=args.out,
         resume=args.resume,
         max_minutes=settings["max_minutes"],
+        max_cpu_minutes=settings["max_cpu_minutes"],
         progress=settings["progress"],
         evaluate=evaluator,
         run_config={"cli": settings},

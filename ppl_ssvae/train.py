@@ -127,6 +127,7 @@ def fit(
     out: str | Path | None = None,
     resume: bool = False,
     max_minutes: float | None = None,
+    max_cpu_minutes: float | None = None,
     progress: bool = True,
     evaluate: Evaluator | None = None,
     run_config: dict[str, Any] | None = None,
@@ -151,6 +152,10 @@ def fit(
         resume: continue from ``out/checkpoint.pt``.
         max_minutes: stop, as a normal finish, at the end of the epoch that passes this
             wall-clock budget.
+        max_cpu_minutes: stop, as a normal finish, before an epoch that would end past this
+            budget of process CPU time (all threads), judged by the previous epoch's CPU
+            time, so the run stays within it (the budgets of Willetts et al.-style
+            comparisons are CPU-minutes; wall-clock budgets shrink on a shared machine).
         evaluate: ``(model, data) -> dict`` run after each epoch, giving ``val_accuracy``
             (or, for models that cannot classify, ``elbo``: the validation ELBO). None:
             ``classification_report``, or ``elbo_report`` for models without a classifier.
@@ -162,6 +167,8 @@ def fit(
     """
     if epochs < 0:
         raise UserError(f"epochs={epochs} must be >= 0")
+    if max_cpu_minutes is not None and not max_cpu_minutes > 0:
+        raise UserError(f"max_cpu_minutes={max_cpu_minutes} must be > 0")
     if evaluate is None:
         evaluate = classification_report if model.can_classify else elbo_report
     if resume and out is None:
@@ -207,7 +214,7 @@ def fit(
                 "epochs": epochs, "batch_size": batch_size, "labelled_share": labelled_share,
                 "binarize": binarize, "lr": lr, "lr_decay": lr_decay, "optimizer": optimizer,
                 "optimizer_args": optimizer_args or {}, "seed": seed, "device": str(dev),
-                "max_minutes": max_minutes,
+                "max_minutes": max_minutes, "max_cpu_minutes": max_cpu_minutes,
             },
             "data": data.summary,
             **(run_config or {}),
@@ -220,6 +227,11 @@ def fit(
         if max_minutes is not None and elapsed_wall >= 60 * max_minutes:
             result.stopped = "max_minutes"
             break
+        if max_cpu_minutes is not None and result.history:
+            next_cpu = result.history[-1]["epoch_cpu_seconds"]
+            if elapsed_cpu + next_cpu > 60 * max_cpu_minutes:
+                result.stopped = "max_cpu_minutes"
+                break
         wall0, cpu0 = time.perf_counter(), time.process_time()
         model.train()
         total_loss, rows = 0.0, 0

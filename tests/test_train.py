@@ -117,6 +117,18 @@ def test_max_minutes_stops_after_the_epoch_that_passes_it(digits):
     assert len(result.history) == 1 and result.stopped == "max_minutes"
 
 
+def test_max_cpu_minutes_never_starts_an_epoch_that_would_pass_it(digits, monkeypatch):
+    # Every epoch costs 30 CPU-seconds on this clock: the first ends at 30 s, the third
+    # at 90 s, and a fourth would end at 120 s > 96 s.
+    clock = iter(range(0, 10_000, 30))
+    monkeypatch.setattr("ppl_ssvae.train.time.process_time", lambda: float(next(clock)))
+    result = _fit(_model(digits), digits, epochs=10, max_cpu_minutes=1.6)
+    assert [h["epoch_cpu_seconds"] for h in result.history] == [30.0] * 3
+    assert result.stopped == "max_cpu_minutes"
+    with pytest.raises(UserError, match="max_cpu_minutes"):
+        _fit(_model(digits), digits, max_cpu_minutes=0)
+
+
 def test_bad_inputs(digits, tmp_path):
     with pytest.raises(UserError, match="no CUDA device"):
         if torch.cuda.is_available():
