@@ -51,6 +51,9 @@ def command_line(config: dict) -> str:
         f"--lr-decay {fit.get('lr_decay', 1.0):g}",
         "--binarize" if fit["binarize"] else "--no-binarize",
     ]
+    for key in ("max_minutes", "max_cpu_minutes"):
+        if fit.get(key) is not None:
+            parts.append(f"--{key.replace('_', '-')} {fit[key]:g}")
     for key in ("z_dim", "hidden", "activation", "alpha", "likelihood"):
         if key in model:
             value = model[key]
