@@ -15,9 +15,16 @@ SMOKE_ARGS = {
     "latent_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
     "pi_vae_disentanglement": ["--budget", "smoke", "--labels", "0,30", "--labelled-only", "30"],
     "pi_vae_sequences": ["--budget", "smoke", "--labels", "100"],
-}
+    "semi_unsupervised_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--z-dim", "4",
+                                        "--hidden", "16", "--unsupervised", "--models", "gmdgm,m2",
+                                        "--runs-dir", "{tmp}/runs"],
+}  # fmt: skip
 # A column each script's table must have.
-COLUMN = {"pi_vae_anomaly": "auc_ss", "pi_vae_disentanglement": "beta_vae_score"}
+COLUMN = {
+    "pi_vae_anomaly": "auc_ss",
+    "pi_vae_disentanglement": "beta_vae_score",
+    "semi_unsupervised_fashion_mnist": "test_accuracy_hidden",
+}
 
 
 def test_every_experiment_is_listed():
@@ -28,7 +35,8 @@ def test_every_experiment_is_listed():
 @pytest.mark.parametrize("name", sorted(SMOKE_ARGS))
 def test_experiment_smoke(name, tmp_path):
     module = importlib.import_module(f"experiments.{name}")
-    out = module.main([*SMOKE_ARGS[name], "--results-dir", str(tmp_path)])
+    args = [a.replace("{tmp}", str(tmp_path)) for a in SMOKE_ARGS[name]]
+    out = module.main([*args, "--results-dir", str(tmp_path)])
     assert {"results.md", "results.csv", "config.json"} <= {p.name for p in out.iterdir()}
     assert COLUMN.get(name, "test_accuracy") in (out / "results.md").read_text()
 
