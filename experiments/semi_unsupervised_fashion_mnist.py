@@ -57,9 +57,7 @@ def train_arguments(
     b = BUDGETS[budget]
     argv = ["train", "--model", model, "--dataset", args.dataset, *PROTOCOL,
             "--epochs", str(b["epochs"]), "--lr", str(b["lr"]), "--seed", str(args.seed),
-            "--z-dim", str(args.z_dim), "--no-progress"]  # fmt: skip
-    if args.hidden:
-        argv += ["--hidden", args.hidden]
+            "--z-dim", str(args.z_dim), "--hidden", args.hidden, "--no-progress"]  # fmt: skip
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
     if b["max_cpu_minutes"] is not None:
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--unsupervised", action="store_true",
                         help="also train each model with no labels (|y| = 30, uniform prior)")  # fmt: skip
     parser.add_argument("--z-dim", type=int, default=200)
-    parser.add_argument("--hidden", default=None, help="hidden widths [App. B: 500,500]")
+    parser.add_argument("--hidden", default="500,500", help="hidden widths [App. B: 500,500]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--data-dir", default=None)
