@@ -83,11 +83,8 @@ def test_trains_with_no_labels_and_all_labels(name, labels):
     assert math.isfinite(result.history[0]["train_loss"])
 
 
-def test_init_std_reaches_every_kernel_and_bias(name):
-    """Willetts et al. App. B initialisation as its text reads: kernels ~ N(0, 0.001^2),
-    biases 0."""
-    torch.manual_seed(0)
-    model = _model(name, init_std=1e-3, init_layers="all")
+def _kernels_after_checking_zero_biases(model):
+    """``(module, kernel)`` pairs of every non-normalisation layer; asserts biases are 0."""
     kernels = []
     for module_name, module in model.named_modules():
         if isinstance(module, torch.nn.modules.batchnorm._NormBase):
@@ -96,8 +93,16 @@ def test_init_std_reaches_every_kernel_and_bias(name):
             if p_name.startswith("bias"):
                 assert not p.any(), f"{module_name}.{p_name}"
             else:
-                kernels.append(p.detach().flatten())
-    values = torch.cat(kernels)
+                kernels.append((module, p.detach()))
+    return kernels
+
+
+def test_init_std_reaches_every_kernel_and_bias(name):
+    """Willetts et al. App. B initialisation as its text reads: kernels ~ N(0, 0.001^2),
+    biases 0."""
+    torch.manual_seed(0)
+    model = _model(name, init_std=1e-3, init_layers="all")
+    values = torch.cat([p.flatten() for _, p in _kernels_after_checking_zero_biases(model)])
     assert values.abs().max() < 0.01 and 0.8e-3 < values.std() < 1.2e-3
 
 
@@ -107,19 +112,14 @@ def test_init_layers_heads_draws_only_output_layers_small(name):
     torch.manual_seed(0)
     model = _model(name, init_std=1e-3, init_layers="heads")
     heads, hidden = 0, 0
-    for module_name, module in model.named_modules():
-        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
-            continue
-        for p_name, p in module.named_parameters(recurse=False):
-            if p_name.startswith("bias"):
-                assert not p.any(), f"{module_name}.{p_name}"
-            elif getattr(module, "is_head", False):
-                heads += 1
-                assert p.abs().max() < 0.01, f"{module_name}.{p_name} is an output layer"
-            elif p.dim() == 2:
-                hidden += 1
-                glorot = (2.0 / sum(p.shape)) ** 0.5
-                assert p.abs().max() > 0.5 * glorot, f"{module_name}.{p_name} is not Glorot"
+    for module, p in _kernels_after_checking_zero_biases(model):
+        if getattr(module, "is_head", False):
+            heads += 1
+            assert p.abs().max() < 0.01, f"{module} is an output layer"
+        elif p.dim() == 2:
+            hidden += 1
+            glorot = (2.0 / sum(p.shape)) ** 0.5
+            assert p.abs().max() > 0.5 * glorot, f"{module} is not Glorot-normal"
     assert heads and hidden
 
 
