@@ -39,6 +39,8 @@ def activation(name: str, inplace: bool = False) -> nn.Module:
 
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+# What init_normal_ draws small: every kernel, or the output layers only.
+INIT_LAYERS = ("all", "heads")
 
 
 def head(layer: nn.Module) -> nn.Module:
@@ -46,6 +48,12 @@ def head(layer: nn.Module) -> nn.Module:
     (logits, loc, scale). ``init_normal_(..., layers="heads")`` draws only these small."""
     layer.is_head = True
     return layer
+
+
+def check_init_layers(layers: str) -> None:
+    """One-line error for an ``init_layers`` value that is not in :data:`INIT_LAYERS`."""
+    if layers not in INIT_LAYERS:
+        raise UserError(f"unknown init_layers {layers!r}; choose one of {', '.join(INIT_LAYERS)}")
 
 
 def init_normal_(module: nn.Module, std: float, layers: str = "all") -> None:
@@ -57,8 +65,7 @@ def init_normal_(module: nn.Module, std: float, layers: str = "all") -> None:
     std 0.001 on every layer the hidden activations start almost constant and learning is
     slow. Normalisation layers keep their identity initialisation either way.
     """
-    if layers not in INIT_LAYERS:
-        raise UserError(f"unknown init_layers {layers!r}; choose one of {', '.join(INIT_LAYERS)}")
+    check_init_layers(layers)
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, _NORMS):
@@ -71,9 +78,6 @@ def init_normal_(module: nn.Module, std: float, layers: str = "all") -> None:
                     p.normal_(0.0, std)
                 else:
                     nn.init.xavier_normal_(p)
-
-
-INIT_LAYERS = ("all", "heads")
 
 
 def mlp(sizes: Sequence[int], act: str = "relu", final_activation: bool = True) -> nn.Sequential:

@@ -25,9 +25,10 @@ class AGMDGMConfig(ModelConfig):
     Attributes:
         a_dim: size of the auxiliary latent ``a``.
         alpha: weight of the classification term alpha * log q(y|a, x) per labelled row
-            (Willetts eq. 8, with eq. 23's q(y|x) estimated at the sampled a). The authors' code uses 1.1 on the batch means of
-            100 labelled and 100 unlabelled rows, which is 1.1 per labelled row here when
-            batches are 1:1 (the ``fit_defaults``).
+            (Willetts eq. 8, with eq. 23's q(y|x) estimated at the sampled a). The
+            authors' code uses 1.1 on the batch means of 100 labelled and 100 unlabelled
+            rows, which is 1.1 per labelled row here when batches are 1:1 (the
+            ``fit_defaults``).
         sigma2: fixed pixel variance for ``likelihood="gaussian"`` (None = learned).
         prior: class prior p(y) (eq. 29); uniform when None. For semi-unsupervised
             learning see :func:`ppl_ssvae.models.priors.semi_unsupervised_prior`.

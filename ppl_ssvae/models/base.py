@@ -21,7 +21,7 @@ from pyro.infer import TraceEnum_ELBO
 from torch import nn
 
 from ..errors import UserError
-from ..nets import init_normal_
+from ..nets import check_init_layers, init_normal_
 from ..plates import DATA_PLATE, MAX_PLATE_NESTING, split_labels
 
 __all__ = [
@@ -104,12 +104,14 @@ class SemiSupervisedModel(nn.Module):
 
     def _initialise(self) -> None:
         """Apply ``config.init_std``; every model calls this at the end of ``__init__``."""
-        std = self.config.init_std
+        std, layers = self.config.init_std, self.config.init_layers
+        # Checked before the early return, so a misspelt value is never silently ignored.
+        check_init_layers(layers)
         if std is None:
             return
         if not std > 0:
             raise UserError(f"init_std={std} must be > 0 (or None for torch's defaults)")
-        init_normal_(self, std, self.config.init_layers)
+        init_normal_(self, std, layers)
 
     @property
     def can_classify(self) -> bool:

@@ -23,8 +23,8 @@ class GMDGMConfig(ModelConfig):
 
     Attributes:
         alpha: weight of the classification term alpha * log q(y|x) per labelled row
-            (Willetts eq. 8). The authors' code uses 1.1 on the batch means of
-            100 labelled and 100 unlabelled rows, which is 1.1 per labelled row here when
+            (Willetts eq. 8). The authors' code uses 1.1 on the batch means of 100
+            labelled and 100 unlabelled rows, which is 1.1 per labelled row here when
             batches are 1:1 (the ``fit_defaults``).
         sigma2: fixed pixel variance for ``likelihood="gaussian"`` (None = learned).
         prior: class prior p(y) (eq. 29); uniform when None. For semi-unsupervised

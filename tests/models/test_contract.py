@@ -128,3 +128,5 @@ def test_unknown_init_layers_is_a_user_error():
 
     with pytest.raises(UserError, match="init_layers"):
         _model("m2", init_std=1e-3, init_layers="middle")
+    with pytest.raises(UserError, match="init_layers"):  # not ignored without init_std
+        _model("m2", init_layers="middle")
