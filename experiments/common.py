@@ -65,13 +65,17 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def mean_and_sd(rows: list[dict[str, Any]], by: str, columns: list[str]) -> list[dict[str, Any]]:
-    """One row per value of ``by``: the runs' count and, for each of ``columns``, the mean
-    and the sample standard deviation (0 for a single run), as the papers' "± " columns."""
+def mean_and_sd(
+    rows: list[dict[str, Any]], by: str | tuple[str, ...], columns: list[str]
+) -> list[dict[str, Any]]:
+    """One row per value of ``by`` (a column, or a tuple of columns grouped together): the
+    runs' count and, for each of ``columns``, the mean and the sample standard deviation
+    (0 for a single run), as the papers' "± " columns."""
+    keys = (by,) if isinstance(by, str) else by
     summary = []
-    for key in dict.fromkeys(r[by] for r in rows):
-        group = [r for r in rows if r[by] == key]
-        row: dict[str, Any] = {by: key, "runs": len(group)}
+    for key in dict.fromkeys(tuple(r[k] for k in keys) for r in rows):
+        group = [r for r in rows if tuple(r[k] for k in keys) == key]
+        row: dict[str, Any] = {**dict(zip(keys, key, strict=True)), "runs": len(group)}
         for column in columns:
             values = np.array([float(r[column]) for r in group])
             row[f"{column}_mean"] = float(values.mean())

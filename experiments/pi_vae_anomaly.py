@@ -2,27 +2,34 @@
 
     python experiments/pi_vae_anomaly.py --budget cpu
     python experiments/pi_vae_anomaly.py --budget cpu --classes 7 --label-fractions 0.01,0.1,0.5,1
+    python experiments/pi_vae_anomaly.py --budget paper --seeds 0,1,2
 
 For each held-out ("anomalous") class: train on the nine normal classes, SS with the given
 fraction of their labels (1:1 labelled/unlabelled batches) and EU without labels; score
 the whole test set by the log reconstruction probability (An & Cho, L = 10 samples of z)
 and report the ROC AUC of "lower score = anomalous" per class. Several label fractions
 give the sweep of Table 6. Budgets: ``smoke`` (1 epoch), ``cpu`` (3 epochs per model),
-``paper`` (10 epochs, sec 3.1.1). Writes results/pi_vae_anomaly_<dataset>/.
+``paper`` (10 epochs, sec 3.1.1). Several ``--seeds`` (the paper reruns each case five
+times) give mean ± sd per class, SS and EU compared on the means; ``--merge`` summarises
+folders written by earlier runs, e.g. one process per seed. Writes
+results/pi_vae_anomaly_<dataset>/ (or ``--name``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import paper_fit_arguments, write_results  # noqa: E402
+from experiments.common import mean_and_sd, paper_fit_arguments, write_results  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.anomaly import anomaly_auc, anomaly_split, reconstruction_log_prob  # noqa: E402
+from ppl_ssvae.errors import UserError  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
 from ppl_ssvae.train import fit  # noqa: E402
 
@@ -53,6 +60,36 @@ def train_and_score(
     return auc, result, (time.process_time() - start) / 60
 
 
+def summarise(rows: list[dict]) -> tuple[list[dict], int, int]:
+    """Mean ± sd of both AUCs per (class, fraction) over seeds, with ``ss_at_least_eu``
+    judged on the means (the paper's Table 9 compares 5-rerun means); and SS's count of
+    wins, out of how many (class, fraction) pairs."""
+    summary = mean_and_sd(rows, ("anomalous_class", "name", "label_fraction"), ["auc_ss", "auc_eu"])
+    for row in summary:
+        row["ss_at_least_eu"] = row["auc_ss_mean"] >= row["auc_eu_mean"]
+    return summary, sum(r["ss_at_least_eu"] for r in summary), len(summary)
+
+
+def read_rows(folder: Path) -> list[dict]:
+    """The per-seed rows of an earlier run of this script (its results.csv), numbers parsed;
+    rows written before the ``seed`` column existed take the seed from its config.json."""
+    csv_path = folder / "results.csv"
+    if not csv_path.is_file():
+        raise UserError(f"--merge: {csv_path} not found; pass folders this script wrote")
+    seed = json.loads((folder / "config.json").read_text())["args"].get("seed", 0)
+    rows = []
+    for raw in csv.DictReader(csv_path.open()):
+        row = {"seed": seed, **raw}
+        for key in ("anomalous_class", "seed", "epochs"):
+            row[key] = int(row[key])
+        for key in ("label_fraction", "alpha_ss", "auc_ss", "auc_eu",
+                    "cpu_minutes_ss", "cpu_minutes_eu"):  # fmt: skip
+            row[key] = float(row[key])
+        row["ss_at_least_eu"] = row["auc_ss"] >= row["auc_eu"]
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,55 +102,87 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--alpha", type=float, default=None, help="SS's alpha of eq. 5 [model default]"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", "--seed", default="0",
+                        help="comma-separated seeds; each draws its own labelled subset and "
+                        "initialisation, and the summary gives mean ± sd over them")  # fmt: skip
+    parser.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
+                        help="train nothing: summarise the results.csv of earlier runs of this "
+                        "script together (e.g. one process per seed)")  # fmt: skip
+    parser.add_argument("--name", default=None, help="results folder [pi_vae_anomaly_<dataset>]")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
+    name = args.name or f"pi_vae_anomaly_{args.dataset.replace('-', '_')}"
+    rows = (
+        [row for folder in args.merge for row in read_rows(Path(folder))]
+        if args.merge
+        else train_all(args)
+    )
+    summary, wins, pairs = summarise(rows)
+    config = {"args": vars(args), "fit": PiVAE.fit_defaults}
+    out = write_results(name, rows, config, args.results_dir, summary)
+    print((out / "results.md").read_text())
+    seeds = sorted({r["seed"] for r in rows})
+    print(f"SS >= EU on {wins} of {pairs} (class, fraction) pairs, on the mean AUC over "
+          f"seeds {seeds}")  # fmt: skip
+    return out
 
+
+def train_all(args: argparse.Namespace) -> list[dict]:
+    """One row per (seed, anomalous class, label fraction): SS's and EU's AUC."""
     dataset = data.load(args.dataset, args.data_dir)
     classes = (
         range(dataset.num_classes)
         if args.classes is None
         else [int(c) for c in args.classes.split(",")]
     )
+    for c in classes:
+        if not 0 <= c < dataset.num_classes:
+            raise UserError(f"--classes: class {c} is not in 0..{dataset.num_classes - 1}")
     fractions = [float(f) for f in args.label_fractions.split(",")]
     epochs = BUDGETS[args.budget]
     rows = []
-    for anomalous in classes:
-        split = anomaly_split(dataset, anomalous)
-        unlabelled = data.semi_supervised_split(split.normal, labels=0, seed=args.seed)
-        eu_auc, eu_result, eu_minutes = train_and_score(
-            "eu", split, unlabelled, epochs, args.seed, args.samples
-        )
-        for fraction in fractions:
-            normal = data.semi_supervised_split(split.normal, label_fraction=fraction,
-                                                seed=args.seed)  # fmt: skip
-            ss_auc, ss_result, ss_minutes = train_and_score(
-                "ss", split, normal, epochs, args.seed, args.samples, args.alpha
-            )
-            rows.append({
-                "anomalous_class": anomalous,
-                "name": dataset.class_names[anomalous],
-                "label_fraction": fraction,
-                "alpha_ss": PiVAE.config_class.alpha if args.alpha is None else args.alpha,
-                "auc_ss": ss_auc,
-                "auc_eu": eu_auc,
-                "ss_at_least_eu": ss_auc >= eu_auc,
-                "epochs": epochs,
-                "cpu_minutes_ss": ss_minutes,
-                "cpu_minutes_eu": eu_minutes,
-            })  # fmt: skip
-            print(f"class {anomalous} ({dataset.class_names[anomalous]}), fraction {fraction}: "
-                  f"AUC SS {ss_auc:.4f}, EU {eu_auc:.4f}", flush=True)  # fmt: skip
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for anomalous in classes:
+            rows += train_one_class(args, dataset, anomalous, fractions, epochs, seed)
+    return rows
 
-    name = f"pi_vae_anomaly_{args.dataset.replace('-', '_')}"
-    out = write_results(name, rows, {"args": vars(args), "fit": PiVAE.fit_defaults},
-                        args.results_dir)  # fmt: skip
-    wins = sum(r["ss_at_least_eu"] for r in rows)
-    print((out / "results.md").read_text())
-    print(f"SS >= EU on {wins} of {len(rows)} (class, fraction) pairs")
-    return out
+
+def train_one_class(
+    args: argparse.Namespace,
+    dataset,
+    anomalous: int,
+    fractions: list[float],
+    epochs: int,
+    seed: int,
+) -> list[dict]:
+    """EU once and SS per label fraction, with ``anomalous`` held out, for one seed."""
+    split = anomaly_split(dataset, anomalous)
+    unlabelled = data.semi_supervised_split(split.normal, labels=0, seed=seed)
+    eu_auc, _, eu_minutes = train_and_score("eu", split, unlabelled, epochs, seed, args.samples)
+    rows = []
+    for fraction in fractions:
+        normal = data.semi_supervised_split(split.normal, label_fraction=fraction, seed=seed)
+        ss_auc, _, ss_minutes = train_and_score(
+            "ss", split, normal, epochs, seed, args.samples, args.alpha
+        )
+        rows.append({
+            "seed": seed,
+            "anomalous_class": anomalous,
+            "name": dataset.class_names[anomalous],
+            "label_fraction": fraction,
+            "alpha_ss": PiVAE.config_class.alpha if args.alpha is None else args.alpha,
+            "auc_ss": ss_auc,
+            "auc_eu": eu_auc,
+            "ss_at_least_eu": ss_auc >= eu_auc,
+            "epochs": epochs,
+            "cpu_minutes_ss": ss_minutes,
+            "cpu_minutes_eu": eu_minutes,
+        })  # fmt: skip
+        print(f"seed {seed}, class {anomalous} ({dataset.class_names[anomalous]}), fraction "
+              f"{fraction}: AUC SS {ss_auc:.4f}, EU {eu_auc:.4f}", flush=True)  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

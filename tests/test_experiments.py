@@ -136,3 +136,45 @@ def test_pi_vae_without_validation_reports_the_last_epoch(tmp_path):
     ss = rows["SS-dense"]
     assert ss["best_epoch"] == "2" and math.isnan(float(ss["val_accuracy"]))
     assert ss["test_accuracy"] == ss["last_test_accuracy"]
+
+
+def test_mean_and_sd_groups_runs_by_several_columns():
+    from experiments.common import mean_and_sd
+
+    rows = [
+        {"c": 0, "f": 0.5, "auc": 0.6},
+        {"c": 0, "f": 1.0, "auc": 0.9},
+        {"c": 0, "f": 0.5, "auc": 0.8},
+    ]
+    summary = mean_and_sd(rows, ("c", "f"), ["auc"])
+    assert [(s["c"], s["f"], s["runs"]) for s in summary] == [(0, 0.5, 2), (0, 1.0, 1)]
+    assert summary[0]["auc_mean"] == pytest.approx(0.7)
+
+
+def test_pi_vae_anomaly_merges_seeds_and_compares_mean_aucs(tmp_path):
+    import csv
+
+    from experiments import pi_vae_anomaly
+
+    argv = [*SMOKE_ARGS["pi_vae_anomaly"], "--results-dir", str(tmp_path)]
+    both = pi_vae_anomaly.main([*argv, "--seeds", "0,1", "--name", "both"])
+    one = [pi_vae_anomaly.main([*argv, "--seeds", s, "--name", f"s{s}"]) for s in "01"]
+    merged = pi_vae_anomaly.main([*argv, "--merge", *map(str, one), "--name", "merged"])
+    read = lambda out, f: list(csv.DictReader((out / f).open()))  # noqa: E731
+    rows = read(both, "results.csv")
+    assert [r["seed"] for r in rows] == ["0", "1"]
+    # A seed is the whole run: the same seed alone gives the same AUCs.
+    assert [r["auc_ss"] for r in read(merged, "results.csv")] == [r["auc_ss"] for r in rows]
+    (summary,) = read(merged, "summary.csv")
+    mean_ss = sum(float(r["auc_ss"]) for r in rows) / 2
+    mean_eu = sum(float(r["auc_eu"]) for r in rows) / 2
+    assert float(summary["auc_ss_mean"]) == pytest.approx(mean_ss)
+    assert summary["runs"] == "2" and summary["ss_at_least_eu"] == str(mean_ss >= mean_eu)
+
+
+def test_pi_vae_anomaly_merge_names_a_missing_folder(tmp_path):
+    from experiments import pi_vae_anomaly
+    from ppl_ssvae.errors import UserError
+
+    with pytest.raises(UserError, match="not found"):
+        pi_vae_anomaly.main(["--merge", str(tmp_path / "nowhere"), "--results-dir", str(tmp_path)])
