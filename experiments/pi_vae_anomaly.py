@@ -28,7 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import mean_and_sd, paper_fit_arguments, write_results  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
-from ppl_ssvae.anomaly import anomaly_auc, anomaly_split, reconstruction_log_prob  # noqa: E402
+from ppl_ssvae.anomaly import (  # noqa: E402
+    anomaly_auc,
+    anomaly_split,
+    class_id,
+    reconstruction_log_prob,
+)
 from ppl_ssvae.errors import UserError  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
 from ppl_ssvae.train import fit  # noqa: E402
@@ -95,7 +100,9 @@ def main(argv: list[str] | None = None) -> Path:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
-    parser.add_argument("--classes", default=None, help="anomalous classes, e.g. 0,7 [all]")
+    parser.add_argument(
+        "--classes", default=None, help="anomalous classes, ids or names, e.g. 0,7 [all]"
+    )
     parser.add_argument("--label-fractions", default="1.0",
                         help="labelled fraction of the normal classes for SS, comma-separated")  # fmt: skip
     parser.add_argument("--samples", type=int, default=10, help="L, samples of z per score")
@@ -132,14 +139,12 @@ def main(argv: list[str] | None = None) -> Path:
 def train_all(args: argparse.Namespace) -> list[dict]:
     """One row per (seed, anomalous class, label fraction): SS's and EU's AUC."""
     dataset = data.load(args.dataset, args.data_dir)
+    # Every class is checked before the first one trains, so a typo costs no run.
     classes = (
         range(dataset.num_classes)
         if args.classes is None
-        else [int(c) for c in args.classes.split(",")]
+        else [class_id(dataset, c.strip()) for c in args.classes.split(",")]
     )
-    for c in classes:
-        if not 0 <= c < dataset.num_classes:
-            raise UserError(f"--classes: class {c} is not in 0..{dataset.num_classes - 1}")
     fractions = [float(f) for f in args.label_fractions.split(",")]
     epochs = BUDGETS[args.budget]
     rows = []
@@ -151,7 +156,7 @@ def train_all(args: argparse.Namespace) -> list[dict]:
 
 def train_one_class(
     args: argparse.Namespace,
-    dataset,
+    dataset: data.Dataset,
     anomalous: int,
     fractions: list[float],
     epochs: int,

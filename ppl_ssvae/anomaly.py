@@ -262,7 +262,7 @@ def anomaly_split(dataset: Dataset, anomaly_class: int | str) -> AnomalySplit:
             "semi_supervised_split(result.normal, ...)"
         )
     k = dataset.num_classes
-    anomaly = _class_id(dataset, anomaly_class)
+    anomaly = class_id(dataset, anomaly_class)
     if k < 3:
         raise UserError(
             f"{dataset.name} has {k} classes; anomaly detection with labelled normal "
@@ -302,7 +302,9 @@ def anomaly_split(dataset: Dataset, anomaly_class: int | str) -> AnomalySplit:
     )
 
 
-def _class_id(dataset: Dataset, anomaly_class: int | str) -> int:
+def class_id(dataset: Dataset, anomaly_class: int | str) -> int:
+    """The id of ``anomaly_class`` (an id, its string, or a class name) in ``dataset``;
+    a one-line error when there is no such class."""
     k = dataset.num_classes
     if isinstance(anomaly_class, str) and not anomaly_class.lstrip("-").isdigit():
         if anomaly_class not in dataset.class_names:

@@ -178,3 +178,16 @@ def test_pi_vae_anomaly_merge_names_a_missing_folder(tmp_path):
 
     with pytest.raises(UserError, match="not found"):
         pi_vae_anomaly.main(["--merge", str(tmp_path / "nowhere"), "--results-dir", str(tmp_path)])
+
+
+def test_pi_vae_anomaly_checks_every_class_before_training(tmp_path, monkeypatch):
+    from experiments import pi_vae_anomaly
+    from ppl_ssvae.errors import UserError
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the bad class id was caught")
+
+    monkeypatch.setattr(pi_vae_anomaly, "train_and_score", no_training)
+    argv = ["--budget", "smoke", "--dataset", "digits", "--results-dir", str(tmp_path)]
+    with pytest.raises(UserError, match="out of range"):
+        pi_vae_anomaly.main([*argv, "--classes", "3,99"])
