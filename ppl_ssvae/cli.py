@@ -40,6 +40,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "max_minutes": None,
     "max_cpu_minutes": None,
+    "precision": "fp32",
     "progress": True,
     "z_dim": None,
     "hidden": None,
@@ -172,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="stop before an epoch that would end past this many CPU-minutes (all threads; "
         "judged by the previous epoch)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="training-step precision: bf16 autocast runs the matrix products in bfloat16 "
+        "(~2x faster on CPUs with AMX; parameters and log-densities stay float32) [fp32]",
     )
     g.add_argument(
         "--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoints)"
@@ -352,6 +359,7 @@ def train(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_minutes=settings["max_minutes"],
         max_cpu_minutes=settings["max_cpu_minutes"],
+        precision=settings["precision"],
         progress=settings["progress"],
         evaluate=evaluator,
         run_config={"cli": settings},

@@ -27,6 +27,14 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 MIN_SCALE = 1e-4
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32. Under bf16/fp16 autocast (``fit(precision="bf16")``) the
+    layers run in half precision, but log-densities summed over hundreds of pixels and
+    enumerated classes would lose their digits, so every distribution is built from
+    parameters cast back here. A no-op for float32/float64 tensors."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def activation(name: str, inplace: bool = False) -> nn.Module:
     """The activation module ``name``; ``inplace`` where torch offers it (ReLU, ELU), for
     inputs that no other operation keeps for its backward pass."""
@@ -124,7 +132,7 @@ class CategoricalHead(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> dist.Categorical:
-        return dist.Categorical(logits=self.net(x))
+        return dist.Categorical(logits=full_precision(self.net(x)))
 
 
 class DiagonalGaussian(nn.Module):
@@ -136,7 +144,8 @@ class DiagonalGaussian(nn.Module):
         self.scale = head(nn.Linear(features, out_dim))
 
     def forward(self, h: torch.Tensor) -> dist.Normal:
-        return dist.Normal(self.loc(h), F.softplus(self.scale(h)) + MIN_SCALE).to_event(1)
+        loc, scale = full_precision(self.loc(h)), full_precision(self.scale(h))
+        return dist.Normal(loc, F.softplus(scale) + MIN_SCALE).to_event(1)
 
 
 class ConditionalGaussian(nn.Module):
@@ -203,7 +212,7 @@ class BernoulliPixels(dist.TorchDistribution):
     support = constraints.independent(constraints.unit_interval, 1)
 
     def __init__(self, logits: torch.Tensor, validate_args: bool | None = None) -> None:
-        self.logits = logits
+        self.logits = logits = full_precision(logits)
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None) -> BernoulliPixels:
@@ -261,11 +270,11 @@ class GaussianLikelihood(nn.Module):
         self.scale = head(nn.Linear(features, output_dim)) if sigma2 is None else None
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
-        loc = self.loc(h)
+        loc = full_precision(self.loc(h))
         if self.scale is None:
             scale = torch.full_like(loc, self.sigma2**0.5)
         else:
-            scale = F.softplus(self.scale(h)) + MIN_SCALE
+            scale = F.softplus(full_precision(self.scale(h))) + MIN_SCALE
         return dist.Normal(loc, scale).to_event(1)
 
 
@@ -394,7 +403,7 @@ class MultiInputCategorical(nn.Module):
         self.logits = head(nn.Linear(hidden[-1], num_classes))
 
     def forward(self, *inputs: torch.Tensor) -> dist.Categorical:
-        return dist.Categorical(logits=self.logits(self.trunk(inputs)))
+        return dist.Categorical(logits=full_precision(self.logits(self.trunk(inputs))))
 
 
 class LabelGaussian(nn.Module):
@@ -464,9 +473,9 @@ def output_distribution(
     """
     if likelihood_name == "bernoulli":
         return BernoulliPixels(params[0], validate_args=False)
-    loc = params[0]
+    loc = full_precision(params[0])
     if sigma2 is None:
-        scale = F.softplus(params[1]) + MIN_SCALE
+        scale = F.softplus(full_precision(params[1])) + MIN_SCALE
     else:
         scale = torch.full_like(loc, sigma2**0.5)
     return dist.Normal(loc, scale).to_event(1)
@@ -665,5 +674,6 @@ class PiEncoder(nn.Module):
     ) -> tuple[dist.Distribution | None, dist.Categorical | None, list[dist.Categorical]]:
         h = self.trunk(x)
         q_z = self.q_z(h) if self.q_z is not None else None
-        q_pi = dist.Categorical(logits=self.pi(h)) if self.pi is not None else None
-        return q_z, q_pi, [dist.Categorical(logits=head(h)) for head in self.factor_pi]
+        q_pi = dist.Categorical(logits=full_precision(self.pi(h))) if self.pi is not None else None
+        factors = [dist.Categorical(logits=full_precision(head(h))) for head in self.factor_pi]
+        return q_z, q_pi, factors

@@ -36,6 +36,11 @@ CONFIG = "config.json"
 
 Evaluator = Callable[[SemiSupervisedModel, SemiSupervisedData], dict[str, Any]]
 
+# Training-step precision: autocast dtype per name (None = off). bf16 autocast runs the
+# matrix products of the SVI steps in bfloat16 (AMX / AVX512-BF16 CPUs, recent GPUs) while
+# parameters, optimiser state and every distribution stay float32 (nets.full_precision).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
 
 @dataclass
 class FitResult:
@@ -128,6 +133,7 @@ def fit(
     resume: bool = False,
     max_minutes: float | None = None,
     max_cpu_minutes: float | None = None,
+    precision: str = "fp32",
     progress: bool = True,
     evaluate: Evaluator | None = None,
     run_config: dict[str, Any] | None = None,
@@ -156,6 +162,10 @@ def fit(
             budget of process CPU time (all threads), judged by the previous epoch's CPU
             time, so the run stays within it (the budgets of Willetts et al.-style
             comparisons are CPU-minutes; wall-clock budgets shrink on a shared machine).
+        precision: ``"fp32"``, or ``"bf16"`` to run the training steps under bfloat16
+            autocast (about twice the steps per CPU-minute on a CPU with AMX; parameters,
+            optimiser state and log-densities stay float32). Evaluation is always float32,
+            so reported metrics are exact for the trained weights.
         evaluate: ``(model, data) -> dict`` run after each epoch, giving ``val_accuracy``
             (or, for models that cannot classify, ``elbo``: the validation ELBO). None:
             ``classification_report``, or ``elbo_report`` for models without a classifier.
@@ -169,12 +179,15 @@ def fit(
         raise UserError(f"epochs={epochs} must be >= 0")
     if max_cpu_minutes is not None and not max_cpu_minutes > 0:
         raise UserError(f"max_cpu_minutes={max_cpu_minutes} must be > 0")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if evaluate is None:
         evaluate = classification_report if model.can_classify else elbo_report
     if resume and out is None:
         raise UserError("resume needs the run directory (out=...)")
     run_dir = Path(out) if out is not None else None
     dev = resolve_device(device)
+    autocast = _autocast(dev, precision)
     _check_training_data(model, data)
     pyro.set_rng_seed(seed)
     model.to(dev)
@@ -215,6 +228,7 @@ def fit(
                 "binarize": binarize, "lr": lr, "lr_decay": lr_decay, "optimizer": optimizer,
                 "optimizer_args": optimizer_args or {}, "seed": seed, "device": str(dev),
                 "max_minutes": max_minutes, "max_cpu_minutes": max_cpu_minutes,
+                "precision": precision,
             },
             "data": data.summary,
             **(run_config or {}),
@@ -238,7 +252,8 @@ def fit(
         bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch}/{epochs}",
                    disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
         for step, (x, y) in enumerate(bar):
-            loss = svi.step(x, y)
+            with autocast:
+                loss = svi.step(x, y)
             if not math.isfinite(loss):
                 where = f"{run_dir / CHECKPOINT} (epoch {epoch - 1})" if run_dir else "none kept"
                 raise NonFiniteLossError(
@@ -302,6 +317,13 @@ def fit(
     if max_minutes is not None and result.stopped == "epochs" and elapsed_wall >= 60 * max_minutes:
         result.stopped = "max_minutes"
     return result
+
+
+def _autocast(dev: torch.device, precision: str) -> torch.autocast:
+    dtype = PRECISIONS[precision]
+    if dtype is torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("precision='bf16' needs a GPU with bfloat16 support; use precision='fp32'")
+    return torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def make_optimizer(
