@@ -18,7 +18,8 @@ model's decoder then draws a grid of images per class with pi set to that class.
 Budgets: ``smoke`` (1 epoch each), ``cpu`` and ``paper`` (the paper's 10 / 20 epochs);
 ``--ss-epochs`` / ``--es-epochs`` override them (to check convergence: at 1000 labels SS
 plateaus from epoch 3, results/pi_vae_fashion_mnist_1000_dense_30epochs).
-Writes results/pi_vae_fashion_mnist_<labels>_<net>/.
+``--precision bf16`` trains under bfloat16 autocast (about twice as fast on CPUs with AMX).
+Writes results/pi_vae_fashion_mnist_<labels>_<net>/ (or ``--name``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from experiments.common import (  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.inspect import generation_grid  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.train import fit  # noqa: E402
+from ppl_ssvae.train import PRECISIONS, fit  # noqa: E402
 
 # Epochs of (SS, ES) per budget; sec 3.1.1 trains SS 10 and ES 20 epochs.
 BUDGETS = {"smoke": (1, 1), "cpu": (10, 20), "paper": (10, 20)}
@@ -57,7 +58,7 @@ def labelled_only(split: data.SemiSupervisedData) -> data.SemiSupervisedData:
 
 def run(
     variant: str, split, net: str, epochs: int, seed: int, max_minutes: float | None,
-    alpha: float | None = None, batch_size: int = 200,
+    alpha: float | None = None, batch_size: int = 200, precision: str = "fp32",
 ):  # fmt: skip
     extra = {} if alpha is None else {"alpha": alpha}
     model = models.build(
@@ -78,6 +79,7 @@ def run(
         **paper_fit_arguments(PiVAE),
         seed=seed,
         max_minutes=max_minutes,
+        precision=precision,
         progress=False,
     )
     return model, result, (time.process_time() - start) / 60
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seeds", "--seed", default="0",
                         help="comma-separated; each seed draws its own labelled subset and the "
                         "table adds mean and sd over them")  # fmt: skip
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="training-step precision; bf16 autocast is ~2x faster on AMX CPUs")  # fmt: skip
+    parser.add_argument("--name", default=None,
+                        help="results folder [pi_vae_<dataset>_<labels>_<net>]")  # fmt: skip
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--results-dir", default="results")
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> Path:
         for variant, (train_split, epochs) in runs.items():
             model, result, cpu_minutes = run(
                 variant, train_split, args.net, epochs, seed, args.max_minutes, args.alpha,
-                args.batch_size,
+                args.batch_size, args.precision,
             )  # fmt: skip
             last = result.history[-1]
             rows.append({
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> Path:
                 if variant == "ss":
                     ss_model, grid_split = model, split
 
-    name = f"pi_vae_{args.dataset.replace('-', '_')}_{args.labels}_{args.net}"
+    name = args.name or f"pi_vae_{args.dataset.replace('-', '_')}_{args.labels}_{args.net}"
     columns = ["test_accuracy", "test_log_loss", "last_test_accuracy", "last_test_log_loss"]
     summary = mean_and_sd(rows, "model", columns) if len(seeds) > 1 else None
     out = write_results(name, rows, {"args": vars(args), "fit": PiVAE.fit_defaults},
