@@ -58,6 +58,16 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert "cannot change lr" in capsys.readouterr().err
 
 
+def test_precision_is_recorded_and_kept_on_resume(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *TINY, "--epochs", "1", "--precision", "bf16", "--out", out]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["cli"]["precision"] == config["fit"]["precision"] == "bf16"
+    assert main(["train", "--out", out, "--resume", "--precision", "fp32"]) == 2
+    assert "cannot change precision" in capsys.readouterr().err
+    assert main(["train", "--out", out, "--resume", "--epochs", "2"]) == 0
+
+
 def test_resume_a_run_started_before_an_option_existed(tmp_path):
     """A run whose config.json predates an option resumes with that option's default."""
     out = tmp_path / "run"

@@ -7,6 +7,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from pyro import poutine
 
 from ppl_ssvae.data import Dataset, semi_supervised_split
 from ppl_ssvae.models import MODELS, build, from_config
@@ -68,6 +69,33 @@ def test_save_load_round_trip(name, tmp_path):
     rebuilt.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     x = torch.rand(5, D)
     assert torch.equal(rebuilt.classify(x), model.classify(x))
+
+
+def test_bf16_autocast_keeps_every_log_density_float32(name):
+    """Under bf16 autocast (fit(precision="bf16")) the layers compute in bfloat16, but every
+    sample site's log-density, the loss and every gradient stay float32, and the loss is
+    the float32 loss up to bfloat16 rounding of the layers' outputs."""
+    model = _model(name)
+    x, y = _batch("mixed")
+    elbo = model.make_elbo()
+    pyro.set_rng_seed(1)
+    exact = elbo.differentiable_loss(model.model, model.guide, x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        guide_trace = poutine.trace(model.guide).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, y)
+        pyro.set_rng_seed(1)
+        mixed = elbo.differentiable_loss(model.model, model.guide, x, y)
+        mixed.backward()
+    wrong = [
+        site["name"]
+        for trace in (guide_trace, model_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and site["fn"].log_prob(site["value"]).dtype != torch.float32
+    ]
+    assert wrong == []
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, exact, rtol=0.02)
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
 
 
 @pytest.mark.parametrize("labels", [0, None])  # no labels at all / every label
