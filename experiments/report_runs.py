@@ -27,6 +27,9 @@ from ppl_ssvae.train import FitResult  # noqa: E402
 
 # Extra columns of clustering runs, from their best-validation epoch's metrics.
 CLUSTERING_COLUMNS = ("cluster_mapping", "test_accuracy_visible", "test_accuracy_hidden")
+# torch's name of an optimizer argument -> its `ppl-ssvae train` flag (RMSprop's alpha is
+# Keras's rho; --alpha is the model's classification weight).
+OPTIMIZER_FLAGS = {"alpha": "rho"}
 # What `ppl-ssvae train` writes into a clustering run's directory.
 CLUSTERING_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "unit_activity.json")
 
@@ -54,6 +57,8 @@ def command_line(config: dict) -> str:
     for key in ("max_minutes", "max_cpu_minutes"):
         if fit.get(key) is not None:
             parts.append(f"--{key.replace('_', '-')} {fit[key]:g}")
+    if fit.get("precision", "fp32") != "fp32":
+        parts.append(f"--precision {fit['precision']}")
     for key in ("z_dim", "hidden", "activation", "alpha", "likelihood"):
         if key in model:
             value = model[key]
@@ -68,7 +73,7 @@ def command_line(config: dict) -> str:
     if "optimizer" in fit:
         parts.append(f"--optimizer {fit['optimizer']}")
         for key, value in (fit.get("optimizer_args") or {}).items():
-            parts.append(f"--{key.replace('_', '-')} {value:g}")
+            parts.append(f"--{OPTIMIZER_FLAGS.get(key, key)} {value:g}")
     for key in ("variant", "net"):
         if key in model:
             parts.append(f"--{key} {model[key]}")

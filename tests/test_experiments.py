@@ -56,6 +56,29 @@ def test_report_runs_summarises_cli_runs(tmp_path):
     assert (out / "curve.png").stat().st_size > 0 and (out / "r1.metrics.jsonl").exists()
 
 
+def test_report_runs_command_line_rebuilds_the_run(tmp_path):
+    """The command printed for a run, run again, trains the same model the same way
+    (here a pi-VAE under bf16 with RMSprop's rho, which torch calls alpha)."""
+    import shlex
+
+    from experiments import report_runs
+    from ppl_ssvae.cli import main as cli
+
+    first = tmp_path / "first"
+    argv = ["train", "--model", "pi-vae", "--dataset", "digits", "--labels", "50", "--z-dim",
+            "2", "--hidden", "16", "--epochs", "1", "--batch-size", "100", "--rho", "0.8",
+            "--precision", "bf16", "--no-progress", "--out", str(first)]  # fmt: skip
+    assert cli(argv) == 0
+    original = json.loads((first / "config.json").read_text())
+    command = report_runs.command_line(original)
+    assert "--precision bf16" in command and "--rho 0.8" in command
+    again = tmp_path / "again"
+    assert cli([*shlex.split(command)[1:], "--no-progress", "--out", str(again)]) == 0
+    rebuilt = json.loads((again / "config.json").read_text())
+    assert rebuilt["model"] == original["model"]
+    assert rebuilt["fit"] == original["fit"] | {"device": rebuilt["fit"]["device"]}
+
+
 def test_report_runs_gives_clustering_runs_visible_and_hidden_columns(tmp_path):
     import csv
 
