@@ -43,7 +43,8 @@ def command_line(config: dict) -> str:
     cli, fit, model = config["cli"], config["fit"], config["model"]
     parts = ["ppl-ssvae train", f"--model {model['model']}", f"--dataset {cli['dataset']}"]
     for key in ("labels", "label_fraction", "hidden_classes", "extra_classes", "std_threshold"):
-        if cli.get(key) not in (None, "", 0):
+        # --labels 0 (clustering) is a setting; a 0 elsewhere is the default.
+        if cli.get(key) not in (None, "") and (cli[key] != 0 or key == "labels"):
             parts.append(f"--{key.replace('_', '-')} {cli[key]}")
     parts += [
         f"--epochs {fit['epochs']}",

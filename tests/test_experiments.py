@@ -79,6 +79,20 @@ def test_report_runs_command_line_rebuilds_the_run(tmp_path):
     assert rebuilt["fit"] == original["fit"] | {"device": rebuilt["fit"]["device"]}
 
 
+def test_report_runs_command_line_keeps_labels_0(tmp_path):
+    """A clustering run's --labels 0 is printed: without it the command trains on every label."""
+    from experiments import report_runs
+    from ppl_ssvae.cli import main as cli
+
+    run = tmp_path / "clusters"
+    argv = ["train", "--model", "gmdgm", "--dataset", "digits", "--labels", "0", "--z-dim", "2",
+            "--hidden", "16", "--epochs", "1", "--batch-size", "100", "--no-progress",
+            "--out", str(run)]  # fmt: skip
+    assert cli(argv) == 0
+    command = report_runs.command_line(json.loads((run / "config.json").read_text()))
+    assert "--labels 0 " in command and "--extra-classes" not in command
+
+
 def test_report_runs_gives_clustering_runs_visible_and_hidden_columns(tmp_path):
     import csv
 
