@@ -20,7 +20,9 @@ Budgets: ``smoke`` (1 epoch, to check the script runs), ``cpu`` (at most 60 CPU-
 model, Adam 1e-3 so that the ~6 affordable epochs move), ``paper`` (up to 2000 epochs at
 the paper's Adam 3e-4). Each model is one ``ppl-ssvae train`` run in ``--runs-dir``; the
 table, the curves of accuracy against CPU-minutes and each run's confusion matrix and
-z-unit activity go to results/semi_unsupervised_<dataset>/ via ``report_runs``.
+z-unit activity go to results/semi_unsupervised_<dataset>/ (or ``--name``) via
+``report_runs``. ``--precision bf16`` trains under bfloat16 autocast, which on this
+project's AMX CPU buys about 4x the epochs per CPU-minute (``fit(precision=...)``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def train_arguments(
     b = BUDGETS[budget]
     argv = ["train", "--model", model, "--dataset", args.dataset, *PROTOCOL,
             "--epochs", str(b["epochs"]), "--lr", str(b["lr"]), "--seed", str(args.seed),
-            "--z-dim", str(args.z_dim), "--hidden", args.hidden, "--no-progress"]  # fmt: skip
+            "--z-dim", str(args.z_dim), "--hidden", args.hidden, "--precision", args.precision,
+            "--no-progress"]  # fmt: skip
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
     if b["max_cpu_minutes"] is not None:
@@ -77,6 +80,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--z-dim", type=int, default=200)
     parser.add_argument("--hidden", default="500,500", help="hidden widths [App. B: 500,500]")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="training-step precision; bf16 autocast gives ~4x the epochs per "
+                        "CPU-minute on a CPU with AMX")  # fmt: skip
+    parser.add_argument("--name", default=None,
+                        help="results folder [semi_unsupervised_<dataset>]")  # fmt: skip
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--runs-dir", default="runs/semi_unsupervised")
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> Path:
             run = Path(args.runs_dir) / f"{model}-{'us' if unsupervised else 'su'}-{args.budget}"
             ppl_ssvae([*train_arguments(model, args.budget, unsupervised, args), "--out", str(run)])
             runs.append(str(run))
-    name = f"semi_unsupervised_{args.dataset.replace('-', '_')}"
+    name = args.name or f"semi_unsupervised_{args.dataset.replace('-', '_')}"
     out = report_runs.main([*runs, "--name", name, "--results-dir", args.results_dir])
     print((out / "results.md").read_text())
     return out

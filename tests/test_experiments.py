@@ -228,3 +228,17 @@ def test_pi_vae_anomaly_checks_every_class_before_training(tmp_path, monkeypatch
     argv = ["--budget", "smoke", "--dataset", "digits", "--results-dir", str(tmp_path)]
     with pytest.raises(UserError, match="out of range"):
         pi_vae_anomaly.main([*argv, "--classes", "3,99"])
+
+
+def test_semi_unsupervised_script_passes_precision_to_every_run(tmp_path):
+    from experiments import semi_unsupervised_fashion_mnist
+
+    argv = [*SMOKE_ARGS["semi_unsupervised_fashion_mnist"], "--precision", "bf16",
+            "--name", "su_bf16", "--results-dir", str(tmp_path / "res")]  # fmt: skip
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    out = semi_unsupervised_fashion_mnist.main(argv)
+    assert out.name == "su_bf16"
+    configs = sorted(out.glob("*.config.json"))
+    assert len(configs) == 4  # gmdgm and m2, semi-unsupervised and unsupervised
+    assert {json.loads(p.read_text())["fit"]["precision"] for p in configs} == {"bf16"}
+    assert (out / "results.md").read_text().count("--precision bf16") == 4
