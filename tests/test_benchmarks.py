@@ -31,3 +31,27 @@ def test_factored_loss_equals_the_pyro_loss_with_the_same_noise(float64):
     pyro.set_rng_seed(5)
     expected = model.make_elbo().differentiable_loss(model.model, model.guide, x, y)
     assert ours.item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+def _precision_module():
+    path = SCRIPT.parent / "precision_speed.py"
+    spec = importlib.util.spec_from_file_location("precision_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_precision_benchmark_times_both_precisions_of_every_model(monkeypatch):
+    """Every model of the table steps under both precisions, timed step by step
+    (sizes shrunk so the test is quick; the script runs the experiments' sizes)."""
+    module = _precision_module()
+    small = {
+        name: (model, {**config, **({"z_dim": 3, "hidden": (8,)} if "hidden" in config else {})},
+               6, 3, classes)
+        for name, (model, config, _, _, classes) in module.SETUPS.items()
+    }  # fmt: skip
+    monkeypatch.setattr(module, "SETUPS", small)
+    for name in small:
+        times = module.step_times(name, steps=2)
+        assert set(times) == {"fp32", "bf16"}
+        assert all(len(t) == 2 and min(t) > 0 for t in times.values()), name
