@@ -22,7 +22,7 @@ the paper's Adam 3e-4). Each model is one ``ppl-ssvae train`` run in ``--runs-di
 table, the curves of accuracy against CPU-minutes and each run's confusion matrix and
 z-unit activity go to results/semi_unsupervised_<dataset>/ (or ``--name``) via
 ``report_runs``. ``--precision bf16`` trains under bfloat16 autocast, which on this
-project's AMX CPU buys about 4x the epochs per CPU-minute (``fit(precision=...)``).
+project's AMX CPU halves the CPU time of a step (``fit(precision=...)``).
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--hidden", default="500,500", help="hidden widths [App. B: 500,500]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="training-step precision; bf16 autocast gives ~4x the epochs per "
-                        "CPU-minute on a CPU with AMX")  # fmt: skip
+                        help="training-step precision; bf16 autocast halves the CPU time of a step "
+                        "on a CPU with AMX")  # fmt: skip
     parser.add_argument("--name", default=None,
                         help="results folder [semi_unsupervised_<dataset>]")  # fmt: skip
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
