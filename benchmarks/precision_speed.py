@@ -21,7 +21,7 @@ import torch
 from pyro.infer import SVI
 
 from ppl_ssvae.models import build
-from ppl_ssvae.train import PRECISIONS, make_optimizer
+from ppl_ssvae.train import PRECISIONS, make_optimizer, precision_context
 
 # name -> (registry model, config, batch rows, labelled rows, classes): the semi-unsupervised
 # protocol of Willetts et al. (|y| = 30, |z| = 200, 500-500, 100 + 100 rows) and the pi-VAE
@@ -49,8 +49,8 @@ def step_times(name: str, steps: int, seed: int = 0) -> dict[str, list[float]]:
     svi = SVI(model.model, model.guide, make_optimizer("adam", 1e-4), model.make_elbo())
     times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     for step in range(steps + 1):  # the first round warms up and is not counted
-        for precision, dtype in PRECISIONS.items():
-            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        for precision in PRECISIONS:
+            with precision_context(torch.device("cpu"), precision):
                 start = time.process_time()
                 svi.step(x, y)
                 if step:

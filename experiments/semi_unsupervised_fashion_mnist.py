@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments import report_runs  # noqa: E402
 from ppl_ssvae.cli import main as ppl_ssvae  # noqa: E402
+from ppl_ssvae.train import PRECISIONS  # noqa: E402
 
 # Per budget: epochs, learning rate, CPU-minute cap per model.
 BUDGETS = {
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--z-dim", type=int, default=200)
     parser.add_argument("--hidden", default="500,500", help="hidden widths [App. B: 500,500]")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="training-step precision; bf16 autocast halves the CPU time of a step "
                         "on a CPU with AMX")  # fmt: skip
     parser.add_argument("--name", default=None,

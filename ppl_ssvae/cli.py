@@ -74,6 +74,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import MODELS
+    from .train import PRECISIONS
 
     parser = OneLineParser(
         prog="ppl-ssvae", description="Semi-supervised deep generative models in Pyro."
@@ -176,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--precision",
-        choices=["fp32", "bf16"],
+        choices=list(PRECISIONS),
         help="training-step precision: bf16 autocast runs the matrix products in bfloat16 "
         "(~2x faster on CPUs with AMX; parameters and log-densities stay float32) [fp32]",
     )

@@ -187,7 +187,7 @@ def fit(
         raise UserError("resume needs the run directory (out=...)")
     run_dir = Path(out) if out is not None else None
     dev = resolve_device(device)
-    autocast = _autocast(dev, precision)
+    autocast = precision_context(dev, precision)
     _check_training_data(model, data)
     pyro.set_rng_seed(seed)
     model.to(dev)
@@ -319,7 +319,9 @@ def fit(
     return result
 
 
-def _autocast(dev: torch.device, precision: str) -> torch.autocast:
+def precision_context(dev: torch.device, precision: str) -> torch.autocast:
+    """The autocast context a training step of ``precision`` runs in on ``dev`` (a
+    disabled one for ``"fp32"``); reusable across steps."""
     dtype = PRECISIONS[precision]
     if dtype is torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("precision='bf16' needs a GPU with bfloat16 support; use precision='fp32'")
