@@ -163,10 +163,19 @@ def test_bf16_training_runs_autocast_steps_and_evaluates_in_float32(digits, tmp_
         seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
         return step(self, *args, **kwargs)
 
+    evaluated_under_autocast = []
+
+    def evaluate(model, data):
+        evaluated_under_autocast.append(torch.is_autocast_enabled("cpu"))
+        return classification_report(model, data)
+
     monkeypatch.setattr(pyro.infer.SVI, "step", spy)
-    result = _fit(_model(digits), digits, epochs=2, precision="bf16", out=tmp_path)
+    result = _fit(
+        _model(digits), digits, epochs=2, precision="bf16", out=tmp_path, evaluate=evaluate
+    )
     assert seen and set(seen) == {torch.bfloat16}
-    assert not torch.is_autocast_enabled("cpu")  # evaluation and the caller run in float32
+    assert evaluated_under_autocast == [False, False]  # evaluation runs in float32
+    assert not torch.is_autocast_enabled("cpu")  # and so does the caller afterwards
     # The same split and seed in float32: bf16 rounding moves accuracy by a few points at most.
     exact = _fit(_model(digits), digits, epochs=2)
     assert abs(result.history[-1]["test_accuracy"] - exact.history[-1]["test_accuracy"]) < 0.1
