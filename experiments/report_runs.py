@@ -31,6 +31,9 @@ CLUSTERING_COLUMNS = ("cluster_mapping", "test_accuracy_visible", "test_accuracy
 # Keras's rho; --alpha is the model's classification weight).
 OPTIMIZER_FLAGS = {"alpha": "rho"}
 # What `ppl-ssvae train` writes into a clustering run's directory.
+# The settings a resume may change, as config.json's ``resumes`` records them (a budget
+# lifted to None by a Python caller has no flag, and is left out).
+RESUME_FLAGS = ("epochs", "max_minutes", "max_cpu_minutes", "device")
 CLUSTERING_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "unit_activity.json")
 
 
@@ -81,6 +84,18 @@ def command_line(config: dict) -> str:
     return " ".join(parts + _other_model_args(model))
 
 
+def resume_commands(config: dict, run: Path | str) -> str:
+    """`` && ppl-ssvae train --out RUN --resume ...`` for each budget change config.json's
+    ``resumes`` recorded, so a run continued past its first budget is rebuilt as it ran."""
+    commands = []
+    for resumed in config.get("resumes", []):
+        flags = [f"--{key.replace('_', '-')} {resumed[key]:g}"
+                 if isinstance(resumed[key], float) else f"--{key.replace('_', '-')} {resumed[key]}"
+                 for key in RESUME_FLAGS if resumed.get(key) is not None]  # fmt: skip
+        commands.append(" && " + " ".join(["ppl-ssvae train", f"--out {run}", "--resume", *flags]))
+    return "".join(commands)
+
+
 def _other_model_args(model: dict) -> list[str]:
     """``--model-arg`` for every other model field that differs from its current default
     (listing all of them would bury the command; the run's config.json has every value)."""
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> Path:
         best = max(history, key=lambda h: h["val_accuracy"])
         row = {
             "run": run.name,
-            "command": command_line(config) + f" --out {run}",
+            "command": command_line(config) + f" --out {run}" + resume_commands(config, run),
             "best_epoch": best["epoch"],
             "val_accuracy": best["val_accuracy"],
             "test_accuracy": best["test_accuracy"],

@@ -211,7 +211,11 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(
             f"--resume: no run in {args.out} (config.json missing); drop --resume to start one"
         )
-    saved = json.loads(config_path.read_text())["cli"]
+    config = json.loads(config_path.read_text())
+    saved = config["cli"]
+    # A later resume starts from the budget the last one gave, not the first one's.
+    for resumed in config.get("resumes", []):
+        saved |= {k: v for k, v in resumed.items() if k in RESUMABLE}
     changed = sorted(k for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v)
     if changed:
         raise UserError(f"--resume cannot change {', '.join(changed)}; start a new --out instead")

@@ -235,6 +235,10 @@ def fit(
             "environment": environment(),
         }  # fmt: skip
         (run_dir / CONFIG).write_text(json.dumps(config, indent=2, default=str))
+    elif run_dir is not None:
+        budget = {"epochs": epochs, "max_minutes": max_minutes,
+                  "max_cpu_minutes": max_cpu_minutes, "device": str(dev)}  # fmt: skip
+        _record_resume(run_dir / CONFIG, start_epoch - 1, budget)
 
     last_eval: dict[str, Any] = {}
     for epoch in range(start_epoch, epochs + 1):
@@ -334,6 +338,33 @@ def make_optimizer(
     """The optimizer ``fit`` uses: one torch optimizer (``"adam"``, ``"rmsprop"``) over all
     parameters, with the learning rate multiplied by ``lr_decay_per_step`` after each step."""
     return SingleOptimizer(name, lr, lr_decay_per_step, **(options or {}))
+
+
+def _record_resume(config_path: Path, from_epoch: int, budget: dict[str, Any]) -> None:
+    """Append to config.json's ``resumes`` the budget a resume changed (``epochs``,
+    ``max_minutes``, ``max_cpu_minutes``, ``device``: the settings a resume may change).
+
+    ``fit`` keeps the values the run started with, so the run's command is still the one
+    that started it, and ``resumes`` says how it was continued: without them a run resumed
+    with a larger budget would look as if its first budget had trained it.
+    """
+    config = json.loads(config_path.read_text())
+    current = dict(config["fit"])
+    for earlier in config.get("resumes", []):
+        current.update({k: v for k, v in earlier.items() if k in budget})
+    changed = {k: v for k, v in budget.items() if current.get(k) != v}
+    if not changed:
+        return
+    env = environment()
+    config.setdefault("resumes", []).append(
+        {
+            "from_epoch": from_epoch,
+            **changed,
+            "git_commit": env["git_commit"],
+            "git_dirty": env["git_dirty"],
+        }  # fmt: skip
+    )
+    checkpoint.write_text_atomic(config_path, json.dumps(config, indent=2, default=str))
 
 
 def _read_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:

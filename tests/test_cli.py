@@ -68,6 +68,25 @@ def test_precision_is_recorded_and_kept_on_resume(tmp_path, capsys):
     assert main(["train", "--out", out, "--resume", "--epochs", "2"]) == 0
 
 
+def test_resume_records_the_budget_it_changed(tmp_path):
+    """config.json keeps the starting budget in ``fit`` and adds one ``resumes`` entry per
+    resume that changed it, holding only what changed."""
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    resume = ["train", "--out", str(out), "--resume", "--no-progress"]
+    assert main([*resume, "--epochs", "2", "--max-cpu-minutes", "50"]) == 0
+    assert main([*resume, "--epochs", "2"]) == 0  # nothing changed: no entry
+    assert main([*resume, "--epochs", "3"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["fit"]["epochs"] == 1 and config["fit"]["max_cpu_minutes"] is None
+    budgets = [{k: v for k, v in r.items() if not k.startswith("git_")} for r in config["resumes"]]
+    assert budgets == [
+        {"from_epoch": 1, "epochs": 2, "max_cpu_minutes": 50.0},
+        {"from_epoch": 2, "epochs": 3},
+    ]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_resume_a_run_started_before_an_option_existed(tmp_path):
     """A run whose config.json predates an option resumes with that option's default."""
     out = tmp_path / "run"

@@ -79,6 +79,34 @@ def test_report_runs_command_line_rebuilds_the_run(tmp_path):
     assert rebuilt["fit"] == original["fit"] | {"device": rebuilt["fit"]["device"]}
 
 
+def test_report_runs_command_replays_a_resumed_run(tmp_path):
+    """A run resumed with a larger budget is printed as its first command and then the
+    resume; replayed, the commands train the same epochs to the same losses."""
+    import shlex
+
+    from experiments import report_runs
+    from ppl_ssvae.cli import main as cli
+
+    run = tmp_path / "run"
+    common = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "16",
+              "--batch-size", "100", "--no-progress"]  # fmt: skip
+    assert cli(["train", *common, "--epochs", "1", "--out", str(run)]) == 0
+    assert cli(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    replay = tmp_path / "replay"
+    commands = report_runs.command_line(config) + f" --out {replay}"
+    commands += report_runs.resume_commands(config, replay)
+    assert commands.count(" && ") == 1 and "--resume --epochs 2" in commands
+    for command in commands.split(" && "):
+        assert cli([*shlex.split(command)[1:], "--no-progress"]) == 0
+
+    def losses(path):
+        lines = (path / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["train_loss"] for line in lines]
+
+    assert len(losses(run)) == 2 and losses(replay) == losses(run)
+
+
 def test_report_runs_command_line_keeps_labels_0(tmp_path):
     """A clustering run's --labels 0 is printed: without it the command trains on every label."""
     from experiments import report_runs
