@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyro
 
+from ppl_ssvae import models
 from ppl_ssvae.data import SemiSupervisedData
 from ppl_ssvae.models.base import SemiSupervisedModel
 from ppl_ssvae.optim import optimizer_args
@@ -17,6 +19,14 @@ from ppl_ssvae.train import FitResult, environment
 # Read when a script starts, so results name the code that produced them, not a commit
 # made while a long run was going.
 STARTED_FROM = environment()
+
+
+def build_seeded(name: str, seed: int, **config: Any) -> SemiSupervisedModel:
+    """``models.build`` with the initial weights drawn from ``seed``, as ``ppl-ssvae train``
+    draws them: a seed run alone then equals that seed inside a multi-seed run (``fit``'s
+    seed covers batches and noise, but the weights exist before it is called)."""
+    pyro.set_rng_seed(seed)
+    return models.build(name, **config)
 
 
 def paper_fit_arguments(model_class: type[SemiSupervisedModel]) -> dict[str, Any]:

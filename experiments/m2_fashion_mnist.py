@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import plot_curves, write_results  # noqa: E402
-from ppl_ssvae import data, models  # noqa: E402
+from experiments.common import build_seeded, plot_curves, write_results  # noqa: E402
+from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.train import fit  # noqa: E402
 
 BUDGETS = {"smoke": 1, "cpu": 30, "paper": 300}
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     dataset = data.load(args.dataset, args.data_dir)
     split = data.semi_supervised_split(dataset, labels=args.labels, seed=args.seed)
-    model = models.build("m2", input_dim=split.input_dim, num_classes=split.num_classes)
+    model = build_seeded("m2", args.seed, input_dim=split.input_dim, num_classes=split.num_classes)
     start = time.process_time()
     result = fit(
         model,

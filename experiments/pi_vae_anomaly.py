@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import mean_and_sd, paper_fit_arguments, write_results  # noqa: E402
-from ppl_ssvae import data, models  # noqa: E402
+from experiments.common import build_seeded, mean_and_sd, paper_fit_arguments, write_results  # noqa: E402
+from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.anomaly import (  # noqa: E402
     anomaly_auc,
     anomaly_split,
@@ -48,8 +48,8 @@ def train_and_score(
     options = {"variant": variant}
     if alpha is not None and variant != "eu":  # EU has no pi layer to weight
         options["alpha"] = alpha
-    model = models.build(
-        "pi-vae", input_dim=normal.input_dim, num_classes=normal.num_classes, **options
+    model = build_seeded(
+        "pi-vae", seed, input_dim=normal.input_dim, num_classes=normal.num_classes, **options
     )
     start = time.process_time()
     result = fit(

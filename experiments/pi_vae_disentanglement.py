@@ -49,9 +49,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import paper_fit_arguments, whole_labels, write_results  # noqa: E402
+from experiments.common import build_seeded, paper_fit_arguments, whole_labels, write_results  # noqa: E402
 from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
-from ppl_ssvae import data, models  # noqa: E402
+from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.data.shapes import SHAPE_FACTORS, FactorImages, load_shapes  # noqa: E402
 from ppl_ssvae.metrics import beta_vae_score, log_loss  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
@@ -112,8 +112,9 @@ def train(
 ) -> tuple[PiVAE, FitResult, float]:
     """One SS pi-VAE of sec 4 trained on ``split``; returns it, its history and CPU-minutes."""
     shape = tuple(split.image_shape or ())
-    model = models.build(
+    model = build_seeded(
         "pi-vae",
+        args.seed,
         input_dim=split.input_dim,
         num_classes=split.num_classes,
         variant="ss",

@@ -13,7 +13,8 @@ Accuracy and log loss are those of the best-validation epoch (a labelled validat
 10,000 training images, for model selection only), and ``last_*`` those of the last epoch
 (the paper's "fully converged" models). ``--seeds 0,1,2`` repeats everything on a new
 labelled subset per seed and adds mean and sd, as the paper's repeats;
-``--validation-size 0`` trains on all 60,000 training images, as the paper does. The SS
+``--validation-size 0`` trains on all 60,000 training images, as the paper does;
+``--merge`` puts the folders of earlier runs (one process per seed, say) into one table. The SS
 model's decoder then draws a grid of images per class with pi set to that class.
 Budgets: ``smoke`` (1 epoch each), ``cpu`` and ``paper`` (the paper's 10 / 20 epochs);
 ``--ss-epochs`` / ``--es-epochs`` override them (to check convergence: at 1000 labels SS
@@ -25,6 +26,8 @@ Writes results/pi_vae_fashion_mnist_<labels>_<net>/ (or ``--name``).
 from __future__ import annotations
 
 import argparse
+import csv
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,19 +35,66 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import (  # noqa: E402
+    build_seeded,
     mean_and_sd,
     paper_fit_arguments,
     plot_curves,
     selected_epoch_columns,
     write_results,
 )
-from ppl_ssvae import data, models  # noqa: E402
+from ppl_ssvae import data  # noqa: E402
+from ppl_ssvae.errors import UserError  # noqa: E402
 from ppl_ssvae.inspect import generation_grid  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
 from ppl_ssvae.train import PRECISIONS, fit  # noqa: E402
 
 # Epochs of (SS, ES) per budget; sec 3.1.1 trains SS 10 and ES 20 epochs.
 BUDGETS = {"smoke": (1, 1), "cpu": (10, 20), "paper": (10, 20)}
+
+
+# Seeds are averaged per model and alpha, so merged folders of an alpha sweep stay apart.
+SUMMARY_BY = ("model", "alpha")
+SUMMARY_COLUMNS = ["test_accuracy", "test_log_loss", "last_test_accuracy", "last_test_log_loss"]
+# Figures of a run's first seed, carried over by --merge from the first folder.
+FIGURES = ("curve.png", "generation.png")
+
+
+def results_name(args: argparse.Namespace) -> str:
+    return args.name or f"pi_vae_{args.dataset.replace('-', '_')}_{args.labels}_{args.net}"
+
+
+def read_rows(folder: Path) -> list[dict]:
+    """The rows of an earlier run of this script (its results.csv), numbers parsed."""
+    csv_path = folder / "results.csv"
+    if not csv_path.is_file():
+        raise UserError(f"--merge: {csv_path} not found; pass folders this script wrote")
+    return [{key: _number(value) for key, value in row.items()}
+            for row in csv.DictReader(csv_path.open())]  # fmt: skip
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def merge(args: argparse.Namespace) -> Path:
+    """One table (and mean and sd) from the folders of earlier runs, e.g. seeds run in
+    parallel; the curve and generation grid are the first folder's."""
+    folders = [Path(f) for f in args.merge]
+    rows = [row for folder in folders for row in read_rows(folder)]
+    several = len({(r["model"], r["alpha"]) for r in rows}) < len(rows)
+    summary = mean_and_sd(rows, SUMMARY_BY, SUMMARY_COLUMNS) if several else None
+    config = {"args": vars(args), "merged": [str(f) for f in folders]}
+    out = write_results(results_name(args), rows, config, args.results_dir, summary)
+    for figure in FIGURES:
+        if (folders[0] / figure).is_file():
+            shutil.copy(folders[0] / figure, out / figure)
+    print((out / "results.md").read_text())
+    return out
 
 
 def labelled_only(split: data.SemiSupervisedData) -> data.SemiSupervisedData:
@@ -61,8 +111,9 @@ def run(
     alpha: float | None = None, batch_size: int = 200, precision: str = "fp32",
 ):  # fmt: skip
     extra = {} if alpha is None else {"alpha": alpha}
-    model = models.build(
+    model = build_seeded(
         "pi-vae",
+        seed,
         input_dim=split.input_dim,
         num_classes=split.num_classes,
         variant=variant,
@@ -108,12 +159,18 @@ def main(argv: list[str] | None = None) -> Path:
                         "table adds mean and sd over them")  # fmt: skip
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="training-step precision; bf16 autocast is ~2x faster on AMX CPUs")  # fmt: skip
+    parser.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
+                        help="train nothing: put the results.csv of earlier runs of this script "
+                        "into one table with mean and sd per model and alpha (e.g. one process "
+                        "per seed)")  # fmt: skip
     parser.add_argument("--name", default=None,
                         help="results folder [pi_vae_<dataset>_<labels>_<net>]")  # fmt: skip
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args)
 
     dataset = data.load(args.dataset, args.data_dir)
     ss_epochs, es_epochs = BUDGETS[args.budget]
@@ -151,10 +208,8 @@ def main(argv: list[str] | None = None) -> Path:
                 if variant == "ss":
                     ss_model, grid_split = model, split
 
-    name = args.name or f"pi_vae_{args.dataset.replace('-', '_')}_{args.labels}_{args.net}"
-    columns = ["test_accuracy", "test_log_loss", "last_test_accuracy", "last_test_log_loss"]
-    summary = mean_and_sd(rows, "model", columns) if len(seeds) > 1 else None
-    out = write_results(name, rows, {"args": vars(args), "fit": PiVAE.fit_defaults},
+    summary = mean_and_sd(rows, SUMMARY_BY, SUMMARY_COLUMNS) if len(seeds) > 1 else None
+    out = write_results(results_name(args), rows, {"args": vars(args), "fit": PiVAE.fit_defaults},
                         args.results_dir, summary)  # fmt: skip
     plot_curves(out / "curve.png", curves)
     generation_grid(ss_model, 10, out / "generation.png", image_shape=tuple(grid_split.image_shape),

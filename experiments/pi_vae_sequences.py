@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import (  # noqa: E402
+    build_seeded,
     paper_fit_arguments,
     plot_curves,
     selected_epoch_columns,
@@ -39,7 +40,7 @@ from experiments.common import (  # noqa: E402
     write_results,
 )
 from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
-from ppl_ssvae import data, models  # noqa: E402
+from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
 from ppl_ssvae.train import FitResult, fit  # noqa: E402
 
@@ -59,8 +60,9 @@ def run(
     max_minutes: float | None,
 ) -> tuple[FitResult, float]:
     """Train one Table 15 pi-VAE variant; returns its history and CPU-minutes."""
-    model = models.build(
+    model = build_seeded(
         "pi-vae",
+        seed,
         input_dim=split.input_dim,
         num_classes=split.num_classes,
         variant=variant,

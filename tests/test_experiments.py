@@ -167,6 +167,32 @@ def test_pi_vae_epoch_overrides_replace_the_budget(tmp_path):
     assert "Mean and standard deviation" in (out / "results.md").read_text()
 
 
+def test_pi_vae_merge_equals_running_the_seeds_together(tmp_path):
+    """Seeds run as separate processes and merged give the table and mean of one run over
+    both seeds; a missing folder is named."""
+    import csv
+
+    from experiments import pi_vae_fashion_mnist
+    from ppl_ssvae.errors import UserError
+
+    argv = [*SMOKE_ARGS["pi_vae_fashion_mnist"], "--results-dir", str(tmp_path)]
+    both = pi_vae_fashion_mnist.main([*argv, "--seeds", "0,1", "--name", "both"])
+    one = [pi_vae_fashion_mnist.main([*argv, "--seeds", s, "--name", f"s{s}"]) for s in "01"]
+    merged = pi_vae_fashion_mnist.main([*argv, "--merge", *map(str, one), "--name", "merged"])
+    read = lambda out, f: list(csv.DictReader((out / f).open()))  # noqa: E731
+    skip = {"cpu_minutes"}  # the one column a rerun does not repeat
+    same = lambda rows: [{k: v for k, v in r.items() if k not in skip} for r in rows]  # noqa: E731
+    assert same(read(merged, "results.csv")) == same(read(both, "results.csv"))
+    columns = ("model", "alpha", "runs", "test_accuracy_mean", "test_accuracy_sd")
+    summaries = [
+        [{k: r[k] for k in columns} for r in read(out, "summary.csv")] for out in (merged, both)
+    ]
+    assert summaries[0] == summaries[1] and summaries[0][0]["runs"] == "2"
+    assert (merged / "generation.png").read_bytes() == (one[0] / "generation.png").read_bytes()
+    with pytest.raises(UserError, match="not found"):
+        pi_vae_fashion_mnist.main([*argv, "--merge", str(tmp_path / "nowhere")])
+
+
 def test_latent_epoch_overrides_replace_the_budget(tmp_path):
     import csv
 
