@@ -112,6 +112,17 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
 
 
+def test_atomic_text_write_replaces_or_keeps_the_old_file(tmp_path):
+    path = tmp_path / "config.json"
+    checkpoint.write_text_atomic(path, "old")
+    checkpoint.write_text_atomic(path, "new")
+    assert path.read_text() == "new"
+    with pytest.raises(UnicodeEncodeError):
+        checkpoint.write_text_atomic(path, "\ud800")  # a lone surrogate cannot be encoded
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
 def test_max_minutes_stops_after_the_epoch_that_passes_it(digits):
     result = _fit(_model(digits), digits, epochs=5, max_minutes=1e-9)
     assert len(result.history) == 1 and result.stopped == "max_minutes"

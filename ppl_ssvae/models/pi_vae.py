@@ -56,8 +56,11 @@ class PiVAEConfig(ModelConfig):
             the ELBO over rows, so the loss is that times the batch size B:
             ``alpha B / #labelled * sum CE``). The paper says alpha = 1 but not how its
             Keras loss scales the ELBO; with alpha = 1 here the pi layer barely learns
-            (54.6% test on Fashion-MNIST with 1000 labels). 10 was best on the
-            validation set among 1, 10, 30, 100 and 784 (results/pi_vae_alpha_sweep).
+            (54.6% test on Fashion-MNIST with 1000 labels). The default 10 was best on
+            validation among 1, 10, 30, 100 and 784 under an earlier optimizer
+            (results/pi_vae_alpha_sweep) and matches the paper at 100 labels; under
+            today's Keras RMSprop, validation prefers 300 at 1000 labels
+            (results/pi_vae_fashion_mnist_1000_dense_alpha_sweep_keras).
         beta: weight of the KL term (beta_norm of sec 4; 1 is the plain ELBO).
         pi_to_decoder: feed pi into the decoder (eq. 2); False cuts that link (sec 4,
             App. A.4) so pi only shapes the latent through the shared trunk.
