@@ -31,9 +31,6 @@ CLUSTERING_COLUMNS = ("cluster_mapping", "test_accuracy_visible", "test_accuracy
 # Keras's rho; --alpha is the model's classification weight).
 OPTIMIZER_FLAGS = {"alpha": "rho"}
 # What `ppl-ssvae train` writes into a clustering run's directory.
-# The settings a resume may change, as config.json's ``resumes`` records them (a budget
-# lifted to None by a Python caller has no flag, and is left out).
-RESUME_FLAGS = ("epochs", "max_minutes", "max_cpu_minutes", "device")
 CLUSTERING_FILES = ("confusion_matrix.csv", "confusion_matrix.png", "unit_activity.json")
 
 
@@ -60,28 +57,30 @@ def command_line(config: dict) -> str:
     ]
     for key in ("max_minutes", "max_cpu_minutes"):
         if fit.get(key) is not None:
-            parts.append(f"--{key.replace('_', '-')} {fit[key]:g}")
+            parts.append(_flag(key, fit[key]))
     if fit.get("precision", "fp32") != "fp32":
         parts.append(f"--precision {fit['precision']}")
     for key in ("z_dim", "hidden", "activation", "alpha", "likelihood"):
         if key in model:
             value = model[key]
-            value = ",".join(map(str, value)) if isinstance(value, list) else value
             parts.append(
-                f"--{key.replace('_', '-')} {value:g}"
-                if isinstance(value, float)
-                else f"--{key.replace('_', '-')} {value}"
+                _flag(key, ",".join(map(str, value)) if isinstance(value, list) else value)
             )
     if model.get("likelihood") == "gaussian":
         parts.append(f"--sigma2 {model['sigma2']}")
     if "optimizer" in fit:
         parts.append(f"--optimizer {fit['optimizer']}")
         for key, value in (fit.get("optimizer_args") or {}).items():
-            parts.append(f"--{OPTIMIZER_FLAGS.get(key, key)} {value:g}")
+            parts.append(_flag(OPTIMIZER_FLAGS.get(key, key), value))
     for key in ("variant", "net"):
         if key in model:
             parts.append(f"--{key} {model[key]}")
     return " ".join(parts + _other_model_args(model))
+
+
+def _flag(key: str, value: object) -> str:
+    """``--key-name value``, a float in its shortest form (0.001, not 0.0010000)."""
+    return f"--{key.replace('_', '-')} {f'{value:g}' if isinstance(value, float) else value}"
 
 
 def resume_commands(config: dict, run: Path | str) -> str:
@@ -89,9 +88,10 @@ def resume_commands(config: dict, run: Path | str) -> str:
     ``resumes`` recorded, so a run continued past its first budget is rebuilt as it ran."""
     commands = []
     for resumed in config.get("resumes", []):
-        flags = [f"--{key.replace('_', '-')} {resumed[key]:g}"
-                 if isinstance(resumed[key], float) else f"--{key.replace('_', '-')} {resumed[key]}"
-                 for key in RESUME_FLAGS if resumed.get(key) is not None]  # fmt: skip
+        # A budget lifted to None (possible only from Python) has no flag.
+        flags = [
+            _flag(key, value) for key, value in resumed["changed"].items() if value is not None
+        ]
         commands.append(" && " + " ".join(["ppl-ssvae train", f"--out {run}", "--resume", *flags]))
     return "".join(commands)
 

@@ -215,7 +215,7 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
     saved = config["cli"]
     # A later resume starts from the budget the last one gave, not the first one's.
     for resumed in config.get("resumes", []):
-        saved |= {k: v for k, v in resumed.items() if k in RESUMABLE}
+        saved |= resumed["changed"]
     changed = sorted(k for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v)
     if changed:
         raise UserError(f"--resume cannot change {', '.join(changed)}; start a new --out instead")

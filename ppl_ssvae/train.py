@@ -341,8 +341,9 @@ def make_optimizer(
 
 
 def _record_resume(config_path: Path, from_epoch: int, budget: dict[str, Any]) -> None:
-    """Append to config.json's ``resumes`` the budget a resume changed (``epochs``,
-    ``max_minutes``, ``max_cpu_minutes``, ``device``: the settings a resume may change).
+    """Append to config.json's ``resumes`` the part of ``budget`` (``epochs``,
+    ``max_minutes``, ``max_cpu_minutes``, ``device``: the settings a resume may change) that
+    this resume changed, as ``{"from_epoch", "changed", "git_commit", "git_dirty"}``.
 
     ``fit`` keeps the values the run started with, so the run's command is still the one
     that started it, and ``resumes`` says how it was continued: without them a run resumed
@@ -351,7 +352,7 @@ def _record_resume(config_path: Path, from_epoch: int, budget: dict[str, Any]) -
     config = json.loads(config_path.read_text())
     current = dict(config["fit"])
     for earlier in config.get("resumes", []):
-        current.update({k: v for k, v in earlier.items() if k in budget})
+        current.update(earlier["changed"])
     changed = {k: v for k, v in budget.items() if current.get(k) != v}
     if not changed:
         return
@@ -359,7 +360,7 @@ def _record_resume(config_path: Path, from_epoch: int, budget: dict[str, Any]) -
     config.setdefault("resumes", []).append(
         {
             "from_epoch": from_epoch,
-            **changed,
+            "changed": changed,
             "git_commit": env["git_commit"],
             "git_dirty": env["git_dirty"],
         }  # fmt: skip
