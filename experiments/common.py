@@ -12,6 +12,7 @@ import pyro
 
 from ppl_ssvae import models
 from ppl_ssvae.data import SemiSupervisedData
+from ppl_ssvae.errors import UserError
 from ppl_ssvae.models.base import SemiSupervisedModel
 from ppl_ssvae.optim import optimizer_args
 from ppl_ssvae.train import FitResult, environment
@@ -27,6 +28,25 @@ def build_seeded(name: str, seed: int, **config: Any) -> SemiSupervisedModel:
     seed covers batches and noise, but the weights exist before it is called)."""
     pyro.set_rng_seed(seed)
     return models.build(name, **config)
+
+
+def read_results(folder: Path) -> list[dict[str, Any]]:
+    """The rows of the results.csv an experiment script wrote into ``folder``, numbers
+    parsed, for its ``--merge``."""
+    csv_path = folder / "results.csv"
+    if not csv_path.is_file():
+        raise UserError(f"--merge: {csv_path} not found; pass folders this script wrote")
+    return [{key: _number(value) for key, value in row.items()}
+            for row in csv.DictReader(csv_path.open())]  # fmt: skip
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def paper_fit_arguments(model_class: type[SemiSupervisedModel]) -> dict[str, Any]:

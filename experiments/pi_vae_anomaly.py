@@ -18,7 +18,6 @@ results/pi_vae_anomaly_<dataset>/ (or ``--name``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -26,7 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import build_seeded, mean_and_sd, paper_fit_arguments, write_results  # noqa: E402
+from experiments.common import (  # noqa: E402
+    build_seeded,
+    mean_and_sd,
+    paper_fit_arguments,
+    read_results,
+    write_results,
+)
 from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.anomaly import (  # noqa: E402
     anomaly_auc,
@@ -34,7 +39,6 @@ from ppl_ssvae.anomaly import (  # noqa: E402
     class_id,
     reconstruction_log_prob,
 )
-from ppl_ssvae.errors import UserError  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
 from ppl_ssvae.train import fit  # noqa: E402
 
@@ -78,20 +82,15 @@ def summarise(rows: list[dict]) -> tuple[list[dict], int, int]:
 def read_rows(folder: Path) -> list[dict]:
     """The per-seed rows of an earlier run of this script (its results.csv), numbers parsed;
     rows written before the ``seed`` column existed take the seed from its config.json."""
-    csv_path = folder / "results.csv"
-    if not csv_path.is_file():
-        raise UserError(f"--merge: {csv_path} not found; pass folders this script wrote")
+    rows = read_results(folder)  # first: it names a folder that is not a results folder
     seed = json.loads((folder / "config.json").read_text())["args"].get("seed", 0)
-    rows = []
-    for raw in csv.DictReader(csv_path.open()):
-        row = {"seed": seed, **raw}
-        for key in ("anomalous_class", "seed", "epochs"):
-            row[key] = int(row[key])
+    rows = [{"seed": seed, **row} for row in rows]
+    for row in rows:
+        # Floats even where a value prints as a whole number (an AUC of 1, a fraction of 1).
         for key in ("label_fraction", "alpha_ss", "auc_ss", "auc_eu",
                     "cpu_minutes_ss", "cpu_minutes_eu"):  # fmt: skip
             row[key] = float(row[key])
         row["ss_at_least_eu"] = row["auc_ss"] >= row["auc_eu"]
-        rows.append(row)
     return rows
 
 

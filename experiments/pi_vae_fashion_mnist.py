@@ -26,7 +26,6 @@ Writes results/pi_vae_fashion_mnist_<labels>_<net>/ (or ``--name``).
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 import time
@@ -39,11 +38,11 @@ from experiments.common import (  # noqa: E402
     mean_and_sd,
     paper_fit_arguments,
     plot_curves,
+    read_results,
     selected_epoch_columns,
     write_results,
 )
 from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.errors import UserError  # noqa: E402
 from ppl_ssvae.inspect import generation_grid  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
 from ppl_ssvae.train import PRECISIONS, fit  # noqa: E402
@@ -63,29 +62,11 @@ def results_name(args: argparse.Namespace) -> str:
     return args.name or f"pi_vae_{args.dataset.replace('-', '_')}_{args.labels}_{args.net}"
 
 
-def read_rows(folder: Path) -> list[dict]:
-    """The rows of an earlier run of this script (its results.csv), numbers parsed."""
-    csv_path = folder / "results.csv"
-    if not csv_path.is_file():
-        raise UserError(f"--merge: {csv_path} not found; pass folders this script wrote")
-    return [{key: _number(value) for key, value in row.items()}
-            for row in csv.DictReader(csv_path.open())]  # fmt: skip
-
-
-def _number(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def merge(args: argparse.Namespace) -> Path:
     """One table (and mean and sd) from the folders of earlier runs, e.g. seeds run in
     parallel; the curve and generation grid are the first folder's."""
     folders = [Path(f) for f in args.merge]
-    rows = [row for folder in folders for row in read_rows(folder)]
+    rows = [row for folder in folders for row in read_results(folder)]
     several = len({(r["model"], r["alpha"]) for r in rows}) < len(rows)
     summary = mean_and_sd(rows, SUMMARY_BY, SUMMARY_COLUMNS) if several else None
     config = {"args": vars(args), "merged": [str(f) for f in folders]}
