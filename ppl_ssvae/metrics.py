@@ -23,7 +23,10 @@ def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def log_loss(probs: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean negative log-likelihood of the true classes (scikit-learn's log_loss)."""
+    """Mean negative log-likelihood of the true classes (scikit-learn's log_loss); NaN on
+    no rows, like :func:`accuracy` (scikit-learn refuses empty input)."""
+    if len(y) == 0:
+        return float("nan")
     p = probs.detach().cpu().double().numpy()
     p = p / p.sum(1, keepdims=True)  # float32 rows sum to 1 only up to rounding
     return float(sk_log_loss(y.cpu().numpy(), p, labels=np.arange(p.shape[1])))

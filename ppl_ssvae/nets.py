@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 from torch.nn import functional as F
+from torch.overrides import has_torch_function
 
 from .errors import UserError
 
@@ -162,6 +163,12 @@ class ConditionalGaussian(nn.Module):
         return self.head(self.trunk(x, y))
 
 
+# softplus(l) is l itself above this: log1p(exp(-40)) ~ 4e-18 is below float64 rounding, so
+# values and gradients are exact in float32 and float64 alike. torch's default, 20, drops up
+# to log1p(exp(-20)) ~ 2e-9, which float64 sees, and makes its gradient 1 instead of sigmoid.
+_SOFTPLUS_THRESHOLD = 40.0
+
+
 class _BernoulliLogProb(torch.autograd.Function):
     """``sum_d x_d l_d - softplus(l_d)`` over the last dimension, in few memory passes.
 
@@ -169,13 +176,19 @@ class _BernoulliLogProb(torch.autograd.Function):
     forward pass updates the softplus buffer in place and the backward pass computes
     ``g * (x - sigmoid(l))`` in one buffer instead of autograd's separate softplus, product
     and accumulation buffers. Tested against torch's Bernoulli (tests/test_nets.py).
+
+    Plain tensors only (see :func:`_bernoulli_log_prob`): ``Function.apply`` bypasses a
+    tensor subclass's ``__torch_function__``, so the subclass's own ops inside ``forward``
+    wrap their results in new objects and the grad_fn ends up on a wrapper that the
+    subclass's next op unwraps past.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(logits, value)
         # softplus(l) - x * l, summed and negated
-        return F.softplus(logits).addcmul_(value, logits, value=-1).sum(-1).neg_()
+        softplus = F.softplus(logits, threshold=_SOFTPLUS_THRESHOLD)
+        return softplus.addcmul_(value, logits, value=-1).sum(-1).neg_()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -187,6 +200,24 @@ class _BernoulliLogProb(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_value = _sum_to(g * logits, value.shape)
         return grad_logits, grad_value
+
+
+def _bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``sum_d x_d l_d - softplus(l_d)``: the fused Function on plain tensors, plain autograd
+    ops on tensor subclasses with ``__torch_function__``.
+
+    TraceGraph_ELBO wraps every value downstream of a non-reparameterised site in Pyro's
+    ``ProvenanceTensor``, which unwraps to the tensor it wrapped before each op; the
+    Function's output would unwrap to its forward result, which has no grad_fn, and the
+    decoder would silently get no gradient. The ops below carry both gradient and
+    provenance, give the Function's values bit for bit and its gradients to rounding
+    (tests/test_nets.py).
+    """
+    if has_torch_function((logits, value)):
+        # The Function's forward without its in-place steps, so the numbers are the same bits.
+        softplus = F.softplus(logits, threshold=_SOFTPLUS_THRESHOLD)
+        return torch.addcmul(softplus, value, logits, value=-1).sum(-1).neg()
+    return _BernoulliLogProb.apply(logits, value)
 
 
 def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -239,7 +270,7 @@ class BernoulliPixels(dist.TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        return _BernoulliLogProb.apply(self.logits, value)
+        return _bernoulli_log_prob(self.logits, value)
 
 
 class BernoulliLikelihood(nn.Module):

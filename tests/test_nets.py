@@ -1,7 +1,9 @@
 """Distribution heads of ppl_ssvae.nets against torch.distributions."""
 
+import pytest
 import torch
 import torch.distributions as td
+from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
 from torch.nn import functional as F
 
 from ppl_ssvae.nets import BernoulliPixels, LabelConditionedTrunk
@@ -52,6 +54,31 @@ def test_bernoulli_pixels_gradient_reaches_the_data_too():
         -F.binary_cross_entropy_with_logits(logits, x_ref.expand_as(logits), reduction="none")
     ).sum().backward()
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("tracked", ["logits", "value", "both"])
+def test_bernoulli_pixels_under_provenance_tracking_keeps_gradient_and_provenance(tracked):
+    """TraceGraph_ELBO wraps values downstream of a sampled discrete latent in Pyro's
+    ProvenanceTensor. The log-density must still reach the logits' and the data's
+    gradients, carry the provenance, and give the plain-tensor numbers."""
+    torch.manual_seed(5)
+    logits = (torch.randn(3, 5, 7, dtype=torch.float64) * 30).requires_grad_()  # softplus tails
+    x = torch.rand(5, 7, dtype=torch.float64, requires_grad=True)
+    plain = BernoulliPixels(logits).log_prob(x)
+    plain_grads = torch.autograd.grad(plain.square().sum(), [logits, x])
+
+    wrap = {"logits": {"y"}, "value": {"x"}, "both": {"y", "x"}}[tracked]
+    l_in = ProvenanceTensor(logits, frozenset({"y"})) if "y" in wrap else logits
+    x_in = ProvenanceTensor(x, frozenset({"x"})) if "x" in wrap else x
+    tracked_out = BernoulliPixels(l_in).log_prob(x_in)
+    assert get_provenance(tracked_out) == frozenset(wrap)
+    out = detach_provenance(tracked_out)
+    assert out.requires_grad
+    assert torch.equal(out, plain)  # the same bits: the same kernels in the same order
+    for got, expected in zip(
+        torch.autograd.grad(out.square().sum(), [logits, x]), plain_grads, strict=True
+    ):
+        assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_label_conditioned_trunk_is_a_layer_on_x_and_onehot_y():

@@ -3,7 +3,13 @@
 from .batching import SemiSupervisedBatches, parse_labelled_share
 from .datasets import DATASETS, Dataset, load
 from .idx import read_idx, write_idx
-from .split import UNLABELLED, SemiSupervisedData, semi_supervised_split
+from .split import (
+    UNLABELLED,
+    SemiSupervisedData,
+    load_recipe,
+    parse_class_ids,
+    semi_supervised_split,
+)
 
 __all__ = [
     "DATASETS",
@@ -12,6 +18,8 @@ __all__ = [
     "SemiSupervisedBatches",
     "SemiSupervisedData",
     "load",
+    "load_recipe",
+    "parse_class_ids",
     "parse_labelled_share",
     "read_idx",
     "semi_supervised_split",

@@ -1,8 +1,10 @@
 """Mixed labelled/unlabelled batches.
 
 Every step sees a labelled part and an unlabelled part; an epoch is one pass over the
-unlabelled rows while the labelled rows are cycled and reshuffled. Each epoch's order is
-drawn from ``(seed, epoch)`` alone, so a resumed run replays exactly the same batches.
+unlabelled rows while the labelled rows are cycled and reshuffled. The last batch of an
+epoch may hold fewer unlabelled rows than the others; it then gets labelled rows in the
+same proportion (at least one), so no batch over-weights the labelled rows. Each epoch's
+order is drawn from ``(seed, epoch)`` alone, so a resumed run replays the same batches.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ class SemiSupervisedBatches:
     Args:
         x, y: training inputs and kept labels (``-1`` for unlabelled); ``y`` may be
             ``(N, F)``, one column per label factor.
-        batch_size: rows per step, labelled and unlabelled together.
+        batch_size: rows per step, labelled and unlabelled together; the last step of
+            an epoch is smaller when the unlabelled rows do not fill it (its labelled
+            part shrinks in proportion, keeping at least one labelled row).
         labelled_share: ``"natural"`` (the training set's own proportion), ``0.5`` /
             ``"1:1"`` (upsample labelled rows to half of every batch), or any share in [0, 1).
         binarize: draw a fresh Bernoulli image for every batch (dynamic binarisation).
@@ -58,6 +62,11 @@ class SemiSupervisedBatches:
     ) -> None:
         if batch_size < 1:
             raise UserError(f"batch_size={batch_size} must be >= 1")
+        if y.dim() not in (1, 2) or len(y) != len(x):
+            raise UserError(
+                f"y has shape {tuple(y.shape)} but x has {len(x)} rows; give one label per "
+                "row ((N,) or (N, F)), -1 for unlabelled rows"
+            )
         self.x, self.y, self.binarize, self.seed = x, y, binarize, seed
         # (N, F) labels (several label factors, e.g. pi-VAE heads): a row is labelled
         # when any of its factors is.
@@ -88,27 +97,38 @@ class SemiSupervisedBatches:
     def _generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
 
+    def batch_sizes(self) -> list[tuple[int, int]]:
+        """``(labelled, unlabelled)`` rows of every step of an epoch.
+
+        A full-sized labelled part next to a short unlabelled remainder would weight the
+        labelled terms more in that step (its per-row loss jumps), so the last step's
+        labelled part is scaled to its unlabelled rows.
+        """
+        l_step, u_step, steps = self.labelled_per_step, self.unlabelled_per_step, len(self)
+        sizes = [(l_step, u_step)] * steps
+        if u_step:
+            u_last = len(self.unlabelled_idx) - (steps - 1) * u_step
+            l_last = round(l_step * u_last / u_step)
+            sizes[-1] = (max(l_last, 1) if l_step else 0, u_last)
+        return sizes
+
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the ``(x, y)`` batches of one epoch (deterministic in ``(seed, epoch)``)."""
         g = self._generator(epoch)
         n_l, n_u = len(self.labelled_idx), len(self.unlabelled_idx)
         unlabelled = self.unlabelled_idx[torch.randperm(n_u, generator=g)]
-        needed = self.steps_per_epoch * self.labelled_per_step
+        sizes = self.batch_sizes()
+        needed = sum(l_rows for l_rows, _ in sizes)
         if n_l and needed:
             # Cycle the labelled rows, reshuffling at every wrap-around.
             cycles = [torch.randperm(n_l, generator=g) for _ in range(math.ceil(needed / n_l))]
             labelled = self.labelled_idx[torch.cat(cycles)[:needed]]
         else:
             labelled = self.labelled_idx[:0]
-        for step in range(self.steps_per_epoch):
-            rows = torch.cat(
-                [
-                    labelled[step * self.labelled_per_step : (step + 1) * self.labelled_per_step],
-                    unlabelled[
-                        step * self.unlabelled_per_step : (step + 1) * self.unlabelled_per_step
-                    ],
-                ]
-            )
+        l_parts = labelled.split([l_rows for l_rows, _ in sizes])
+        u_parts = unlabelled.split([u_rows for _, u_rows in sizes])
+        for l_rows, u_rows in zip(l_parts, u_parts, strict=True):
+            rows = torch.cat([l_rows, u_rows])
             x = self.x[rows]
             if self.binarize:
                 x = torch.bernoulli(x, generator=g)

@@ -36,7 +36,7 @@ FASHION_CLASSES = [
 
 @dataclass
 class Dataset:
-    """A labelled dataset with a fixed train/test split.
+    """A labelled dataset with a fixed train/test split, checked when it is built.
 
     Attributes:
         x_train, x_test: float32 arrays of shape (N, D); values in [0, 1] when
@@ -58,6 +58,40 @@ class Dataset:
     default_validation_size: int = 0
     source: str = ""
     extra: dict = field(default_factory=dict)
+    # How to load it again: {"dataset": name, "data_dir": ...}, set by ``load``; None for a
+    # Dataset built by hand, which a run directory cannot rebuild by itself.
+    origin: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse shapes, dtypes and labels that would otherwise fail far from their cause.
+
+        A Dataset holds true labels only (0..K-1, no -1): ``semi_supervised_split`` is
+        where labels are hidden. Labels are stored as int64, since the split writes -1
+        into a copy of them. Zero test rows are allowed (their metrics are NaN).
+        """
+        if not self.class_names:
+            raise UserError(f"{self.name}: class_names is empty; give one name per class")
+        k = self.num_classes
+        self.x_train, self.y_train = _checked_rows(
+            self.name, "train", self.x_train, self.y_train, k
+        )
+        self.x_test, self.y_test = _checked_rows(self.name, "test", self.x_test, self.y_test, k)
+        if len(self.x_train) == 0:
+            raise UserError(f"{self.name}: x_train has no rows; a dataset needs training rows")
+        d_train, d_test = self.x_train.shape[1], self.x_test.shape[1]
+        if d_test != d_train:
+            raise UserError(
+                f"{self.name}: test rows have {d_test} features but training rows {d_train}; "
+                "give both splits the same image size / feature set"
+            )
+        if self.image_shape is not None and int(np.prod(self.image_shape)) != d_train:
+            raise UserError(
+                f"{self.name}: image_shape {tuple(self.image_shape)} does not hold the "
+                f"{d_train} features per row; fix image_shape or pass None"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -66,6 +100,40 @@ class Dataset:
     @property
     def input_dim(self) -> int:
         return int(self.x_train.shape[1])
+
+
+def _checked_rows(
+    name: str, split: str, x: np.ndarray, y: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One split's ``(x, y)`` as arrays, or a one-line UserError naming what is wrong."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or x.dtype.kind not in "biuf":
+        raise UserError(
+            f"{name}: x_{split} must be a numeric (rows, features) array, got {x.dtype} of "
+            f"shape {x.shape}; flatten images with x.reshape(len(x), -1)"
+        )
+    if y.ndim != 1 or len(y) != len(x):
+        raise UserError(
+            f"{name}: y_{split} has shape {y.shape} but x_{split} has {len(x)} rows; "
+            "give one class id per row"
+        )
+    if y.dtype.kind not in "iu":
+        raise UserError(
+            f"{name}: y_{split} holds {y.dtype} values; class ids must be integers "
+            "(convert with y.astype(np.int64))"
+        )
+    if len(y) and (y.min() < 0 or y.max() >= k):
+        hint = (
+            "a Dataset holds true labels; hide labels with semi_supervised_split "
+            "(labels=, label_fraction=, hidden_classes=)"
+            if y.min() == -1
+            else "fix the labels or class_names"
+        )
+        raise UserError(
+            f"{name}: y_{split} has labels {y.min()}..{y.max()} but the {k} classes are "
+            f"0..{k - 1}; {hint}"
+        )
+    return x, y.astype(np.int64, copy=False)
 
 
 def _idx_dir_candidates(name: str, data_dir: str | Path | None, debian: Path | None) -> list[Path]:
@@ -120,12 +188,21 @@ def _idx_to_dataset(name: str, arrays: dict[str, np.ndarray], classes: list[str]
             raise DataNotFoundError(
                 f"{name}: {split} labels outside 0..{len(classes) - 1}; replace the label file"
             )
+    # Caught here, not after an epoch: the model is sized from the training images.
     h, w = arrays["x_train"].shape[1:]
+    if arrays["x_test"].shape[1:] != (h, w):
+        th, tw = arrays["x_test"].shape[1:]
+        raise DataNotFoundError(
+            f"{name}: test images are {th}x{tw} but training images {h}x{w}; the IDX files "
+            "come from different datasets, replace them"
+        )
+    if len(arrays["x_train"]) == 0:
+        raise DataNotFoundError(f"{name}: the training image file holds 0 images; replace it")
     return Dataset(
         name=name,
-        x_train=(arrays["x_train"].reshape(len(arrays["x_train"]), -1) / 255.0).astype(np.float32),
+        x_train=_idx_pixels(arrays["x_train"]),
         y_train=arrays["y_train"].astype(np.int64),
-        x_test=(arrays["x_test"].reshape(len(arrays["x_test"]), -1) / 255.0).astype(np.float32),
+        x_test=_idx_pixels(arrays["x_test"]),
         y_test=arrays["y_test"].astype(np.int64),
         class_names=classes,
         image_shape=(h, w),
@@ -133,6 +210,12 @@ def _idx_to_dataset(name: str, arrays: dict[str, np.ndarray], classes: list[str]
         default_validation_size=10_000,
         source=source,
     )
+
+
+def _idx_pixels(images: np.ndarray) -> np.ndarray:
+    # An explicit row width: reshape(0, -1) cannot infer it for an empty test file.
+    flat = images.reshape(len(images), int(np.prod(images.shape[1:])))
+    return (flat / 255.0).astype(np.float32)
 
 
 def load_fashion_mnist(data_dir: str | Path | None = None) -> Dataset:
@@ -232,4 +315,6 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Load a dataset by name (see ``DATASETS``)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name](data_dir)
+    dataset = DATASETS[name](data_dir)
+    dataset.origin = {"dataset": name, "data_dir": None if data_dir is None else str(data_dir)}
+    return dataset

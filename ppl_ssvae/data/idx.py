@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise DataNotFoundError(f"IDX file not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
+    # gzip.BadGzipFile is an OSError; a corrupt deflate stream raises zlib.error.
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataNotFoundError(f"cannot read {path} ({e}); the file is corrupt, replace it") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataNotFoundError(f"{path} is not an IDX file (bad magic number); replace it")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,10 +65,11 @@ def read_norb_matrix(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise DataNotFoundError(f"Small-NORB file not found: {path}; {HOW_TO_GET}")
     opener = gzip.open if path.suffix == ".gz" else open
+    # gzip.BadGzipFile is an OSError; a corrupt deflate stream raises zlib.error.
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataNotFoundError(f"cannot read {path} ({e}); the file is corrupt, replace it") from e
     if len(raw) < 8:
         raise DataNotFoundError(f"{path} is truncated (incomplete header); replace it")

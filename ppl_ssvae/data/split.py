@@ -5,7 +5,8 @@ Unlabelled rows carry ``y = -1`` (scikit-learn's ``semi_supervised`` convention)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,9 @@ class SemiSupervisedData:
     feature_mask: np.ndarray | None = None
     summary: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    # The dataset and split arguments that rebuild this split (``load_recipe``); None when
+    # the dataset was not loaded by name.
+    recipe: dict | None = None
 
     @property
     def input_dim(self) -> int:
@@ -66,6 +70,58 @@ class SemiSupervisedData:
         return full
 
 
+def parse_class_ids(
+    value: str | int | Iterable[int | str] | None,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+) -> tuple[int, ...]:
+    """Class ids from ``"1,2"``, ``[1, 2]``, ``3`` or class names (``"Shirt,Bag"``).
+
+    The one parser for every place that takes a set of classes (``hidden_classes``, the
+    CLI's ``--hidden-classes``): a string is split on commas, never into characters, so
+    ``"12"`` is class 12, not classes 1 and 2. ``None`` and ``""`` mean no class.
+
+    Returns:
+        The sorted distinct ids, each in ``0..num_classes - 1``.
+
+    Raises:
+        UserError: for an unknown name, an id out of range, or a value of another type.
+    """
+    if value is None:
+        return ()
+    if hasattr(value, "tolist"):  # numpy and torch arrays and scalars
+        value = value.tolist()
+    if isinstance(value, str):
+        items: list = [part.strip() for part in value.split(",")] if value.strip() else []
+    elif isinstance(value, Iterable):
+        items = list(value)
+    else:
+        items = [value]
+    ids = {_class_id(item, num_classes, class_names) for item in items}
+    return tuple(sorted(ids))
+
+
+def _class_id(item: object, k: int, names: Sequence[str] | None) -> int:
+    hint = f"give class ids 0..{k - 1}" + (" or class names" if names else "")
+    hint += " separated by commas, e.g. '1,2'"
+    if isinstance(item, str):
+        if item.lstrip("-").isdigit():
+            item = int(item)
+        elif names is not None and item in names:
+            return list(names).index(item)
+        else:
+            raise UserError(f"class {item!r} not understood; {hint}")
+    if isinstance(item, bool):
+        raise UserError(f"class {item!r} is not a class id; {hint}")
+    try:
+        class_id = operator.index(item)
+    except TypeError:
+        raise UserError(f"class {item!r} is not a class id; {hint}") from None
+    if not 0 <= class_id < k:
+        raise UserError(f"class {class_id} out of range; {hint}")
+    return class_id
+
+
 def _per_class_counts(
     y: np.ndarray,
     visible: list[int],
@@ -79,6 +135,11 @@ def _per_class_counts(
     if label_fraction is not None:
         if not 0.0 <= label_fraction <= 1.0:
             raise UserError(f"label_fraction={label_fraction} must lie in [0, 1]")
+        if label_fraction > 0 and not visible:
+            raise UserError(
+                f"label_fraction={label_fraction} requested but every class is hidden; "
+                "drop label_fraction or hide fewer classes"
+            )
         return {c: int(round(label_fraction * (y == c).sum())) for c in visible}
     if labels < 0:
         raise UserError(f"labels={labels} must be >= 0")
@@ -107,7 +168,7 @@ def semi_supervised_split(
     *,
     labels: int | None = None,
     label_fraction: float | None = None,
-    hidden_classes: Sequence[int] = (),
+    hidden_classes: str | Sequence[int | str] = (),
     validation_size: int | None = None,
     std_threshold: float | None = None,
     seed: int = 0,
@@ -119,18 +180,17 @@ def semi_supervised_split(
         label_fraction: keep this fraction of each visible class's labels instead.
             With neither, every visible label is kept.
         hidden_classes: classes whose labels are all removed (semi-unsupervised
-            learning, Willetts et al. sec 6.1).
+            learning, Willetts et al. sec 6.1): ids, names or a comma-separated string,
+            as :func:`parse_class_ids` reads them.
         validation_size: labelled validation rows taken from the training set
             (default: the dataset's, e.g. 10,000 for Fashion-MNIST).
         std_threshold: keep only features whose training-set std exceeds this
             (Willetts et al. App. B use 0.1).
         seed: makes the split reproducible.
     """
+    dataset.validate()  # again: fields may have been reassigned since construction
     k = dataset.num_classes
-    hidden = tuple(sorted({int(c) for c in hidden_classes}))
-    bad = [c for c in hidden if not 0 <= c < k]
-    if bad:
-        raise UserError(f"hidden classes {bad} out of range; class ids are 0..{k - 1}")
+    hidden = parse_class_ids(hidden_classes, k, dataset.class_names)
     rng = np.random.default_rng(seed)
     n = len(dataset.x_train)
     n_val = dataset.default_validation_size if validation_size is None else int(validation_size)
@@ -183,4 +243,31 @@ def semi_supervised_split(
         feature_mask=feature_mask,
         summary=summary,
         extra=dataset.extra,
+        recipe=None
+        if dataset.origin is None
+        else {
+            **dataset.origin,
+            "labels": labels,
+            "label_fraction": label_fraction,
+            "hidden_classes": list(hidden),
+            "validation_size": validation_size,
+            "std_threshold": std_threshold,
+            "seed": seed,
+        },  # fmt: skip
     )
+
+
+SPLIT_ARGUMENTS = ("labels", "label_fraction", "hidden_classes", "validation_size",
+                   "std_threshold", "seed")  # fmt: skip
+
+
+def load_recipe(recipe: dict) -> SemiSupervisedData:
+    """The split a ``SemiSupervisedData.recipe`` describes (what config.json records under
+    ``data.recipe``): the named dataset loaded again and split with the same arguments."""
+    from .datasets import load
+
+    if not isinstance(recipe, dict) or "dataset" not in recipe:
+        raise UserError(f"a data recipe needs at least a 'dataset' name, got {recipe!r}")
+    dataset = load(recipe["dataset"], recipe.get("data_dir"))
+    arguments = {k: recipe[k] for k in SPLIT_ARGUMENTS if recipe.get(k) is not None}
+    return semi_supervised_split(dataset, **arguments)

@@ -8,11 +8,13 @@ from typing import Any, ClassVar
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer import ELBO
 from torch import nn
 
 from ..errors import UserError
 from ..guides.auxiliary import AuxiliaryGuide
 from ..nets import Decoder, LabelGaussian, MultiInputCategorical, MultiInputGaussian
+from ..objectives import LABEL_LATENT, build_elbo
 from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels
 
 
@@ -117,6 +119,22 @@ class AGMDGM(LabelLatentModel):
             z = pyro.sample("z", self.p_z(y))
             pyro.sample("x", self.p_x(z), obs=x)
             pyro.sample("a", self.p_a(x, z, y=y))
+
+    def make_elbo(
+        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
+    ) -> ELBO:
+        # The guide's point mass at the observed label (sample_latent_label) scatters a
+        # (B, 1) index into q(y|a, x)'s logits, which a vectorised particle plate makes
+        # (P, B, K): particles run one after another until that takes a particle dim.
+        return build_elbo(
+            self.name,
+            LABEL_LATENT,
+            objective,
+            num_particles,
+            default="trace_enum",
+            vectorize=False,
+            **kwargs,
+        )
 
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
         return self.q.class_probs(x, self.config.classify_samples)

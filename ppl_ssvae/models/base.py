@@ -10,6 +10,7 @@ in parallel, so models are trained with ``SVI`` + ``TraceEnum_ELBO``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import weakref
 from abc import abstractmethod
 from typing import Any, ClassVar
@@ -17,11 +18,12 @@ from typing import Any, ClassVar
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import TraceEnum_ELBO
+from pyro.infer import ELBO
 from torch import nn
 
 from ..errors import UserError
 from ..nets import check_init_layers, init_normal_
+from ..objectives import LABEL_LATENT, build_elbo
 from ..plates import DATA_PLATE, MAX_PLATE_NESTING, split_labels
 
 __all__ = [
@@ -49,6 +51,15 @@ class ModelConfig:
     init_std: float | None = None
     init_layers: str = "all"
 
+    # Fields that may be 0 or negative are named here; every other number must be > 0
+    # (a zero-width layer or zero variance trains silently to chance, so it is refused).
+    may_be_zero: ClassVar[frozenset[str]] = frozenset({"alpha", "beta", "dropout"})
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_field(type(self).__name__, f.name, str(f.type), getattr(self, f.name),
+                         f.name in self.may_be_zero)  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -60,6 +71,45 @@ class ModelConfig:
             raise UserError(f"unknown {cls.__name__} fields {sorted(unknown)}")
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return cls(**fields)
+
+
+def _check_field(owner: str, name: str, annotation: str, value: Any, may_be_zero: bool) -> None:
+    """Refuse a config value whose type or range the field cannot hold, naming the field
+    (``--model-arg z_dim=abc`` would otherwise fail deep inside torch, or train a
+    zero-width net)."""
+    optional = annotation.endswith("| None")
+    kind = annotation.removesuffix("| None").strip()
+    if value is None:
+        if not optional:
+            raise UserError(f"{owner}.{name} must not be None")
+        return
+    if kind.startswith("tuple["):
+        item = kind[len("tuple[") :].split(",")[0].strip()
+        if not isinstance(value, (tuple, list)):
+            raise UserError(f"{owner}.{name} must be a list of {item}s, got {value!r}")
+        for v in value:
+            _check_scalar(owner, name, item, v, may_be_zero)
+        return
+    _check_scalar(owner, name, kind, value, may_be_zero)
+
+
+def _check_scalar(owner: str, name: str, kind: str, value: Any, may_be_zero: bool) -> None:
+    what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+    if kind not in what:
+        return
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+    }[kind]
+    if not ok:
+        raise UserError(f"{owner}.{name} must be {what[kind]}, got {value!r}")
+    if kind in ("int", "float"):
+        bound_ok = value >= 0 if may_be_zero else value > 0
+        if not (math.isfinite(value) and bound_ok):
+            limit = ">= 0" if may_be_zero else "> 0"
+            raise UserError(f"{owner}.{name} must be finite and {limit}, got {value!r}")
 
 
 class SemiSupervisedModel(nn.Module):
@@ -83,9 +133,15 @@ class SemiSupervisedModel(nn.Module):
     @abstractmethod
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None: ...
 
-    def make_elbo(self, **kwargs: Any) -> TraceEnum_ELBO:
-        """The objective the model is trained with."""
-        return TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING, **kwargs)
+    def make_elbo(
+        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
+    ) -> ELBO:
+        """The objective the model is trained with: ``objective`` by name (None: the
+        model's default), ``num_particles`` samples per step; see :mod:`ppl_ssvae.objectives`
+        for the allowed names. ``kwargs`` go to the ELBO class."""
+        return build_elbo(
+            self.name, LABEL_LATENT, objective, num_particles, default="trace_enum", **kwargs
+        )
 
     # -- prediction ------------------------------------------------------------------
     @abstractmethod
@@ -93,7 +149,15 @@ class SemiSupervisedModel(nn.Module):
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-        """Class probabilities of shape ``(N, num_classes)``; rows sum to 1."""
+        """Class probabilities of shape ``(N, num_classes)``; rows sum to 1.
+
+        No rows give a ``(0, num_classes)`` tensor (a split without validation rows).
+        """
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x, dtype=torch.float32)
+        if x.dim() == 2 and x.shape == (0, self.config.input_dim):
+            # check_x reads the value range, which has no min/max on zero rows
+            return torch.zeros((0, self.config.num_classes), device=self.device)
         x = self.check_x(x)
         was_training = self.training
         self.eval()
@@ -153,24 +217,38 @@ class SemiSupervisedModel(nn.Module):
             )
         if not torch.isfinite(x).all():
             raise UserError("x contains NaN or inf values; clean or impute them first")
-        if self.config.likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
+        if self.config.likelihood == "bernoulli" and len(x) and (x.min() < 0 or x.max() > 1):
             raise UserError(
                 f"x has values in [{x.min().item():.3g}, {x.max().item():.3g}] but a Bernoulli "
                 "likelihood needs [0, 1]; scale the data or use likelihood='gaussian'"
             )
         return x.to(self.device)
 
-    def check_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
+    def check_y(self, y: torch.Tensor, n: int, *, sampling: bool = False) -> torch.Tensor:
+        """Labels ``(n,)`` for ``n`` rows of x, ``-1`` marking unlabelled rows.
+
+        With ``sampling=True`` they are the classes ``sample(n, y)`` generates: ``n`` must
+        be a whole number >= 0, one class id stands for all ``n`` rows and ``-1`` is refused.
+        """
+        if sampling and (isinstance(n, bool) or not hasattr(n, "__index__") or n < 0):
+            raise UserError(f"sample(n={n!r}): n must be a whole number >= 0")
         if not isinstance(y, torch.Tensor):
             y = torch.as_tensor(y)
+        if sampling and y.dim() == 0:
+            y = y.expand(n)
         if y.shape != (n,):
-            raise UserError(f"y has shape {tuple(y.shape)} but x has {n} rows; expected ({n},)")
-        if y.dtype.is_floating_point:
-            raise UserError("y must hold integer class ids (-1 for unlabelled), not floats")
+            rows = f"for {n} samples" if sampling else f"but x has {n} rows"
+            expected = f"({n},) or one class id" if sampling else f"({n},)"
+            raise UserError(f"y has shape {tuple(y.shape)} {rows}; expected {expected}")
+        low, unlabelled = (0, "") if sampling else (-1, " (-1 = unlabelled)")
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise UserError(f"y must hold integer class ids{unlabelled}, not {y.dtype}")
         k = self.config.num_classes
-        if n and (y.min() < -1 or y.max() >= k):
+        if n and (y.min() < low or y.max() >= k):
+            what = "classes to sample" if sampling else "labels"
             raise UserError(
-                f"labels must be in -1..{k - 1} (-1 = unlabelled); got {y.min().item()}..{y.max().item()}"
+                f"{what} must be in {low}..{k - 1}{unlabelled}; "
+                f"got {y.min().item()}..{y.max().item()}"
             )
         return y.to(self.device, torch.long)
 
@@ -227,9 +305,11 @@ class LabelLatentModel(SemiSupervisedModel):
     def sample(
         self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
     ) -> torch.Tensor:
-        if y is None:
-            y = dist.Categorical(self.prior).sample((n,))
-        p_x = self.p_x_given_y(torch.as_tensor(y, device=self.prior.device).expand(n))
+        # With y=None, class 0 stands in so that n is checked all the same.
+        y_checked = self.check_y(0 if y is None else y, n, sampling=True)
+        if y is None and n:  # Categorical cannot draw 0 samples
+            y_checked = dist.Categorical(self.prior).sample((n,))
+        p_x = self.p_x_given_y(y_checked)
         return p_x.mean if mean else p_x.sample()
 
 

@@ -9,13 +9,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import TraceEnum_ELBO
+from pyro.infer import ELBO
 from torch import nn
 
 from ..errors import UserError
 from ..guides.auxiliary import seeded_sample
 from ..guides.encoder import EncoderGuide
 from ..nets import CategoricalHead, ConditionalDecoder, Decoder, MultiInputGaussian
+from ..objectives import REPARAMETERISED, build_elbo
 from .base import (
     DATA_PLATE,
     ModelConfig,
@@ -128,10 +129,21 @@ class LatentClassifier(SemiSupervisedModel):
             c.activation,
         )
 
-    def make_elbo(self, **kwargs: Any) -> TraceEnum_ELBO:
-        # Nothing is enumerated here; the same ELBO class keeps one trainer for all models.
-        kwargs.setdefault("strict_enumeration_warning", False)
-        return super().make_elbo(**kwargs)
+    def make_elbo(
+        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
+    ) -> ELBO:
+        # The guide is fully reparameterised, so every objective works. _observe_x scores
+        # every class with labels of shape (K, 1) and transposes a (K, B) result, which a
+        # leading particle dim breaks: particles run one after another.
+        return build_elbo(
+            self.name,
+            REPARAMETERISED,
+            objective,
+            num_particles,
+            default="trace_enum",
+            vectorize=False,
+            **kwargs,
+        )
 
     def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
         return standard_normal(self.config.z_dim, self.prior, batch_shape)
@@ -194,11 +206,15 @@ class LatentClassifier(SemiSupervisedModel):
     def sample(
         self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
     ) -> torch.Tensor:
+        # With y=None, class 0 stands in so that n is checked all the same.
+        y_checked = self.check_y(0 if y is None else y, n, sampling=True)
+        if n == 0:  # torch's distribution checks cannot reshape zero rows
+            return torch.zeros((0, self.config.input_dim), device=self.device)
         if y is None:
             z = self.p_z((n,)).sample()
             y = self.p_y(z).sample()
         else:
-            y = torch.as_tensor(y, device=self.prior.device).expand(n)
+            y = y_checked
             z = self._z_given_y(y)
         p_x = self._generate(z, y)
         return p_x.mean if mean else p_x.sample()
@@ -243,3 +259,11 @@ class SimplifiedLatentClassifier(LatentClassifier):
 
     def _generate(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         return self.p_x(z)
+
+    def make_elbo(
+        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
+    ) -> ELBO:
+        # No per-class decoder pass here, so particles are vectorised.
+        return build_elbo(
+            self.name, REPARAMETERISED, objective, num_particles, default="trace_enum", **kwargs
+        )

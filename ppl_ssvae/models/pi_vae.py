@@ -10,7 +10,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import TraceMeanField_ELBO
+from pyro.infer import ELBO
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,9 +25,9 @@ from ..nets import (
     PiEncoder,
     output_params,
 )
+from ..objectives import REPARAMETERISED, build_elbo
 from .base import (
     DATA_PLATE,
-    MAX_PLATE_NESTING,
     ModelConfig,
     SemiSupervisedModel,
     split_labels,
@@ -222,9 +222,23 @@ class PiVAE(SemiSupervisedModel):
                 with poutine.scale(scale=self.config.beta):
                     pyro.sample("z", q_z)
 
-    def make_elbo(self, **kwargs: Any) -> TraceMeanField_ELBO:
-        """Analytic KL for z (eq. 4); the masked pi site contributes exactly 0."""
-        return TraceMeanField_ELBO(max_plate_nesting=MAX_PLATE_NESTING, **kwargs)
+    def make_elbo(
+        self, objective: str | None = "trace_mean_field", num_particles: int = 1, **kwargs: Any
+    ) -> ELBO:
+        """By default ``TraceMeanField_ELBO``: analytic KL for z (eq. 4); the masked pi site
+        contributes exactly 0. Other objectives estimate the same loss with a sampled KL
+        (see :mod:`ppl_ssvae.objectives`)."""
+        # The model gathers log pi at the (B,) labels and the cnn / rnn nets reshape to
+        # (B, ...), so a leading particle dim breaks them: particles run one after another.
+        return build_elbo(
+            self.name,
+            REPARAMETERISED,
+            objective,
+            num_particles,
+            default="trace_mean_field",
+            vectorize=False,
+            **kwargs,
+        )
 
     def code(self, z: torch.Tensor, log_pi: torch.Tensor | None) -> torch.Tensor:
         """The decoder input ``pi ⊕ z`` (eq. 2), or ``z`` when the link is cut."""
@@ -277,15 +291,17 @@ class PiVAE(SemiSupervisedModel):
                 "this pi-VAE's decoder does not read pi (variant 'eu' or pi_to_decoder=False); "
                 "sample without y"
             )
+        # The base check (one class per sample, not one per pi head); with y=None, class 0
+        # stands in so that n is checked all the same.
+        y_checked = super().check_y(0 if y is None else y, n, sampling=True)
         was_training = self.training
         self.eval()  # batch norm running statistics, no dropout
         try:
             z = self.p_z((n,)).sample()
             log_pi = None
             if self.pi_to_decoder:
-                if y is None:
-                    y = dist.Categorical(self.prior).sample((n,))
-                y = torch.as_tensor(y, device=z.device).expand(n)
+                # Categorical cannot draw 0 samples; y_checked then is the empty tensor
+                y = dist.Categorical(self.prior).sample((n,)) if y is None and n else y_checked
                 log_pi = F.one_hot(y, self.config.num_classes).to(z.dtype).log()
             p_x = self.decoder(self.code(z, log_pi))
             return p_x.mean if mean else p_x.sample()

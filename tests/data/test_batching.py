@@ -63,3 +63,30 @@ def test_bad_share(share):
     x, y = _data()
     with pytest.raises(UserError, match="share"):
         SemiSupervisedBatches(x, y, labelled_share=share)
+
+
+def test_labels_must_match_rows():
+    x, y = _data()
+    with pytest.raises(UserError, match=r"y has shape \(200,\) but x has 150 rows"):
+        SemiSupervisedBatches(x[:150], y)
+    with pytest.raises(UserError, match="one label per row"):
+        SemiSupervisedBatches(x, y[:-1])
+
+
+@pytest.mark.parametrize(
+    "n_u, share, last",  # last: (labelled, unlabelled) rows of the last, short batch
+    [(175, "natural", (1, 5)), (171, "natural", (1, 1)), (165, 0.5, (5, 5)), (178, 0.5, (8, 8))],
+)
+def test_last_short_batch_gets_labelled_rows_in_proportion(n_u, share, last):
+    torch.manual_seed(0)
+    x, y = _data(n_l=30, n_u=n_u)
+    batches = SemiSupervisedBatches(x, y, batch_size=20, labelled_share=share, seed=3)
+    full = (batches.labelled_per_step, batches.unlabelled_per_step)
+    sizes = [(int((yb >= 0).sum()), int((yb < 0).sum())) for _, yb in batches.epoch(1)]
+    assert sizes == [full] * (len(batches) - 1) + [last]
+    assert batches.batch_sizes() == sizes
+    seen = torch.cat([xb[yb < 0] for xb, yb in batches.epoch(1)])
+    assert len(torch.unique(seen, dim=0)) == n_u  # still every unlabelled row once
+    again = SemiSupervisedBatches(x, y, batch_size=20, labelled_share=share, seed=3)
+    for (xa, ya), (xb, yb) in zip(batches.epoch(4), again.epoch(4), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -85,3 +85,43 @@ def test_real_fashion_mnist_if_installed():
     ds = load("fashion-mnist")
     assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)
     assert np.bincount(ds.y_train).tolist() == [6000] * 10
+
+
+def _corrupt_deflate(payload):
+    """gzip bytes whose first deflate block has the invalid block type 3 (zlib.error)."""
+    data = bytearray(gzip.compress(payload))
+    data[10] = 0xFF  # gzip.compress writes a 10-byte header, no file name
+    return bytes(data)
+
+
+def _bad_crc(payload):
+    data = bytearray(gzip.compress(payload))
+    data[-8] ^= 0xFF  # CRC32 of the trailer: gzip.BadGzipFile
+    return bytes(data)
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_deflate, _bad_crc])
+def test_corrupt_gzip_streams_are_reported(tmp_path, corrupt):
+    _write_fake_mnist(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(corrupt(gzip.decompress(path.read_bytes())))
+    with pytest.raises(DataNotFoundError, match=r"cannot read .*t10k-images.*corrupt, replace"):
+        read_idx(path)
+    with pytest.raises(DataNotFoundError, match="corrupt"):
+        load("mnist", tmp_path)
+
+
+def test_no_training_images_is_refused_and_no_test_images_loads(tmp_path):
+    _write_fake_mnist(tmp_path, n_train=0)
+    with pytest.raises(DataNotFoundError, match="training image file holds 0 images"):
+        load("fashion-mnist", tmp_path)
+    _write_fake_mnist(tmp_path, n_test=0)
+    ds = load("fashion-mnist", tmp_path)
+    assert ds.x_test.shape == (0, 784) and ds.y_test.shape == (0,)
+
+
+def test_test_images_of_another_size_are_refused_at_load_time(tmp_path):
+    _write_fake_mnist(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((10, 32, 32), np.uint8))
+    with pytest.raises(DataNotFoundError, match="test images are 32x32 but training images 28x28"):
+        load("fashion-mnist", tmp_path)

@@ -179,3 +179,13 @@ def test_beta_vae_score_on_smallnorb_files(tmp_path):
     kwargs = {"batch_size": 16, "num_train": 300, "num_test": 300, "seed": 0}
     assert beta_vae_score(oracle, data, **kwargs)["beta_vae_score"] > 0.95
     assert abs(beta_vae_score(noise, data, **kwargs)["beta_vae_score"] - 0.25) < 0.1
+
+
+def test_corrupt_deflate_stream_is_reported(tmp_path):
+    path = tmp_path / "m.mat.gz"
+    write_norb_matrix(path, np.arange(12, dtype=np.int32))
+    data = bytearray(gzip.compress(gzip.decompress(path.read_bytes())))
+    data[10] = 0xFF  # invalid deflate block type: zlib.error, not an OSError
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataNotFoundError, match="corrupt, replace it"):
+        read_norb_matrix(path)
