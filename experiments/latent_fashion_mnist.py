@@ -44,15 +44,14 @@ import pyro  # noqa: E402
 from experiments.common import plot_curves, write_results  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.baselines import fit_labelled_only  # noqa: E402
-from ppl_ssvae.cli import TRAIN_DEFAULTS  # noqa: E402
-from ppl_ssvae.train import fit  # noqa: E402
+from ppl_ssvae.train import FitSettings, fit  # noqa: E402
 
 # Epochs of (each generative model, the baseline) per budget. A baseline epoch is one step
 # over the 100 images; on Fashion-MNIST its validation accuracy levels off (~72%) by epoch
 # ~100 and its log loss then only grows, so 300 leaves a wide margin.
 BUDGETS = {"smoke": (1, 1), "cpu": (30, 300), "paper": (500, 1000)}
 # The `ppl-ssvae train` settings for these models (none of them has fit_defaults).
-SETTINGS = {k: TRAIN_DEFAULTS[k] for k in ("batch_size", "lr", "lr_decay", "optimizer")}
+SETTINGS = {k: getattr(FitSettings(), k) for k in ("batch_size", "lr", "lr_decay", "optimizer")}
 # Jurasiński App. B: Adam at 1e-3; his labelled batch is 100 rows.
 BASELINE = {"lr": 1e-3, "batch_size": 100}
 # Table rows: label -> registry name.

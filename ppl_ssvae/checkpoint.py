@@ -25,7 +25,22 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """``Path.write_text`` that, like ``save_atomic``, never leaves a torn file."""
-    _replace_atomic(path, lambda f: f.write(text.encode()))
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
+    """``Path.write_bytes`` that never leaves a torn file."""
+    _replace_atomic(path, lambda f: f.write(payload))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; run files get the mode any other file of the user gets.
+FILE_MODE = 0o666 & ~_umask()
 
 
 def _replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
@@ -33,6 +48,7 @@ def _replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -42,6 +58,21 @@ def _replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> No
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

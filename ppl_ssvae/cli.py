@@ -9,14 +9,17 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .errors import NonFiniteLossError, UserError
+from .rundir import RunDir
 
-# Defaults live here rather than in argparse so that --resume can tell which options the
+# The command's own defaults: the data options, then the training settings, which are the
+# library's (FitSettings). Kept out of argparse so that --resume can tell which options the
 # user actually gave (argparse leaves those not given at None).
-TRAIN_DEFAULTS: dict[str, Any] = {
+DATA_DEFAULTS: dict[str, Any] = {
     "model": "m2",
     "dataset": "fashion-mnist",
     "data_dir": None,
@@ -26,35 +29,29 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "extra_classes": 0,
     "validation_size": None,
     "std_threshold": None,
-    "binarize": None,
-    "epochs": 30,
-    "batch_size": 200,
-    "labelled_share": None,
-    "lr": 1e-3,
-    "lr_decay": 0.9,
-    "optimizer": "adam",
-    "momentum": None,
-    "rho": None,
-    "eps": None,
-    "seed": 0,
-    "device": "auto",
-    "max_minutes": None,
-    "max_cpu_minutes": None,
-    "precision": "fp32",
-    "progress": True,
-    "z_dim": None,
-    "hidden": None,
-    "alpha": None,
-    "likelihood": None,
-    "sigma2": None,
-    "activation": None,
-    "variant": None,
-    "net": None,
-    "model_arg": [],
 }
+OPTIMIZER_FLAGS = ("momentum", "rho", "eps")
+MODEL_OPTIONS = ("z_dim", "hidden", "alpha", "likelihood", "sigma2", "activation", "variant", "net")
+
+
+def _fit_defaults() -> dict[str, Any]:
+    from .train import FitSettings
+
+    defaults = FitSettings().to_dict()
+    del defaults["optimizer_args"], defaults["objective"]
+    return {**defaults, "objective": None, "progress": True}
+
+
+def train_defaults() -> dict[str, Any]:
+    """Every `ppl-ssvae train` option's default."""
+    return {
+        **DATA_DEFAULTS, **_fit_defaults(), **dict.fromkeys(OPTIMIZER_FLAGS),
+        **dict.fromkeys(MODEL_OPTIONS), "model_arg": [],
+    }  # fmt: skip
+
+
 # Options a resumed run may change; everything else must match the saved run.
 RESUMABLE = {"epochs", "max_minutes", "max_cpu_minutes", "device", "progress"}
-MODEL_OPTIONS = ("z_dim", "hidden", "alpha", "likelihood", "sigma2", "activation", "variant", "net")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -64,23 +61,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise UserError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import MODELS
-    from .train import PRECISIONS
+    from .objectives import OBJECTIVES
+    from .train import PRECISION_CHOICES
 
     parser = OneLineParser(
         prog="ppl-ssvae", description="Semi-supervised deep generative models in Pyro."
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    d = TRAIN_DEFAULTS
+    d = train_defaults()
     t = sub.add_parser("train", help="train a model", description="Train a model with SVI.")
     t.set_defaults(**{k: None for k in d})
     g = t.add_argument_group("model")
@@ -177,16 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--precision",
-        choices=list(PRECISIONS),
+        choices=list(PRECISION_CHOICES),
         help="training-step precision: bf16 autocast runs the matrix products in bfloat16 "
-        "(~2x faster on CPUs with AMX; parameters and log-densities stay float32) [fp32]",
+        "(~2x faster with AMX, slower without it: it warns); auto = bf16 only on AMX CPUs "
+        "and bf16 GPUs; parameters and log-densities stay float32 [fp32]",
     )
+    g.add_argument("--objective", choices=list(OBJECTIVES),
+                   help="Pyro objective [the model's: trace_enum, or the pi-VAE's own loss]")  # fmt: skip
+    g.add_argument("--num-particles", type=int,
+                   help="samples per row of the objective, vectorised (2 in Willetts et al. "
+                   "App. B) [1]")  # fmt: skip
     g.add_argument(
         "--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoints)"
     )
     g.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
+    g.add_argument("--overwrite", action="store_true",
+                   help="clear the run --out holds and start again (without it, an --out "
+                   "that holds a run is refused)")  # fmt: skip
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="test accuracy of a run's best checkpoint",
@@ -203,172 +203,124 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
-    given = {k: v for k, v in vars(args).items() if k in TRAIN_DEFAULTS and v is not None}
+    """The run's options: the defaults, the model's paper defaults and what was given; on
+    --resume, what the run recorded, with only the budget options allowed to change."""
+    defaults = train_defaults()
+    given = {k: v for k, v in vars(args).items() if k in defaults and v is not None}
     if not args.resume:
-        return {**TRAIN_DEFAULTS, **_model_fit_defaults(given), **given}
-    config_path = Path(args.out) / "config.json"
-    if not config_path.is_file():
+        return {**defaults, **_model_fit_defaults(given), **given}
+    config = RunDir(args.out).read_config() if _has_config(args.out) else None
+    if config is None:
         raise UserError(
             f"--resume: no run in {args.out} (config.json missing); drop --resume to start one"
         )
-    config = json.loads(config_path.read_text())
-    saved = config["cli"]
+    saved = dict(config.get("cli") or {})
     # A later resume starts from the budget the last one gave, not the first one's.
     for resumed in config.get("resumes", []):
         saved |= resumed["changed"]
     changed = sorted(k for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v)
     if changed:
         raise UserError(f"--resume cannot change {', '.join(changed)}; start a new --out instead")
-    # Options added after a run was started take the values that run actually used.
-    return {**TRAIN_DEFAULTS, **saved, **given}
+    return {**defaults, **saved, **given}
+
+
+def _has_config(out: str) -> bool:
+    return (Path(out) / "config.json").is_file()
 
 
 def _model_fit_defaults(given: dict[str, Any]) -> dict[str, Any]:
     """Training defaults from the chosen model's paper (e.g. RMSprop for the pi-VAE)."""
     from .models import MODELS
 
-    name = given.get("model", TRAIN_DEFAULTS["model"])
+    name = given.get("model", DATA_DEFAULTS["model"])
     return dict(MODELS[name].fit_defaults) if name in MODELS else {}
 
 
-def load_data(settings: dict[str, Any]):
-    from . import data
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"expected comma-separated integers, got {text!r}") from None
 
-    dataset = data.load(settings["dataset"], settings["data_dir"])
-    return data.semi_supervised_split(
-        dataset,
-        labels=settings["labels"],
-        label_fraction=settings["label_fraction"],
-        hidden_classes=_int_list(settings["hidden_classes"] or ""),
-        validation_size=settings["validation_size"],
-        std_threshold=settings["std_threshold"],
-        seed=settings["seed"],
-    )
+
+def data_recipe(settings: dict[str, Any]) -> dict[str, Any]:
+    """The data options as a recipe for ``ppl_ssvae.data.load_recipe``."""
+    return {
+        "dataset": settings["dataset"],
+        "data_dir": settings["data_dir"],
+        "labels": settings["labels"],
+        "label_fraction": settings["label_fraction"],
+        "hidden_classes": settings["hidden_classes"] or "",
+        "validation_size": settings["validation_size"],
+        "std_threshold": settings["std_threshold"],
+        "seed": settings["seed"],
+    }
+
+
+def fit_settings(settings: dict[str, Any]):
+    """The FitSettings the options describe (validated)."""
+    from .optim import optimizer_args
+    from .train import FitSettings
+
+    fields = {f.name for f in dataclasses.fields(FitSettings)} - {"optimizer_args"}
+    values = {k: settings[k] for k in fields if k in settings}
+    fit = FitSettings(**values, optimizer_args=optimizer_args(settings))
+    fit.validate()
+    return fit
+
+
+def model_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """Model config fields from the model options and --model-arg KEY=VALUE (JSON)."""
+    options = {k: settings.get(k) for k in MODEL_OPTIONS if settings.get(k) is not None}
+    if "hidden" in options:
+        options["hidden"] = _int_list(options["hidden"])
+    for item in settings.get("model_arg") or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--model-arg {item!r} must look like KEY=VALUE")
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = value
+    return options
 
 
 def build_model(settings: dict[str, Any], split) -> Any:
     """The model the settings describe, its initial weights drawn from ``settings["seed"]``."""
-    import pyro
-
-    from . import models
-
-    pyro.set_rng_seed(settings["seed"])
+    from .protocol import build_for_data
 
     extra = settings.get("extra_classes") or 0
-    if extra < 0:
+    if not isinstance(extra, int) or extra < 0:
         raise UserError(f"--extra-classes {extra} must be >= 0")
-    num_classes = split.num_classes + extra
-    config: dict[str, Any] = {"input_dim": split.input_dim, "num_classes": num_classes}
-    if _is_clustering(settings, split) and settings["model"] in models.MODELS:
-        prior = _semi_unsupervised_prior(num_classes, split)
-        fields = {f.name for f in dataclasses.fields(models.MODELS[settings["model"]].config_class)}
-        if prior is not None and "prior" in fields:
-            config["prior"] = prior  # --model-arg prior=[...] below overrides it
-    config["likelihood"] = settings["likelihood"] or (
-        "bernoulli" if split.support == "unit" else "gaussian"
+    return build_for_data(
+        settings["model"], split, settings["seed"], extra, **model_options(settings)
     )
-    for key in MODEL_OPTIONS:
-        if key != "likelihood" and settings.get(key) is not None:
-            config[key] = _int_list(settings[key]) if key == "hidden" else settings[key]
-    config.update(_data_layout(settings["model"], split))
-    for item in settings.get("model_arg") or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--model-arg {item!r} must look like KEY=VALUE")
-        try:
-            config[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            config[key.replace("-", "_")] = value
-    return models.build(settings["model"], **config)
-
-
-def _data_layout(model_name: str, split) -> dict[str, Any]:
-    """Image and sequence layout of the data, for models whose networks need it (CNN / RNN
-    pi-VAE); ``--model-arg`` still overrides."""
-    from .models import MODELS
-
-    if model_name not in MODELS:
-        return {}
-    fields = {f.name for f in dataclasses.fields(MODELS[model_name].config_class)}
-    layout: dict[str, Any] = {}
-    if "image_shape" in fields and split.image_shape and split.feature_mask is None:
-        shape = tuple(split.image_shape)
-        layout["image_shape"] = (1, *shape) if len(shape) == 2 else shape
-    if "sequence_channels" in fields and "sequence_channels" in split.extra:
-        layout["sequence_channels"] = int(split.extra["sequence_channels"])
-    return layout
-
-
-def _default_labelled_share(settings: dict[str, Any], split) -> str:
-    """Willetts et al. (App. B) train with 100 labelled + 100 unlabelled rows per batch.
-    Under their protocol (hidden or extra classes, ~1% labelled rows) the natural share puts
-    ~2 labelled rows in a batch of 200 and q(y|x) collapsed onto one class in our runs, so
-    there the default is 1:1; elsewhere it is the data's natural share."""
-    protocol = split.hidden_classes or (settings.get("extra_classes") or 0) > 0
-    return "1:1" if protocol and bool(split.labelled_mask.any()) else "natural"
-
-
-def _is_clustering(settings: dict[str, Any], split) -> bool:
-    """Hidden classes, extra model classes or no labels at all: cluster-and-label metrics."""
-    return bool(
-        split.hidden_classes
-        or (settings.get("extra_classes") or 0) > 0
-        or not bool(split.labelled_mask.any())
-    )
-
-
-def _semi_unsupervised_prior(num_classes: int, split) -> tuple[float, ...] | None:
-    """Eq. 34-35 of Willetts et al. over the classes that kept labels; None means uniform.
-
-    Without labels this is the uniform prior of the paper's unsupervised runs. With every
-    class labelled and extra classes added, eq. 34 leaves the extra classes no mass, so
-    the prior stays uniform rather than refusing the run.
-    """
-    from .models import semi_unsupervised_prior
-
-    visible = sorted(set(split.y_train[split.labelled_mask].tolist()))
-    if len(visible) == split.num_classes:
-        return None
-    return semi_unsupervised_prior(num_classes, visible, split.num_classes)
 
 
 def train(args: argparse.Namespace) -> int:
-    from .metrics import classification_report, elbo_report
-    from .optim import optimizer_args
+    from . import models
+    from .data import load_recipe
+    from .protocol import evaluators
     from .train import fit
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other; give one of them")
     settings = _train_settings(args)
-    split = load_data(settings)
-    model = build_model(settings, split)
-    clustering = _is_clustering(settings, split) and model.can_classify
-    if clustering:
-        from .clustering import clustering_report as evaluator
-    elif model.can_classify:
-        evaluator = classification_report
+    fit_options = fit_settings(settings)
+    run = RunDir(args.out)
+    run.check_start(args.resume, args.overwrite)
+    if args.resume:
+        config = run.read_config()
+        split = load_recipe(_recipe_of(config, run))
+        model = models.from_config(config["model"])
+        evaluate = _recorded_evaluator(config, run)
+        fit_options = _resumed_fit_settings(config, settings)
     else:
-        evaluator = elbo_report
-    result = fit(
-        model,
-        split,
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        labelled_share=settings["labelled_share"] or _default_labelled_share(settings, split),
-        binarize=settings["binarize"],
-        lr=settings["lr"],
-        lr_decay=settings["lr_decay"],
-        optimizer=settings["optimizer"],
-        optimizer_args=optimizer_args(settings),
-        seed=settings["seed"],
-        device=settings["device"],
-        out=args.out,
-        resume=args.resume,
-        max_minutes=settings["max_minutes"],
-        max_cpu_minutes=settings["max_cpu_minutes"],
-        precision=settings["precision"],
-        progress=settings["progress"],
-        evaluate=evaluator,
-        run_config={"cli": settings},
-    )
+        split = load_recipe(data_recipe(settings))
+        model = build_model(settings, split)
+        evaluate = None
+    result = fit(model, split, fit_options, out=run, resume=args.resume,
+                 overwrite=args.overwrite, evaluate=evaluate, run_config={"cli": settings})  # fmt: skip
     best = result.best
     if best is None:
         print(f"no epoch trained (stopped: {result.stopped})")
@@ -382,77 +334,114 @@ def train(args: argparse.Namespace) -> int:
               f"{best['test_elbo']:.2f}  {budget}")  # fmt: skip
         return 0
     print(
-        f"best epoch {best['epoch']} (validation accuracy {best['val_accuracy']:.4f}): "
-        f"test accuracy {best['test_accuracy']:.4f}  {budget}"
+        f"best epoch {best['epoch']} (validation accuracy {_fmt(best['val_accuracy'])}): "
+        f"test accuracy {_fmt(best['test_accuracy'])}  {budget}"
     )
-    if clustering:
-        _clustering_artifacts(model, split, Path(args.out), best)
+    if "cluster_mapping" in best and evaluate in (None, evaluators()["clustering"]):
+        _clustering_artifacts(model, split, run, best)
     return 0
 
 
-def _clustering_artifacts(model: Any, split, run: Path, best: dict[str, Any]) -> None:
+def _resumed_fit_settings(config: dict[str, Any], settings: dict[str, Any]):
+    """The run's recorded FitSettings with the budget options given on this command."""
+    from .rundir import current_budget
+    from .train import FitSettings
+
+    saved = FitSettings.from_dict(current_budget(config))
+    budget = {k: settings[k] for k in ("epochs", "max_minutes", "max_cpu_minutes", "device")}
+    resumed = dataclasses.replace(saved, **budget, progress=settings["progress"])
+    resumed.validate()
+    return resumed
+
+
+def _recipe_of(config: dict[str, Any], run: RunDir) -> dict[str, Any]:
+    """How to rebuild the run's data: the recipe it recorded (runs of 0.2+, CLI or Python),
+    else the options of a CLI run saved before recipes existed."""
+    recipe = (config.get("data") or {}).get("recipe")
+    if recipe:
+        return recipe
+    if config.get("cli"):
+        return data_recipe({**train_defaults(), **config["cli"]})
+    raise UserError(
+        f"{run.path} was trained from Python on data that is not a named dataset; evaluate "
+        "or resume it from Python with the same data (ppl_ssvae.train.fit(..., resume=True))"
+    )
+
+
+def _recorded_evaluator(config: dict[str, Any], run: RunDir):
+    from .protocol import evaluators
+
+    name = config.get("evaluator")
+    if name is None:  # saved before evaluators were recorded: the CLI's choice then
+        return None
+    if name not in evaluators():
+        raise UserError(
+            f"{run.path} was evaluated by a custom function ({name.removeprefix('custom:')}); "
+            "resume it from Python: fit(..., evaluate=that_function, resume=True)"
+        )
+    return evaluators()[name]
+
+
+def _clustering_artifacts(model: Any, split, run: RunDir, best: dict[str, Any]) -> None:
     """Confusion matrix and z-unit activity of the best checkpoint, into the run dir."""
-    from . import checkpoint
     from .clustering import write_clustering_artifacts
+    from .rundir import BEST
 
     source = "last epoch"
-    if (run / "best.pt").is_file():
-        state = checkpoint.load(run / "best.pt", map_location=model.device)
-        model.load_state_dict(state["model"])
+    if run.file(BEST).is_file():
+        state = run.load_weights(model, BEST)
         source = f"best.pt (epoch {state['epoch']})"
     print(
         f"cluster-and-label ({best['cluster_mapping']} mapping): visible classes "
         f"{_fmt(best['test_accuracy_visible'])}, hidden classes {_fmt(best['test_accuracy_hidden'])}"
     )
-    written = write_clustering_artifacts(model, split, run, source)
+    with run.lock():
+        written = write_clustering_artifacts(model, split, run.path, source)
     if written["unit_activity_error"]:
         print(f"unit activity skipped: {written['unit_activity_error']}")
-    print(f"wrote {', '.join(p.name for p in written['files'])} to {run}")
+    print(f"wrote {', '.join(p.name for p in written['files'])} to {run.path}")
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from . import checkpoint, models
-    from .metrics import accuracy, log_loss
+    from . import models
+    from .data import load_recipe
+    from .metrics import accuracy, log_loss, mean_elbo
+    from .protocol import is_clustering
+    from .rundir import BEST, CHECKPOINT
 
-    run = Path(args.run_dir)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise UserError(
-            f"{run} is not a run directory (no config.json); give the --out of a train run"
-        )
-    config = json.loads(config_path.read_text())
-    settings = {**TRAIN_DEFAULTS, **config["cli"]}
+    run = RunDir(args.run_dir)
+    config = run.read_config()
+    recipe = _recipe_of(config, run)
     if args.data_dir:
-        settings["data_dir"] = args.data_dir
-    split = load_data(settings)
-    model = models.from_config(config["model"])
-    state = checkpoint.load(run / ("best.pt" if args.checkpoint == "best" else "checkpoint.pt"))
-    model.load_state_dict(state["model"])
+        recipe = {**recipe, "data_dir": args.data_dir}
+    split = load_recipe(recipe)
+    try:
+        model = models.from_config(config["model"])
+    except UserError as e:
+        raise UserError(f"{run.file('config.json')}: {e}") from None
+    state = run.load_weights(model, BEST if args.checkpoint == "best" else CHECKPOINT)
+    where = f"({args.checkpoint} checkpoint, epoch {state['epoch']}, {len(split.x_test)} test rows)"
     if not model.can_classify:
-        from .metrics import mean_elbo
-
-        print(f"test ELBO {mean_elbo(model, split.x_test):.2f} per row  ({args.checkpoint} "
-              f"checkpoint, epoch {state['epoch']}, {len(split.x_test)} test rows)")  # fmt: skip
+        print(f"test ELBO {mean_elbo(model, split.x_test):.2f} per row  {where}")
         return 0
-    if _is_clustering(settings, split):
+    if is_clustering(model.config.num_classes, split):
         from .clustering import clustering_report
 
         report = clustering_report(model, split)
         print(
-            f"test accuracy {report['test_accuracy']:.4f}  ({report['cluster_mapping']} mapping; "
-            f"visible classes {_fmt(report['test_accuracy_visible'])}, hidden classes "
-            f"{_fmt(report['test_accuracy_hidden'])})  ({args.checkpoint} checkpoint, epoch "
-            f"{state['epoch']}, {len(split.x_test)} test rows)"
+            f"test accuracy {_fmt(report['test_accuracy'])}  ({report['cluster_mapping']} "
+            f"mapping; visible classes {_fmt(report['test_accuracy_visible'])}, hidden classes "
+            f"{_fmt(report['test_accuracy_hidden'])})  {where}"
         )
         return 0
     probs = model.classify(split.x_test)
     print(
-        f"test accuracy {accuracy(probs, split.y_test):.4f}  log loss {log_loss(probs, split.y_test):.4f}  "
-        f"({args.checkpoint} checkpoint, epoch {state['epoch']}, {len(split.x_test)} test rows)"
+        f"test accuracy {_fmt(accuracy(probs, split.y_test))}  log loss "
+        f"{_fmt(log_loss(probs, split.y_test))}  {where}"
     )
     return 0
 
@@ -460,8 +449,14 @@ def evaluate(args: argparse.Namespace) -> int:
 COMMANDS = {"train": train, "evaluate": evaluate}
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"ppl-ssvae: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
@@ -475,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             "ppl-ssvae: interrupted; continue with the same command plus --resume", file=sys.stderr
         )
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

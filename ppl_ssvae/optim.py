@@ -10,6 +10,8 @@ kernels does the same update in one call. The update rule is the torch optimizer
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +40,46 @@ def optimizer_args(settings: dict[str, Any]) -> dict[str, Any]:
         for name, torch_name in OPTIMIZER_OPTIONS.items()
         if settings.get(name) is not None
     }
+
+
+# The options each optimizer takes (torch names) and the range each must lie in.
+OPTION_RANGES: dict[str, dict[str, tuple[float, float, str]]] = {
+    "adam": {"eps": (0.0, math.inf, "> 0"), "weight_decay": (0.0, math.inf, ">= 0")},
+    "rmsprop": {
+        "eps": (0.0, math.inf, "> 0"), "alpha": (0.0, 1.0, "in [0, 1)"),
+        "momentum": (0.0, 1.0, "in [0, 1)"), "weight_decay": (0.0, math.inf, ">= 0"),
+    },
+}  # fmt: skip
+# torch name -> the training setting's name in messages (RMSprop's alpha is --rho).
+SETTING_NAMES = {torch_name: name for name, torch_name in OPTIMIZER_OPTIONS.items()}
+
+
+def check_optimizer(name: str, options: dict[str, Any]) -> None:
+    """Refuse an unknown optimizer, an option it does not take (``momentum`` with Adam) or
+    an option out of range (``rho`` 2), before training starts."""
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if not isinstance(options, dict):
+        raise UserError(f"optimizer_args must be a dict of {name} options, got {options!r}")
+    ranges = OPTION_RANGES[name]
+    for key, value in options.items():
+        setting = SETTING_NAMES.get(key, key)
+        if key not in _accepted(name) or key in ("params", "lr"):
+            takers = [n for n in OPTIMIZERS if key in _accepted(n)]
+            hint = f"; use --optimizer {takers[0]}" if takers else ""
+            raise UserError(f"{name} takes no {setting!r} option{hint}")
+        if key not in ranges:
+            continue  # torch checks the rest (betas, amsgrad...) itself
+        low, high, text = ranges[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        strict_low = text == "> 0"
+        if not (number and math.isfinite(value) and (value > low if strict_low else value >= low)
+                and value < high):  # fmt: skip
+            raise UserError(f"{setting}={value!r} must be {text} for {name}")
+
+
+def _accepted(name: str) -> set[str]:
+    return set(inspect.signature(OPTIMIZERS[name]).parameters)
 
 
 class SingleOptimizer(PyroOptim):

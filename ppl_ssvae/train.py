@@ -1,19 +1,23 @@
 """``fit``: train any model of the library with ``pyro.infer.SVI``.
 
-One ``svi.step`` per mixed batch; evaluation after every epoch; the best epoch by
-validation accuracy is kept; checkpoints are atomic and a resumed run reproduces the
-uninterrupted one on CPU (same seed).
+A run is three things: its settings (``FitSettings``, saved as-is to config.json), its run
+directory (``ppl_ssvae.rundir.RunDir``: config, metrics, checkpoints, lock, resume records)
+and the loop (``_Loop``): one ``svi.step`` per mixed batch, an evaluation after every
+epoch, the best epoch by validation accuracy kept. A resumed run reproduces the
+uninterrupted one on CPU (same seed); a non-finite loss, gradient or parameter stops the
+run with the last good checkpoint intact.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +26,168 @@ import torch
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoint
-from .data import SemiSupervisedBatches, SemiSupervisedData
+from . import __version__, protocol
+from .checkpoint import rng_state, set_rng_state
+from .data import SemiSupervisedBatches, SemiSupervisedData, parse_labelled_share
 from .errors import NonFiniteLossError, UserError
-from .metrics import classification_report, elbo_report
 from .models.base import SemiSupervisedModel
-from .optim import SingleOptimizer
+from .optim import SingleOptimizer, check_optimizer
+from .protocol import Evaluator
+from .rundir import BEST, CHECKPOINT, CONFIG, METRICS, RunDir
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-
-Evaluator = Callable[[SemiSupervisedModel, SemiSupervisedData], dict[str, Any]]
+__all__ = [
+    "BEST", "CHECKPOINT", "CONFIG", "METRICS", "PRECISIONS", "FitResult", "FitSettings",
+    "environment", "fit", "make_optimizer", "precision_context", "resolve_device",
+    "resolve_precision",
+]  # fmt: skip
 
 # Training-step precision: autocast dtype per name (None = off). bf16 autocast runs the
-# matrix products of the SVI steps in bfloat16 (AMX / AVX512-BF16 CPUs, recent GPUs) while
-# parameters, optimiser state and every distribution stay float32 (nets.full_precision).
+# matrix products of the SVI steps in bfloat16 while parameters, optimiser state and every
+# distribution stay float32 (nets.full_precision). "auto" picks bf16 only where the device
+# multiplies bfloat16 matrices fast enough to gain (``native_bf16``).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+# What an explicit bf16 costs where it is emulated (measured by benchmarks/precision_speed.py
+# and a full epoch on an AVX2-only AMD EPYC).
+EMULATED_BF16 = (
+    "an M2 epoch was measured 7.6x slower (417 vs 55 CPU-s) on an AVX2 CPU, "
+    "and M2 steps 1.4x slower on an AVX512-BF16 CPU without AMX"
+)
+# Settings a resume may change; the others are the run's identity.
+RESUMABLE = ("epochs", "max_minutes", "max_cpu_minutes", "device")
+
+
+class PrecisionWarning(UserWarning):
+    """bf16 was asked for where it is emulated, so it slows training down."""
+
+
+@dataclass
+class FitSettings:
+    """How ``fit`` trains; saved as-is (resolved) to config.json's ``fit``.
+
+    Attributes:
+        epochs: passes over the unlabelled training rows.
+        batch_size, labelled_share, binarize: see ``SemiSupervisedBatches``.
+            ``labelled_share=None`` takes the protocol's (``protocol.default_labelled_share``:
+            1:1 under hidden or extra classes, else the data's natural share);
+            ``binarize=None`` binarises exactly when the likelihood is Bernoulli, so grey
+            levels become the binary data it describes (Willetts et al. App. B).
+        lr: learning rate.
+        lr_decay: the learning rate is multiplied by this once per epoch (spread evenly
+            over its steps); 0.9 takes 1e-3 to ~5e-5 in 30 epochs.
+        optimizer: ``"adam"`` or ``"rmsprop"`` (Berkhahn et al. App. A), one torch
+            optimizer over all parameters (``ppl_ssvae.optim.SingleOptimizer``).
+        optimizer_args: further arguments of that optimizer, e.g. ``{"momentum": 0.9}``.
+        seed: seeds batches, binarisation and z samples.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        max_minutes: stop, as a normal finish, at the end of the epoch that passes this
+            wall-clock budget.
+        max_cpu_minutes: stop, as a normal finish, before an epoch that would end past this
+            budget of process CPU time (all threads), judged by the previous epoch's CPU
+            time (the budgets of Willetts et al.-style comparisons are CPU-minutes).
+        precision: ``"fp32"``; ``"bf16"`` to run the training steps under bfloat16
+            autocast (about twice the steps per CPU-minute with AMX, several times slower
+            where bfloat16 is emulated, which warns); ``"auto"``: bf16 exactly where the
+            device has native bfloat16 matrix products. Evaluation is always float32.
+            The default is fp32 because precision changes a run's numbers, and a run's
+            numbers should not depend on which CPU it lands on unless asked.
+        objective: the Pyro objective by name (``ppl_ssvae.objectives``); None: the model's.
+        num_particles: samples per row of the objective (vectorised); Willetts et al.
+            App. B use 2.
+        progress: show a progress bar (not saved).
+    """
+
+    epochs: int = 30
+    batch_size: int = 200
+    labelled_share: str | float | None = None
+    binarize: bool | None = None
+    lr: float = 1e-3
+    lr_decay: float = 0.9
+    optimizer: str = "adam"
+    optimizer_args: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    max_minutes: float | None = None
+    max_cpu_minutes: float | None = None
+    precision: str = "fp32"
+    objective: str | None = None
+    num_particles: int = 1
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FitSettings:
+        """From config.json's ``fit``; keys of later versions are refused, missing ones
+        (runs saved before a setting existed) take the default the run had then."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UserError(f"unknown fit settings {unknown}; choose from {sorted(names)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        del values["progress"]
+        return values
+
+    def validate(self) -> None:
+        """One UserError for the first bad setting, before anything is written."""
+        _require(
+            _is_int(self.epochs) and self.epochs >= 0,
+            f"epochs={self.epochs!r} must be an integer >= 0",
+        )
+        _require(_is_int(self.batch_size) and self.batch_size >= 1,
+                 f"batch_size={self.batch_size!r} must be an integer >= 1")  # fmt: skip
+        if self.labelled_share is not None:
+            parse_labelled_share(self.labelled_share)
+        _require(
+            self.binarize in (None, True, False),
+            f"binarize={self.binarize!r} must be true, false or None",
+        )
+        _require(_positive(self.lr), f"lr={self.lr!r} must be a finite number > 0")
+        _require(_is_number(self.lr_decay) and 0.0 < self.lr_decay <= 1.0,
+                 f"lr_decay={self.lr_decay!r} must be in (0, 1]")  # fmt: skip
+        check_optimizer(self.optimizer, self.optimizer_args)
+        _require(_is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        resolve_device(self.device)
+        for name in ("max_minutes", "max_cpu_minutes"):
+            value = getattr(self, name)
+            _require(
+                value is None or _positive(value), f"{name}={value!r} must be a finite number > 0"
+            )
+        _require(self.precision in PRECISION_CHOICES,
+                 f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")  # fmt: skip
+        _require(self.objective is None or isinstance(self.objective, str),
+                 f"objective={self.objective!r} must be a name")  # fmt: skip
+        _require(_is_int(self.num_particles) and self.num_particles >= 1,
+                 f"num_particles={self.num_particles!r} must be an integer >= 1")  # fmt: skip
+
+    def resolved(self, model: SemiSupervisedModel, data: SemiSupervisedData) -> FitSettings:
+        """The settings with every protocol default filled in from the model and data."""
+        share = self.labelled_share
+        if share is None:
+            share = protocol.default_labelled_share(model.config.num_classes, data)
+        binarize = (
+            model.config.likelihood == "bernoulli" if self.binarize is None else self.binarize
+        )
+        return dataclasses.replace(self, labelled_share=share, binarize=binarize,
+                                   device=str(resolve_device(self.device)))  # fmt: skip
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _is_number(value) and value > 0
 
 
 @dataclass
@@ -57,18 +205,76 @@ class FitResult:
         return next((h for h in self.history if h["epoch"] == self.best_epoch), None)
 
 
+DEVICE_TYPES = ("cpu", "cuda")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available; asking for CUDA without one is an error."""
+    """``"auto"`` picks CUDA when available; a device that is not here is an error."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA device is available; use --device cpu")
-    return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in DEVICE_TYPES:
+        raise UserError(f"device {dev.type!r} is not supported; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                "--device cuda requested but no CUDA device is available; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {dev} but only {torch.cuda.device_count()} CUDA devices exist"
+            )
+    return dev
+
+
+@cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def native_bf16(dev: torch.device) -> bool:
+    """Whether bf16 autocast speeds training up on ``dev``: a CUDA GPU with bfloat16, or a
+    CPU with AMX-BF16 tiles. AVX512-BF16 alone is not enough: on such a Xeon (no AMX)
+    benchmarks/precision_speed.py measured bf16 steps at 0.70x (M2) and 0.75x (GM-DGM)
+    the speed of fp32; on an AVX2-only EPYC an M2 epoch took 7.6x as long."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return "amx_bf16" in _cpu_flags()
+
+
+def resolve_precision(precision: str, dev: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"`` for ``precision`` on ``dev``; an explicit bf16 where it is
+    emulated warns (``PrecisionWarning``) with what it was measured to cost."""
+    if precision not in PRECISION_CHOICES:
+        raise UserError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}"
+        )
+    if precision == "auto":
+        return "bf16" if native_bf16(dev) else "fp32"
+    if precision == "bf16" and not native_bf16(dev):
+        if dev.type == "cuda":
+            raise UserError(
+                "precision='bf16' needs a GPU with bfloat16 support; use precision='fp32'"
+            )
+        warnings.warn(
+            f"bf16 on a CPU without AMX (capability {torch.backends.cpu.get_cpu_capability()}) "
+            f"is slower than fp32: {EMULATED_BF16}; use --precision auto or fp32",
+            PrecisionWarning,
+            stacklevel=3,
+        )
+    return precision
 
 
 def environment() -> dict[str, Any]:
-    """Versions and git commit recorded with every run."""
+    """Versions, CPU capability and git commit recorded with every run."""
     import numpy
     import sklearn
 
@@ -95,6 +301,8 @@ def environment() -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": dirty,
         "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": native_bf16(torch.device("cpu")),
     }
 
 
@@ -113,219 +321,316 @@ def _check_training_data(model: SemiSupervisedModel, data: SemiSupervisedData) -
         raise UserError(
             f"the data has {data.num_classes} classes but the model only {model.config.num_classes}"
         )
+    for split in ("val", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if len(x):
+            model.check_x(x)
+        if len(y) != len(x):
+            raise UserError(
+                f"x_{split} has {len(x)} rows but y_{split} {len(y)}; give one label per row"
+            )
 
 
 def fit(
     model: SemiSupervisedModel,
     data: SemiSupervisedData,
+    settings: FitSettings | None = None,
     *,
-    epochs: int = 30,
-    batch_size: int = 200,
-    labelled_share: str | float = "natural",
-    binarize: bool | None = None,
-    lr: float = 1e-3,
-    lr_decay: float = 0.9,
-    optimizer: str = "adam",
-    optimizer_args: dict[str, Any] | None = None,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    out: str | Path | None = None,
+    out: str | Path | RunDir | None = None,
     resume: bool = False,
-    max_minutes: float | None = None,
-    max_cpu_minutes: float | None = None,
-    precision: str = "fp32",
-    progress: bool = True,
+    overwrite: bool = False,
     evaluate: Evaluator | None = None,
     run_config: dict[str, Any] | None = None,
+    **options: Any,
 ) -> FitResult:
-    """Train ``model`` on ``data`` with SVI + the model's ELBO (TraceEnum_ELBO).
+    """Train ``model`` on ``data`` with SVI and the model's objective.
 
     Args:
-        epochs: passes over the unlabelled training rows.
-        batch_size, labelled_share, binarize: see ``SemiSupervisedBatches``. ``binarize=None``
-            binarises exactly when the model's likelihood is Bernoulli, so grey levels
-            become the binary data that likelihood describes (Willetts et al. App. B).
-        lr: learning rate.
-        lr_decay: the learning rate is multiplied by this once per epoch (spread evenly
-            over its steps); 0.9 takes 1e-3 to ~5e-5 in 30 epochs.
-        optimizer: ``"adam"`` or ``"rmsprop"`` (Berkhahn et al. App. A), one torch
-            optimizer over all parameters (``ppl_ssvae.optim.SingleOptimizer``).
-        optimizer_args: further arguments of that optimizer, e.g. ``{"momentum": 0.9}``.
-        seed: seeds parameters' initial noise, batches and z samples.
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        out: run directory for ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``
-            (last epoch) and ``best.pt`` (best validation accuracy). None: keep nothing.
-        resume: continue from ``out/checkpoint.pt``.
-        max_minutes: stop, as a normal finish, at the end of the epoch that passes this
-            wall-clock budget.
-        max_cpu_minutes: stop, as a normal finish, before an epoch that would end past this
-            budget of process CPU time (all threads), judged by the previous epoch's CPU
-            time, so the run stays within it (the budgets of Willetts et al.-style
-            comparisons are CPU-minutes; wall-clock budgets shrink on a shared machine).
-        precision: ``"fp32"``, or ``"bf16"`` to run the training steps under bfloat16
-            autocast (about twice the steps per CPU-minute on a CPU with AMX; parameters,
-            optimiser state and log-densities stay float32). Evaluation is always float32,
-            so reported metrics are exact for the trained weights.
+        settings: a ``FitSettings``; keyword ``options`` (its field names: ``epochs=``,
+            ``lr=``...) override it.
+        out: run directory for config.json, metrics.jsonl, checkpoint.pt (last epoch) and
+            best.pt (best validation accuracy). None: keep nothing.
+        resume: continue the run in ``out`` from its checkpoint, up to ``epochs``.
+        overwrite: clear the run ``out`` holds and start again (without it, a directory
+            that holds a run is refused).
         evaluate: ``(model, data) -> dict`` run after each epoch, giving ``val_accuracy``
-            (or, for models that cannot classify, ``elbo``: the validation ELBO). None:
-            ``classification_report``, or ``elbo_report`` for models without a classifier.
-        run_config: extra entries for ``config.json`` (e.g. the data arguments).
+            (or, for models that cannot classify, ``elbo``: the validation ELBO). None: the
+            protocol's (``protocol.default_evaluator_name``). Without validation rows the
+            last epoch counts as the best.
+        run_config: extra entries for config.json.
 
     Raises:
-        NonFiniteLossError: the loss became NaN/inf; ``checkpoint.pt`` still holds the
-            last good epoch.
+        UserError: a bad setting, or a run directory that cannot be used as asked;
+            raised before anything is written.
+        NonFiniteLossError: the loss, a gradient or a parameter became NaN/inf; the last
+            good checkpoint is intact.
     """
-    if epochs < 0:
-        raise UserError(f"epochs={epochs} must be >= 0")
-    if max_cpu_minutes is not None and not max_cpu_minutes > 0:
-        raise UserError(f"max_cpu_minutes={max_cpu_minutes} must be > 0")
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if evaluate is None:
-        evaluate = classification_report if model.can_classify else elbo_report
-    if resume and out is None:
-        raise UserError("resume needs the run directory (out=...)")
-    run_dir = Path(out) if out is not None else None
-    dev = resolve_device(device)
-    autocast = precision_context(dev, precision)
+    settings = dataclasses.replace(settings or FitSettings(), **_known_options(options))
+    settings.validate()
     _check_training_data(model, data)
-    pyro.set_rng_seed(seed)
-    model.to(dev)
-    _forget_model_params(model)
-    if binarize is None:
-        binarize = model.config.likelihood == "bernoulli"
-
-    batches = SemiSupervisedBatches(
-        data.x_train.to(dev), data.y_train.to(dev), batch_size, labelled_share, binarize, seed
-    )
-    if not 0.0 < lr_decay <= 1.0:
-        raise UserError(f"lr_decay={lr_decay} must be in (0, 1]")
-    optim = make_optimizer(optimizer, lr, lr_decay ** (1.0 / len(batches)), optimizer_args)
-    svi = SVI(model.model, model.guide, optim, model.make_elbo())
-    result = FitResult(run_dir=run_dir)
-    start_epoch, elapsed_wall, elapsed_cpu = 1, 0.0, 0.0
-
-    if resume:
-        state = checkpoint.load(run_dir / CHECKPOINT, map_location=dev)
-        model.load_state_dict(state["model"])
-        optim.set_state(state["optim"])
-        checkpoint.set_rng_state(state["rng"])
-        start_epoch = state["epoch"] + 1
-        elapsed_wall, elapsed_cpu = state["elapsed_wall"], state["elapsed_cpu"]
-        result.best_epoch, result.best_val_accuracy = (
-            state["best_epoch"],
-            state["best_val_accuracy"],
-        )
-        result.history = _read_history(run_dir, up_to=state["epoch"])
-    elif run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / METRICS).write_text("")
-    if run_dir is not None and not (resume and (run_dir / CONFIG).exists()):
+    settings = settings.resolved(model, data)
+    evaluate = evaluate or protocol.evaluators()[protocol.default_evaluator_name(model, data)]
+    run = out if isinstance(out, RunDir) else (RunDir(out) if out is not None else None)
+    if resume and run is None:
+        raise UserError("resume needs the run directory (out=...)")
+    if run is not None:
+        run.check_start(resume, overwrite)
+        if resume:  # said before the lock is taken, so a refused resume writes nothing
+            _check_epochs_left(run.load_checkpoint(CHECKPOINT)["epoch"], settings.epochs, run)
+    loop = _Loop(model, data, settings, evaluate, run)
+    if run is None:
+        return loop.train(start_epoch=1)
+    with run.lock():
+        run.start(resume, overwrite)
+        start = loop.restore() if resume else 1
         config = {
             "model": model.to_config(),
-            "fit": {
-                "epochs": epochs, "batch_size": batch_size, "labelled_share": labelled_share,
-                "binarize": binarize, "lr": lr, "lr_decay": lr_decay, "optimizer": optimizer,
-                "optimizer_args": optimizer_args or {}, "seed": seed, "device": str(dev),
-                "max_minutes": max_minutes, "max_cpu_minutes": max_cpu_minutes,
-                "precision": precision,
-            },
-            "data": data.summary,
+            "fit": settings.to_dict(),
+            "evaluator": protocol.evaluator_name(evaluate),
+            "data": _data_record(data),
             **(run_config or {}),
             "environment": environment(),
-        }  # fmt: skip
-        (run_dir / CONFIG).write_text(json.dumps(config, indent=2, default=str))
-    elif run_dir is not None:
-        budget = {"epochs": epochs, "max_minutes": max_minutes,
-                  "max_cpu_minutes": max_cpu_minutes, "device": str(dev)}  # fmt: skip
-        _record_resume(run_dir / CONFIG, start_epoch - 1, budget)
-
-    last_eval: dict[str, Any] = {}
-    for epoch in range(start_epoch, epochs + 1):
-        if max_minutes is not None and elapsed_wall >= 60 * max_minutes:
-            result.stopped = "max_minutes"
-            break
-        if max_cpu_minutes is not None and result.history:
-            next_cpu = result.history[-1]["epoch_cpu_seconds"]
-            if elapsed_cpu + next_cpu > 60 * max_cpu_minutes:
-                result.stopped = "max_cpu_minutes"
-                break
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        model.train()
-        total_loss, rows = 0.0, 0
-        bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch}/{epochs}",
-                   disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
-        for step, (x, y) in enumerate(bar):
-            with autocast:
-                loss = svi.step(x, y)
-            if not math.isfinite(loss):
-                where = f"{run_dir / CHECKPOINT} (epoch {epoch - 1})" if run_dir else "none kept"
-                raise NonFiniteLossError(
-                    f"loss became {loss} at epoch {epoch}, step {step + 1}; training stopped, the "
-                    f"last good checkpoint is {where}; lower the learning rate or check the data"
-                )
-            total_loss, rows = total_loss + loss, rows + len(x)
-            if step % 10 == 0:
-                bar.set_postfix(
-                    loss=f"{total_loss / rows:.2f}", val_acc=last_eval.get("val_accuracy")
-                )
-        bar.close()
-        train_seconds = time.perf_counter() - wall0
-        last_eval = evaluate(model, data)
-        epoch_wall, epoch_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        elapsed_wall, elapsed_cpu = elapsed_wall + epoch_wall, elapsed_cpu + epoch_cpu
-        record = {
-            "epoch": epoch,
-            "train_loss": total_loss / max(rows, 1),
-            **last_eval,
-            "epoch_seconds": epoch_wall,
-            "train_seconds": train_seconds,
-            "epoch_cpu_seconds": epoch_cpu,
-            "elapsed_seconds": elapsed_wall,
-            "elapsed_cpu_seconds": elapsed_cpu,
         }
-        result.history.append(record)
-        # Best by validation accuracy; by validation ELBO for models that cannot classify.
-        val = last_eval.get("val_accuracy", last_eval.get("elbo", float("nan")))
-        improved = math.isfinite(val) and val > result.best_val_accuracy
+        if resume:
+            budget = {k: getattr(settings, k) for k in RESUMABLE}
+            run.record_resume(start - 1, budget, config["environment"])
+        else:
+            run.write_config(config)
+            run.write_history([])
+        return loop.train(start_epoch=start)
+
+
+def _check_epochs_left(trained: int, epochs: int, run: RunDir) -> None:
+    if trained >= epochs:
+        raise UserError(
+            f"nothing left to train: {run.path} has trained {trained} epochs already; "
+            f"resume with --epochs above {trained}"
+        )
+
+
+def _data_record(data: SemiSupervisedData) -> dict[str, Any]:
+    """The data's summary and, when it came from a named dataset, the recipe that rebuilds
+    it (``ppl_ssvae.data.load_recipe``), so evaluate and resume need nothing but the run."""
+    return {**data.summary, **({"recipe": data.recipe} if data.recipe else {})}
+
+
+def _known_options(options: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(FitSettings)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise UserError(f"fit() got unknown settings {unknown}; choose from {sorted(names)}")
+    return {k: (v or {}) if k == "optimizer_args" else v for k, v in options.items()}
+
+
+class _Loop:
+    """The SVI loop of one run: epochs of steps, evaluation, best epoch, budgets, saving."""
+
+    def __init__(
+        self,
+        model: SemiSupervisedModel,
+        data: SemiSupervisedData,
+        settings: FitSettings,
+        evaluate: Evaluator,
+        run: RunDir | None,
+    ) -> None:
+        self.model, self.data, self.settings, self.evaluate, self.run = (
+            model, data, settings, evaluate, run,
+        )  # fmt: skip
+        self.device = resolve_device(settings.device)
+        self.precision = resolve_precision(settings.precision, self.device)
+        self.autocast = precision_context(self.device, self.precision)
+        pyro.set_rng_seed(settings.seed)
+        model.to(self.device)
+        _forget_model_params(model)
+        s = settings
+        self.batches = SemiSupervisedBatches(
+            data.x_train.to(self.device), data.y_train.to(self.device), s.batch_size,
+            s.labelled_share, s.binarize, s.seed,
+        )  # fmt: skip
+        self.optim = make_optimizer(s.optimizer, s.lr, s.lr_decay ** (1.0 / len(self.batches)),
+                                    s.optimizer_args)  # fmt: skip
+        self.svi = SVI(model.model, model.guide, self.optim, _make_elbo(model, s))
+        self.result = FitResult(run_dir=run.path if run else None)
+        self.elapsed_wall = self.elapsed_cpu = 0.0
+        self.saved_epoch: int | None = None
+
+    # -- resume --------------------------------------------------------------------------
+    def restore(self) -> int:
+        """Load the run's checkpoint; the epoch to continue from."""
+        state = self.run.load_weights(self.model, CHECKPOINT)
+        trained = int(state["epoch"])
+        _check_epochs_left(trained, self.settings.epochs, self.run)
+        self.optim.set_state(state["optim"])
+        set_rng_state(state["rng"])
+        self.elapsed_wall, self.elapsed_cpu = state["elapsed_wall"], state["elapsed_cpu"]
+        self.result.best_epoch = state["best_epoch"]
+        self.result.best_val_accuracy = state["best_val_accuracy"]
+        on_disk = self.run.read_history(up_to=trained)
+        self.result.history = list(state.get("history", on_disk))
+        self.run.write_history(self.result.history)
+        self.saved_epoch = trained
+        return trained + 1
+
+    # -- the loop ------------------------------------------------------------------------
+    def train(self, start_epoch: int) -> FitResult:
+        result = self.result
+        for epoch in range(start_epoch, self.settings.epochs + 1):
+            stop = self._budget_spent()
+            if stop:
+                result.stopped = stop
+                break
+            self._epoch(epoch)
+        else:
+            result.stopped = "epochs"
+        limit = self.settings.max_minutes
+        if limit is not None and result.stopped == "epochs" and self.elapsed_wall >= 60 * limit:
+            result.stopped = "max_minutes"
+        return result
+
+    def _budget_spent(self) -> str | None:
+        s, history = self.settings, self.result.history
+        if s.max_minutes is not None and self.elapsed_wall >= 60 * s.max_minutes:
+            return "max_minutes"
+        next_cpu = history[-1]["epoch_cpu_seconds"] if history else 0.0
+        if (
+            s.max_cpu_minutes is not None
+            and history
+            and (self.elapsed_cpu + next_cpu > 60 * s.max_cpu_minutes)
+        ):
+            return "max_cpu_minutes"
+        return None
+
+    def _epoch(self, epoch: int) -> None:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        train_loss = self._train_steps(epoch)
+        train_seconds = time.perf_counter() - wall0
+        report = self.evaluate(self.model, self.data)
+        epoch_wall, epoch_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        self.elapsed_wall += epoch_wall
+        self.elapsed_cpu += epoch_cpu
+        record = {
+            "epoch": epoch, "train_loss": train_loss, **report, "epoch_seconds": epoch_wall,
+            "train_seconds": train_seconds, "epoch_cpu_seconds": epoch_cpu,
+            "elapsed_seconds": self.elapsed_wall, "elapsed_cpu_seconds": self.elapsed_cpu,
+            "precision": self.precision,
+        }  # fmt: skip
+        self.result.history.append(record)
+        improved = self._select(epoch, report)
+        if self.settings.progress:
+            tqdm.write(_progress_line(record))
+        if self.run is not None:
+            self._check_parameters(epoch, "the end of the epoch")
+            self._save(epoch, record, improved)
+
+    def _train_steps(self, epoch: int) -> float:
+        self.model.train()
+        total, rows = 0.0, 0
+        bar = tqdm(self.batches.epoch(epoch), total=len(self.batches),
+                   desc=f"epoch {epoch}/{self.settings.epochs}", disable=not self.settings.progress,
+                   leave=False, dynamic_ncols=True)  # fmt: skip
+        for step, (x, y) in enumerate(bar, 1):
+            loss = self._step(x, y, epoch, step)
+            total, rows = total + loss, rows + len(x)
+            if step % 10 == 1:
+                bar.set_postfix(loss=f"{total / rows:.2f}")
+        bar.close()
+        return total / max(rows, 1)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
+        try:
+            with self.autocast:
+                loss = self.svi.step(x, y)
+        except ValueError as e:
+            # Pyro validates distribution arguments: NaN parameters surface as a
+            # ValueError inside svi.step before the loss can be checked.
+            if _all_finite(self.model):
+                raise
+            raise self._non_finite(epoch, step, "the parameters") from e
+        if not math.isfinite(loss):
+            raise self._non_finite(epoch, step, f"the loss ({loss})")
+        return loss
+
+    def _check_parameters(self, epoch: int, where: str) -> None:
+        # A step with finite loss can still leave NaN weights (an inf gradient); they must
+        # never reach a checkpoint.
+        if not _all_finite(self.model):
+            raise self._non_finite(epoch, None, "the parameters", where)
+
+    def _non_finite(
+        self, epoch: int, step: int | None, what: str, where: str | None = None
+    ) -> NonFiniteLossError:
+        at = f"epoch {epoch}, step {step}" if step is not None else f"epoch {epoch}, {where}"
+        if self.run is None:
+            kept = "no checkpoint is kept (no run directory)"
+        elif self.saved_epoch is None:
+            kept = "no checkpoint was written (no epoch had finished)"
+        else:
+            kept = f"the last good checkpoint is {self.run.file(CHECKPOINT)} (epoch {self.saved_epoch})"
+        return NonFiniteLossError(
+            f"{what} became non-finite at {at}; training stopped, {kept}; lower the learning "
+            "rate or check the data"
+        )
+
+    def _select(self, epoch: int, report: dict[str, Any]) -> bool:
+        # Best by validation accuracy (validation ELBO for models that cannot classify);
+        # without a finite validation number, the latest epoch.
+        val = report.get("val_accuracy", report.get("elbo"))
+        val = float(val) if isinstance(val, (int, float)) else float("nan")
+        if not math.isfinite(val):
+            self.result.best_epoch, self.result.best_val_accuracy = epoch, -math.inf
+            return True
+        if val > self.result.best_val_accuracy:
+            self.result.best_epoch, self.result.best_val_accuracy = epoch, val
+            return True
+        return False
+
+    def _save(self, epoch: int, record: dict[str, Any], improved: bool) -> None:
+        run, model = self.run, self.model
         if improved:
-            result.best_epoch, result.best_val_accuracy = epoch, val
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}: loss {record['train_loss']:.2f}  elbo {record.get('elbo', float('nan')):.2f}  "
-                f"val acc {last_eval.get('val_accuracy', float('nan')):.4f}  "
-                f"test acc {last_eval.get('test_accuracy', float('nan')):.4f}  "
-                f"({epoch_wall:.1f}s)"
+            run.save_checkpoint(
+                BEST, {"model": model.state_dict(), "epoch": epoch, "metrics": record}
             )
-        if run_dir is not None:
-            if improved:
-                checkpoint.save_atomic({"model": model.state_dict(), "epoch": epoch, "metrics": record},
-                                       run_dir / BEST)  # fmt: skip
-            with open(run_dir / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            checkpoint.save_atomic(
-                {
-                    "model": model.state_dict(),
-                    "optim": optim.get_state(),
-                    "rng": checkpoint.rng_state(),
-                    "epoch": epoch,
-                    "elapsed_wall": elapsed_wall,
-                    "elapsed_cpu": elapsed_cpu,
-                    "best_epoch": result.best_epoch,
-                    "best_val_accuracy": result.best_val_accuracy,
-                },
-                run_dir / CHECKPOINT,
-            )
-    else:
-        result.stopped = "epochs"
-    if max_minutes is not None and result.stopped == "epochs" and elapsed_wall >= 60 * max_minutes:
-        result.stopped = "max_minutes"
-    return result
+        # metrics first: a failed checkpoint write leaves an extra line, which resume drops.
+        run.write_history(self.result.history)
+        run.save_checkpoint(CHECKPOINT, {
+            "model": model.state_dict(), "optim": self.optim.get_state(), "rng": rng_state(),
+            "epoch": epoch, "elapsed_wall": self.elapsed_wall, "elapsed_cpu": self.elapsed_cpu,
+            "best_epoch": self.result.best_epoch,
+            "best_val_accuracy": self.result.best_val_accuracy,
+            "history": self.result.history,
+        })  # fmt: skip
+        self.saved_epoch = epoch
+
+
+def _make_elbo(model: SemiSupervisedModel, settings: FitSettings) -> Any:
+    options: dict[str, Any] = {}
+    if settings.objective is not None:
+        options["objective"] = settings.objective
+    if settings.num_particles != 1:
+        options["num_particles"] = settings.num_particles
+    return model.make_elbo(**options)
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _progress_line(record: dict[str, Any]) -> str:
+    nan = float("nan")
+    return (
+        f"epoch {record['epoch']}: loss {record['train_loss']:.2f}  "
+        f"elbo {_num(record.get('elbo', nan)):.2f}  val acc {_num(record.get('val_accuracy', nan)):.4f}  "
+        f"test acc {_num(record.get('test_accuracy', nan)):.4f}  ({record['epoch_seconds']:.1f}s)"
+    )
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def precision_context(dev: torch.device, precision: str) -> torch.autocast:
-    """The autocast context a training step of ``precision`` runs in on ``dev`` (a
-    disabled one for ``"fp32"``); reusable across steps."""
+    """The autocast context a training step of ``precision`` (``"fp32"`` or ``"bf16"``)
+    runs in on ``dev`` (a disabled one for ``"fp32"``); reusable across steps."""
     dtype = PRECISIONS[precision]
     if dtype is torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("precision='bf16' needs a GPU with bfloat16 support; use precision='fp32'")
@@ -338,41 +643,3 @@ def make_optimizer(
     """The optimizer ``fit`` uses: one torch optimizer (``"adam"``, ``"rmsprop"``) over all
     parameters, with the learning rate multiplied by ``lr_decay_per_step`` after each step."""
     return SingleOptimizer(name, lr, lr_decay_per_step, **(options or {}))
-
-
-def _record_resume(config_path: Path, from_epoch: int, budget: dict[str, Any]) -> None:
-    """Append to config.json's ``resumes`` the part of ``budget`` (``epochs``,
-    ``max_minutes``, ``max_cpu_minutes``, ``device``: the settings a resume may change) that
-    this resume changed, as ``{"from_epoch", "changed", "git_commit", "git_dirty"}``.
-
-    ``fit`` keeps the values the run started with, so the run's command is still the one
-    that started it, and ``resumes`` says how it was continued: without them a run resumed
-    with a larger budget would look as if its first budget had trained it.
-    """
-    config = json.loads(config_path.read_text())
-    current = dict(config["fit"])
-    for earlier in config.get("resumes", []):
-        current.update(earlier["changed"])
-    changed = {k: v for k, v in budget.items() if current.get(k) != v}
-    if not changed:
-        return
-    env = environment()
-    config.setdefault("resumes", []).append(
-        {
-            "from_epoch": from_epoch,
-            "changed": changed,
-            "git_commit": env["git_commit"],
-            "git_dirty": env["git_dirty"],
-        }  # fmt: skip
-    )
-    checkpoint.write_text_atomic(config_path, json.dumps(config, indent=2, default=str))
-
-
-def _read_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:
-    # Epochs after the checkpoint (written before a crash) are dropped: they are redone.
-    path = run_dir / METRICS
-    lines = path.read_text().splitlines() if path.exists() else []
-    history = [json.loads(line) for line in lines if line.strip()]
-    history = [h for h in history if h["epoch"] <= up_to]
-    path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    return history

@@ -75,7 +75,9 @@ def test_resume_records_the_budget_it_changed(tmp_path):
     assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
     resume = ["train", "--out", str(out), "--resume", "--no-progress"]
     assert main([*resume, "--epochs", "2", "--max-cpu-minutes", "50"]) == 0
-    assert main([*resume, "--epochs", "2"]) == 0  # nothing changed: no entry
+    before = (out / "config.json").read_text()
+    assert main([*resume, "--epochs", "2"]) == 2  # nothing left to train: refused, no entry
+    assert (out / "config.json").read_text() == before
     assert main([*resume, "--epochs", "3"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["fit"]["epochs"] == 1 and config["fit"]["max_cpu_minutes"] is None

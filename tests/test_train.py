@@ -9,6 +9,7 @@ from ppl_ssvae.data import load, semi_supervised_split
 from ppl_ssvae.errors import NonFiniteLossError, UserError
 from ppl_ssvae.metrics import classification_report
 from ppl_ssvae.models import build, from_config
+from ppl_ssvae.rundir import RunDir
 from ppl_ssvae.train import fit
 
 
@@ -66,24 +67,52 @@ def test_resume_equals_uninterrupted_run(digits, tmp_path):
     assert [strip(line) for line in a] == [strip(line) for line in b]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path):
+def test_non_finite_parameters_stop_before_a_checkpoint_could_hold_them(digits, tmp_path):
+    """Weights that turn NaN in epoch 2 (here: poisoned by its evaluation) stop the run
+    before epoch 2 is saved: checkpoint.pt stays epoch 1's, finite and verified."""
     model = _model(digits)
+    calls = []
 
     def poisoning_evaluate(model, data):
         report = classification_report(model, data)
-        if len(report) and not getattr(model, "_poisoned", False):
-            model._poisoned = True
+        calls.append(1)
+        if len(calls) == 2:
             with torch.no_grad():
                 model.p_x.head.logits.bias.fill_(float("nan"))
         return report
 
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1.*last good checkpoint.*epoch 1"):
+    pattern = r"parameters became non-finite at epoch 2.*last good checkpoint.*\(epoch 1\)"
+    with pytest.raises(NonFiniteLossError, match=pattern):
         _fit(model, digits, epochs=3, out=tmp_path, evaluate=poisoning_evaluate)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state = RunDir(tmp_path).load_checkpoint("checkpoint.pt")
     assert state["epoch"] == 1
-    # The checkpoint was written after the poisoning, so it holds it: what it proves is
-    # that epoch 2's NaN did not overwrite it. Resuming from a clean model stops again.
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_exploding_weights_stop_with_a_message_naming_a_checkpoint_that_exists(digits, tmp_path):
+    """lr 1e6 drives the weights to NaN within steps; Pyro's argument checks then raise a
+    ValueError inside svi.step, which must still become the NonFiniteLossError, naming the
+    checkpoint that is really on disk."""
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at epoch \d+, step \d+") as caught:
+        _fit(_model(digits), digits, epochs=4, lr=1e6, out=tmp_path)
+    message = str(caught.value)
+    if (tmp_path / "checkpoint.pt").exists():
+        epoch = RunDir(tmp_path).load_checkpoint("checkpoint.pt")["epoch"]
+        assert f"checkpoint.pt (epoch {epoch})" in message
+    else:
+        assert "no checkpoint was written" in message
+
+
+def test_non_finite_weights_in_the_first_epoch_say_no_checkpoint_exists(digits, tmp_path):
+    def poisoning_evaluate(model, data):
+        with torch.no_grad():
+            model.p_x.head.logits.bias.fill_(float("nan"))
+        return classification_report(model, data)
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, the end.*no checkpoint was written"):
+        _fit(_model(digits), digits, epochs=2, out=tmp_path, evaluate=poisoning_evaluate)
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_checkpoint_round_trip_with_weights_only(digits, tmp_path):
@@ -145,7 +174,7 @@ def test_bad_inputs(digits, tmp_path):
         if torch.cuda.is_available():
             raise UserError("no CUDA device (skipped: CUDA present)")
         _fit(_model(digits), digits, device="cuda")
-    with pytest.raises(UserError, match="no checkpoint"):
+    with pytest.raises(UserError, match="no run in"):
         _fit(_model(digits), digits, out=tmp_path / "empty", resume=True)
     wrong = build("m2", input_dim=10, num_classes=10)
     with pytest.raises(UserError, match=r"expects \(N, 10\)"):
