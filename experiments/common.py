@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pyro
 
 from ppl_ssvae import models
+from ppl_ssvae.checkpoint import write_text_atomic
 from ppl_ssvae.data import SemiSupervisedData
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.models.base import SemiSupervisedModel
@@ -89,10 +91,11 @@ def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def mean_and_sd(
@@ -130,8 +133,10 @@ def write_results(
     if summary:
         _write_csv(out / "summary.csv", summary)
         lines += ["", "Mean and standard deviation over runs:", "", *_markdown_table(summary)]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "config.json").write_text(json.dumps({**config, "environment": STARTED_FROM}, indent=2))
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
+    write_text_atomic(
+        out / "config.json", json.dumps({**config, "environment": STARTED_FROM}, indent=2)
+    )
     return out
 
 

@@ -40,12 +40,22 @@ def command_line(config: dict) -> str:
     Effective values (``fit``, ``model``) are written explicitly rather than diffed against
     today's defaults, so the command stays right when defaults change later.
     """
-    cli, fit, model = config["cli"], config["fit"], config["model"]
+    # A run started from Python has no "cli" record: its data recipe names the same options.
+    cli = config.get("cli") or config.get("data", {}).get("recipe") or {}
+    fit, model = config["fit"], config["model"]
+    if "dataset" not in cli:
+        raise SystemExit(
+            f"report_runs: {config.get('model', {}).get('model')} run has no "
+            "dataset recipe (data built by hand); it has no command line"
+        )
     parts = ["ppl-ssvae train", f"--model {model['model']}", f"--dataset {cli['dataset']}"]
     for key in ("labels", "label_fraction", "hidden_classes", "extra_classes", "std_threshold"):
+        value = cli.get(key)
+        if isinstance(value, list):  # a recipe's class ids
+            value = ",".join(map(str, value))
         # --labels 0 (clustering) is a setting; a 0 elsewhere is the default.
-        if cli.get(key) not in (None, "") and (cli[key] != 0 or key == "labels"):
-            parts.append(f"--{key.replace('_', '-')} {cli[key]}")
+        if value not in (None, "", []) and (value != 0 or key == "labels"):
+            parts.append(f"--{key.replace('_', '-')} {value}")
     parts += [
         f"--epochs {fit['epochs']}",
         f"--seed {fit['seed']}",

@@ -224,6 +224,34 @@ def test_bf16_training_runs_autocast_steps_and_evaluates_in_float32(digits, tmp_
         _fit(_model(digits), digits, precision="fp16")
 
 
+def test_fit_without_validation_or_test_rows_trains_and_keeps_the_last_epoch(tmp_path):
+    dataset = load("digits")
+    dataset.x_test, dataset.y_test = dataset.x_test[:0], dataset.y_test[:0]
+    split = semi_supervised_split(dataset, labels=50, validation_size=0, seed=0)
+    result = _fit(_model(split), split, epochs=2, out=tmp_path)
+    assert [h["epoch"] for h in result.history] == [1, 2] and result.best_epoch == 2
+    assert all(h["val_accuracy"] != h["val_accuracy"] for h in result.history)  # NaN
+    assert RunDir(tmp_path).load_checkpoint("best.pt")["epoch"] == 2
+
+
+def test_num_particles_and_objective_reach_the_elbo_and_the_config(digits, tmp_path, monkeypatch):
+    built = []
+    make_elbo = type(_model(digits)).make_elbo
+
+    def spy(self, **kwargs):
+        elbo = make_elbo(self, **kwargs)
+        built.append(elbo)
+        return elbo
+
+    monkeypatch.setattr(type(_model(digits)), "make_elbo", spy)
+    _fit(_model(digits), digits, epochs=1, num_particles=2, objective="trace", out=tmp_path)
+    assert built[0].num_particles == 2 and type(built[0]).__name__.endswith("Trace_ELBO")
+    fit_config = json.loads((tmp_path / "config.json").read_text())["fit"]
+    assert fit_config["num_particles"] == 2 and fit_config["objective"] == "trace"
+    with pytest.raises(UserError, match="num_particles=0"):
+        _fit(_model(digits), digits, num_particles=0)
+
+
 @pytest.mark.cuda
 def test_cuda_training(digits):
     result = _fit(_model(digits), digits, epochs=1, device="cuda")
