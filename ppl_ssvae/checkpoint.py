@@ -1,4 +1,5 @@
-"""Atomic checkpoints that load with ``torch.load(..., weights_only=True)``."""
+"""Atomic file writes and the RNG state a checkpoint holds (``RunDir`` saves and loads
+checkpoints, verified, with ``torch.load(..., weights_only=True)``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-
-from .errors import UserError
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -73,18 +72,6 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"no checkpoint at {path}; train first (ppl-ssvae train --out {path.parent})"
-        )
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it") from e
 
 
 def rng_state() -> dict[str, Any]:
