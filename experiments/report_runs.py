@@ -85,6 +85,10 @@ def command_line(config: dict) -> str:
     for key in ("variant", "net"):
         if key in model:
             parts.append(f"--{key} {model[key]}")
+    if model.get("guide", "gaussian") != "gaussian":
+        parts.append(f"--guide {model['guide']}")
+    for key, value in (model.get("guide_args") or {}).items():
+        parts.append(f"--guide-arg {key}={json.dumps(value, separators=(',', ':'))}")
     return " ".join(parts + _other_model_args(model))
 
 
@@ -112,7 +116,7 @@ def _other_model_args(model: dict) -> list[str]:
     from ppl_ssvae.models import MODELS
 
     covered = {"model", "input_dim", "num_classes", "z_dim", "hidden", "activation", "alpha",
-               "likelihood", "sigma2", "variant", "net", "prior"}  # fmt: skip
+               "likelihood", "sigma2", "variant", "net", "prior", "guide", "guide_args"}  # fmt: skip
     cls = MODELS.get(model["model"])
     if cls is None:
         return []

@@ -46,7 +46,7 @@ def train_defaults() -> dict[str, Any]:
     """Every `ppl-ssvae train` option's default."""
     return {
         **DATA_DEFAULTS, **_fit_defaults(), **dict.fromkeys(OPTIMIZER_FLAGS),
-        **dict.fromkeys(MODEL_OPTIONS), "model_arg": [],
+        **dict.fromkeys(MODEL_OPTIONS), "model_arg": [], "guide": None, "guide_arg": [],
     }  # fmt: skip
 
 
@@ -63,6 +63,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
+    from .guides import describe_guides, guide_names
     from .models import MODELS
     from .objectives import OBJECTIVES
     from .train import PRECISION_CHOICES
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variant", help="pi-vae: ss (semi-supervised), es (supervised sibling), "
                    "eu (unsupervised sibling) [ss]")  # fmt: skip
     g.add_argument("--net", help="pi-vae: dense, cnn (images) or rnn (sequences) [dense]")
+    g.add_argument("--guide", choices=guide_names(), metavar="NAME",
+                   help="the guide family of every continuous latent (z; a for ADGM / AGM-DGM): "
+                   + "; ".join(describe_guides().splitlines()) + " [gaussian]")  # fmt: skip
+    g.add_argument("--guide-arg", action="append", metavar="KEY=VALUE",
+                   help="an argument of the guide family (JSON value), repeatable")  # fmt: skip
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="any other model config field (JSON value), repeatable")  # fmt: skip
     g = t.add_argument_group("data")
@@ -199,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="which checkpoint to evaluate",
     )
     e.add_argument("--data-dir", help="override the data directory recorded in the run")
+    e.add_argument("--iwae", type=int, metavar="K",
+                   help="also estimate the test log-likelihood with K importance samples per "
+                   "row (the IWAE bound; labels summed exactly), in nats and bits per dimension")  # fmt: skip
+    e.add_argument("--iwae-rows", type=int, metavar="N",
+                   help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
 
 
@@ -274,15 +286,26 @@ def model_options(settings: dict[str, Any]) -> dict[str, Any]:
     options = {k: settings.get(k) for k in MODEL_OPTIONS if settings.get(k) is not None}
     if "hidden" in options:
         options["hidden"] = _int_list(options["hidden"])
-    for item in settings.get("model_arg") or []:
+    options |= _key_values(settings.get("model_arg"), "--model-arg")
+    if settings.get("guide") is not None:
+        options["guide"] = settings["guide"]
+    if settings.get("guide_arg"):
+        options["guide_args"] = _key_values(settings["guide_arg"], "--guide-arg")
+    return options
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items as a dict, each value parsed as JSON (else kept as text)."""
+    values: dict[str, Any] = {}
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--model-arg {item!r} must look like KEY=VALUE")
+            raise UserError(f"{flag} {item!r} must look like KEY=VALUE")
         try:
-            options[key.strip().replace("-", "_")] = json.loads(value)
+            values[key.strip().replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
-            options[key.strip().replace("-", "_")] = value
-    return options
+            values[key.strip().replace("-", "_")] = value
+    return values
 
 
 def build_model(settings: dict[str, Any], split) -> Any:
@@ -409,10 +432,12 @@ def _fmt(value: float | None) -> str:
 def evaluate(args: argparse.Namespace) -> int:
     from . import models
     from .data import load_recipe
-    from .metrics import accuracy, log_loss, mean_elbo
-    from .protocol import is_clustering
     from .rundir import BEST, CHECKPOINT
 
+    if args.iwae is not None and args.iwae < 1:
+        raise UserError(f"--iwae {args.iwae} must be >= 1 importance samples")
+    if args.iwae_rows is not None and (args.iwae is None or args.iwae_rows < 1):
+        raise UserError("--iwae-rows N needs --iwae K and N >= 1")
     run = RunDir(args.run_dir)
     config = run.read_config()
     recipe = _recipe_of(config, run)
@@ -424,26 +449,60 @@ def evaluate(args: argparse.Namespace) -> int:
     except UserError as e:
         raise UserError(f"{run.file('config.json')}: {e}") from None
     state = run.load_weights(model, BEST if args.checkpoint == "best" else CHECKPOINT)
-    where = f"({args.checkpoint} checkpoint, epoch {state['epoch']}, {len(split.x_test)} test rows)"
-    if not model.can_classify:
-        print(f"test ELBO {mean_elbo(model, split.x_test):.2f} per row  {where}")
-        return 0
-    if is_clustering(model.config.num_classes, split):
+    report = {"run": str(run.path), "checkpoint": args.checkpoint, "epoch": state["epoch"],
+              "test_rows": len(split.x_test), **_test_report(model, split, args)}  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(_report_line(report))
+    return 0
+
+
+def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
+    """Test accuracy (cluster-and-label where the protocol says so; None for a model that
+    cannot classify), log loss, ELBO and, with --iwae, the IWAE log-likelihood."""
+    from .likelihood import evaluation_inputs, likelihood_report
+    from .metrics import accuracy, log_loss, mean_elbo
+    from .protocol import is_clustering
+
+    report: dict[str, Any] = {"test_accuracy": None}
+    if model.can_classify and is_clustering(model.config.num_classes, split):
         from .clustering import clustering_report
 
-        report = clustering_report(model, split)
-        print(
-            f"test accuracy {_fmt(report['test_accuracy'])}  ({report['cluster_mapping']} "
-            f"mapping; visible classes {_fmt(report['test_accuracy_visible'])}, hidden classes "
-            f"{_fmt(report['test_accuracy_hidden'])})  {where}"
+        clusters = clustering_report(model, split)
+        keys = ("test_accuracy", "cluster_mapping", "test_accuracy_visible", "test_accuracy_hidden")
+        report |= {k: clusters[k] for k in keys}
+    elif model.can_classify:
+        probs = model.classify(split.x_test)
+        report |= {"test_accuracy": accuracy(probs, split.y_test),
+                   "test_log_loss": log_loss(probs, split.y_test)}  # fmt: skip
+    report["test_elbo"] = mean_elbo(model, evaluation_inputs(model, split.x_test))
+    if args.iwae is not None:
+        report |= likelihood_report(model, split.x_test, args.iwae, args.iwae_rows)
+    return report
+
+
+def _report_line(report: dict[str, Any]) -> str:
+    parts = [f"test accuracy {_fmt(report['test_accuracy'])}"]
+    if "test_log_loss" in report:
+        parts.append(f"log loss {_fmt(report['test_log_loss'])}")
+    if "cluster_mapping" in report:
+        parts.append(
+            f"({report['cluster_mapping']} mapping; visible classes "
+            f"{_fmt(report['test_accuracy_visible'])}, hidden classes "
+            f"{_fmt(report['test_accuracy_hidden'])})"
         )
-        return 0
-    probs = model.classify(split.x_test)
-    print(
-        f"test accuracy {_fmt(accuracy(probs, split.y_test))}  log loss "
-        f"{_fmt(log_loss(probs, split.y_test))}  {where}"
+    parts.append(f"test ELBO {report['test_elbo']:.2f}")
+    if "test_log_likelihood" in report:
+        parts.append(
+            f"log-likelihood {report['test_log_likelihood']:.2f} nats "
+            f"({report['bits_per_dim']:.4f} bits/dim; IWAE K={report['iwae_samples']}, "
+            f"{report['iwae_rows']} rows)"
+        )
+    return "  ".join(parts) + (
+        f"  ({report['checkpoint']} checkpoint, epoch {report['epoch']}, "
+        f"{report['test_rows']} test rows)"
     )
-    return 0
 
 
 COMMANDS = {"train": train, "evaluate": evaluate}

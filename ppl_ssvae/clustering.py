@@ -36,6 +36,7 @@ from scipy.sparse import coo_matrix
 from torch.distributions import Independent, Normal, kl_divergence
 
 from .errors import UserError
+from .guides.registry import CUSTOM, DEFAULT
 from .metrics import log_loss, mean_elbo
 from .models.base import SemiSupervisedModel
 
@@ -389,8 +390,9 @@ def unit_activity(
     then put a point mass on ``y*``; guides without a label latent give ``q(z|x)``); and
     ``p(z|y)`` is the ``"z"`` site of the model traced with every row labelled ``y``,
     replayed on that guide trace (so any latent upstream of z, such as a, matches).
-    Both sites must be diagonal Gaussians (``Normal(...).to_event(1)``). Costs one
-    model pass per class.
+    Both sites must be diagonal Gaussians (``Normal(...).to_event(1)``): a model with another
+    guide family (``config.guide``, e.g. a flow) is refused in one line, as is a custom
+    module whose z is not one. Costs one model pass per class.
 
     Args:
         model: any library model whose model and guide have a ``"z"`` site.
@@ -400,6 +402,12 @@ def unit_activity(
     Returns:
         A ``(z_dim,)`` tensor of non-negative activities (nats per unit).
     """
+    guide = getattr(model.config, "guide", DEFAULT)
+    if guide not in (DEFAULT, CUSTOM):
+        raise UserError(
+            f"unit_activity needs a diagonal Gaussian q(z|.) (eq. 36 is a per-unit KL); "
+            f"this model's guide is {guide!r}"
+        )
     x = model.check_x(x)
     if len(x) == 0:
         raise UserError("unit_activity needs at least one row of x")

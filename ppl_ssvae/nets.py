@@ -1,14 +1,17 @@
 """Network trunks and distribution heads.
 
 Every network the models use is a module whose ``forward`` returns a distribution:
-``q_y(x)``, ``q_z(x, y)``, ``p_x(z, y)``. Label-conditioned networks never concatenate
-``[x, onehot(y)]``: their first layer is ``W_x x + W_y y`` with ``W_x x`` computed once per
-row and ``W_y y`` an embedding lookup that broadcasts over an enumerated label dimension.
+``q_y(x)``, ``q_z(x=x, y=y)``, ``p_x(z, y)``. Conditional networks share one first layer,
+:class:`ContextEncoder`: they never concatenate ``[x, onehot(y)]``; their first layer is
+``W_x x + W_y y`` with ``W_x x`` computed once per row and ``W_y y`` an embedding lookup
+that broadcasts over an enumerated label dimension. Guide families for the continuous
+latents (Gaussians, flows) are heads on that encoder (:mod:`ppl_ssvae.guides.registry`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -99,28 +102,108 @@ def mlp(sizes: Sequence[int], act: str = "relu", final_activation: bool = True) 
     return nn.Sequential(*layers)
 
 
-class LabelConditionedTrunk(nn.Module):
-    """``h = act(W_x x + W_y y + b)`` then more hidden layers.
+# The label input of a context encoder: class ids, embedded instead of one-hot encoded.
+LABEL = "y"
 
-    ``x`` has shape ``(..., B, D)``; ``y`` holds class ids of shape broadcastable to
-    ``(..., B)`` (e.g. ``(K, 1)`` under parallel enumeration). ``W_x x`` is computed for
-    the rows of ``x`` only and the label part is broadcast, so enumerating K labels does
-    not repeat the big matrix product.
+
+class ContextEncoder(nn.Module):
+    r"""The shared first layers of every conditional network: named inputs to features.
+
+    .. math:: h = \mathrm{act}\Big(\sum_i W_i u_i + W_y\,\mathrm{onehot}(y) + b\Big),
+        \quad \text{then more hidden layers}
+
+    the first layer on the concatenation ``[u_1, ..., u_n, onehot(y)]`` written as a sum of
+    blocks. Each ``W_i u_i`` runs on ``u_i``'s own batch shape and the sum broadcasts: under
+    parallel enumeration ``y`` holds class ids of shape ``(K, 1)`` while ``x`` is ``(B, D)``,
+    so ``W_x x`` is computed once per row and the label part (an embedding lookup, which is
+    ``W_y onehot(y)``) broadcasts to ``(K, B, H)``. Nothing repeats ``x`` K times.
+
+    Inputs are passed by name (``enc(x=x, a=a, y=y)``) or positionally in declared order
+    (``enc(x, a, y)``).
+
+    Args:
+        inputs: input name -> size, in call order; the size of ``"y"`` is the number of
+            classes (its values are class ids).
+        hidden: hidden layer sizes (at least one); the output has ``hidden[-1]`` features.
+        act: activation name (:data:`ACTIVATIONS`).
+
+    Example:
+        >>> enc = ContextEncoder({"x": 6, "y": 3}, (5,))
+        >>> enc(x=torch.rand(4, 6), y=torch.arange(3)[:, None]).shape
+        torch.Size([3, 4, 5])
     """
 
-    def __init__(self, input_dim: int, num_classes: int, hidden: Sequence[int], act: str = "relu"):
+    def __init__(self, inputs: Mapping[str, int], hidden: Sequence[int], act: str = "relu"):
         super().__init__()
         if not hidden:
-            raise UserError("a label-conditioned network needs at least one hidden layer")
-        self.x_layer = nn.Linear(input_dim, hidden[0])
-        self.y_layer = nn.Embedding(num_classes, hidden[0])  # == W_y @ onehot(y)
-        nn.init.normal_(self.y_layer.weight, std=input_dim**-0.5)
+            raise UserError("a conditional network needs at least one hidden layer")
+        self.inputs = tuple(inputs)
+        self.continuous = tuple(n for n in inputs if n != LABEL)
+        if not self.continuous:
+            raise UserError("a conditional network needs at least one continuous input")
+        # One bias is enough: the blocks are summed before the activation.
+        self.layers = nn.ModuleList(
+            nn.Linear(inputs[n], hidden[0], bias=i == 0) for i, n in enumerate(self.continuous)
+        )
+        self.y_layer = nn.Embedding(inputs[LABEL], hidden[0]) if LABEL in inputs else None
+        if self.y_layer is not None:
+            width = sum(inputs[n] for n in self.continuous)
+            nn.init.normal_(self.y_layer.weight, std=width**-0.5)
         # The first layer's output is a fresh sum that no backward pass needs.
         self.act = activation(act, inplace=True)
         self.rest = mlp(hidden, act)
+        self.features = hidden[-1]
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.rest(self.act(self.x_layer(x) + self.y_layer(y)))
+    def forward(self, *args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        values = self.bind(args, named)
+        h = None
+        for name, layer in zip(self.continuous, self.layers, strict=True):
+            term = layer(values[name])
+            h = term if h is None else h + term
+        if self.y_layer is not None:
+            h = h + self.y_layer(values[LABEL])
+        return self.rest(self.act(h))
+
+    def bind(self, args: Sequence[torch.Tensor], named: dict[str, torch.Tensor]) -> dict:
+        """Positional inputs in declared order plus named ones, checked against ``inputs``."""
+        values = dict(zip(self.inputs, args, strict=False)) if args else named
+        if args:
+            values.update(named)
+        if len(args) > len(self.inputs) or values.keys() != set(self.inputs):
+            raise UserError(
+                f"this network takes inputs ({', '.join(self.inputs)}); got {len(args)} "
+                f"positional and named ({', '.join(named)})"
+            )
+        return values
+
+
+def _rename_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
+    """Checkpoints written before ContextEncoder name the first layer of a label-conditioned
+    trunk ``x_layer``; it is ``layers.0`` now (same weights, same numbers)."""
+    for kind in ("weight", "bias"):
+        old = f"{prefix}x_layer.{kind}"
+        if old in state_dict:
+            state_dict[f"{prefix}layers.0.{kind}"] = state_dict.pop(old)
+
+
+class LabelConditionedTrunk(ContextEncoder):
+    """``h = act(W_x x + W_y y + b)`` then more hidden layers: a :class:`ContextEncoder`
+    on ``(x, y)``, called as ``trunk(x, y)``.
+
+    ``x`` has shape ``(..., B, D)``; ``y`` holds class ids of shape broadcastable to
+    ``(..., B)`` (e.g. ``(K, 1)`` under parallel enumeration).
+    """
+
+    def __init__(self, input_dim: int, num_classes: int, hidden: Sequence[int], act: str = "relu"):
+        if not hidden:
+            raise UserError("a label-conditioned network needs at least one hidden layer")
+        super().__init__({"x": input_dim, LABEL: num_classes}, hidden, act)
+
+    @property
+    def x_layer(self) -> nn.Linear:
+        """``W_x`` (and the bias): the first layer's block on ``x``, ``layers[0]``."""
+        return self.layers[0]
 
 
 class CategoricalHead(nn.Module):
@@ -149,18 +232,50 @@ class DiagonalGaussian(nn.Module):
         return dist.Normal(loc, F.softplus(scale) + MIN_SCALE).to_event(1)
 
 
-class ConditionalGaussian(nn.Module):
+class Conditional(nn.Module):
+    """A conditional distribution ``inputs -> distribution``: a :class:`ContextEncoder`
+    ``trunk`` and a ``head`` mapping its features to a distribution.
+
+    The one call convention of every conditional part (q(z|.), q(a|x), p(a|.)):
+    ``net(x=x, y=y, ...)`` (or positionally, in ``inputs`` order) returns a distribution
+    whose batch shape is the broadcast of the inputs' leading dims.
+    """
+
+    def __init__(self, trunk: ContextEncoder, head: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.trunk.inputs
+
+    def forward(self, *args: torch.Tensor, **named: torch.Tensor) -> dist.Distribution:
+        return self.head(self.trunk(*args, **named))
+
+
+class MultiInputGaussian(Conditional):
+    """``N(mu(inputs), diag sigma^2(inputs))`` on a shared :class:`ContextEncoder`.
+
+    Serves q(z|x, y) (Kingma eq. 7 / Willetts eq. 7), q(a|x) (Willetts eq. 18),
+    q(z|a, y, x) (eq. 20), p(a|x, y, z) (eq. 16, Gaussian form) and q(z|x)
+    (Jurasiński Prop. 1). Call as ``net(x=x, a=a, y=y)``.
+    """
+
+    def __init__(
+        self, inputs: Mapping[str, int], hidden: Sequence[int], out_dim: int, act: str = "relu"
+    ):
+        trunk = ContextEncoder(inputs, hidden, act)
+        super().__init__(trunk, DiagonalGaussian(trunk.features, out_dim))
+
+
+class ConditionalGaussian(MultiInputGaussian):
     """``q(z|x, y) = N(mu(x, y), diag sigma^2(x, y))`` (Kingma eq. 7 / Willetts eq. 7)."""
 
     def __init__(
         self, input_dim: int, num_classes: int, hidden: Sequence[int], z_dim: int, act: str = "relu"
     ):
-        super().__init__()
-        self.trunk = LabelConditionedTrunk(input_dim, num_classes, hidden, act)
-        self.head = DiagonalGaussian(hidden[-1], z_dim)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dist.Normal:
-        return self.head(self.trunk(x, y))
+        super().__init__({"x": input_dim, LABEL: num_classes}, hidden, z_dim, act)
 
 
 # softplus(l) is l itself above this: log1p(exp(-40)) ~ 4e-18 is below float64 rounding, so
@@ -348,93 +463,22 @@ def _last(input_dim: int, hidden: Sequence[int]) -> int:
     return hidden[-1] if hidden else input_dim
 
 
-# -- networks for the auxiliary and Gaussian-mixture models (ADGM, GM-DGM, AGM-DGM) and
-# -- the latent-classifier model -------------------------------------------------------------
-
-
-class MultiInputTrunk(nn.Module):
-    """``h = act(W_1 u_1 + ... + W_n u_n [+ W_y y] + b)`` then more hidden layers.
-
-    The first layer on a concatenation ``[u_1, ..., u_n, onehot(y)]`` written as a sum of
-    blocks. Each ``W_i u_i`` runs on ``u_i``'s own batch shape and the sum broadcasts, so
-    inputs that do not carry the enumerated label dimension (``x``, ``a``) are multiplied
-    once per row, as in :class:`LabelConditionedTrunk`.
-
-    Args:
-        input_dims: sizes of the continuous inputs, in call order.
-        hidden: hidden layer sizes (at least one).
-        num_classes: add a label embedding ``W_y y``; ``None`` for no label input.
-    """
-
-    def __init__(
-        self,
-        input_dims: Sequence[int],
-        hidden: Sequence[int],
-        num_classes: int | None = None,
-        act: str = "relu",
-    ):
-        super().__init__()
-        if not hidden:
-            raise UserError("a multi-input network needs at least one hidden layer")
-        if not input_dims:
-            raise UserError("a multi-input network needs at least one input")
-        # One bias is enough: the blocks are summed before the activation.
-        self.layers = nn.ModuleList(
-            nn.Linear(d, hidden[0], bias=i == 0) for i, d in enumerate(input_dims)
-        )
-        self.y_layer = nn.Embedding(num_classes, hidden[0]) if num_classes else None
-        if self.y_layer is not None:
-            nn.init.normal_(self.y_layer.weight, std=sum(input_dims) ** -0.5)
-        # The first layer's output is a fresh sum that no backward pass needs.
-        self.act = activation(act, inplace=True)
-        self.rest = mlp(hidden, act)
-
-    def forward(
-        self, inputs: Sequence[torch.Tensor], y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        h = sum(layer(u) for layer, u in zip(self.layers, inputs, strict=True))
-        if self.y_layer is not None:
-            if y is None:
-                raise UserError("this network is label-conditioned; pass y")
-            h = h + self.y_layer(y)
-        return self.rest(self.act(h))
-
-
-class MultiInputGaussian(nn.Module):
-    """``N(mu(u_1..u_n[, y]), diag sigma^2(u_1..u_n[, y]))`` with shared hidden layers.
-
-    Serves q(a|x) (Willetts eq. 18), q(z|a, y, x) (eq. 20), p(a|x, y, z) (eq. 16, Gaussian
-    form) and q(z|x) (Jurasiński Prop. 1). Call as ``net(u_1, ..., u_n, y=y)``.
-    """
-
-    def __init__(
-        self,
-        input_dims: Sequence[int],
-        hidden: Sequence[int],
-        out_dim: int,
-        num_classes: int | None = None,
-        act: str = "relu",
-    ):
-        super().__init__()
-        self.trunk = MultiInputTrunk(input_dims, hidden, num_classes, act)
-        self.head = DiagonalGaussian(hidden[-1], out_dim)
-
-    def forward(self, *inputs: torch.Tensor, y: torch.Tensor | None = None) -> dist.Normal:
-        return self.head(self.trunk(inputs, y))
+# -- networks for the auxiliary and Gaussian-mixture models (ADGM, GM-DGM, AGM-DGM) ----------
 
 
 class MultiInputCategorical(nn.Module):
-    """``Cat(softmax(f(u_1..u_n)))``, e.g. q(y|a, x) (Willetts eq. 19). Call as ``net(x, a)``."""
+    """``Cat(softmax(f(inputs)))`` on a :class:`ContextEncoder`, e.g. q(y|a, x) (Willetts
+    eq. 19). Call as ``net(x=x, a=a)``."""
 
     def __init__(
-        self, input_dims: Sequence[int], hidden: Sequence[int], num_classes: int, act: str = "relu"
+        self, inputs: Mapping[str, int], hidden: Sequence[int], num_classes: int, act: str = "relu"
     ):
         super().__init__()
-        self.trunk = MultiInputTrunk(input_dims, hidden, None, act)
-        self.logits = head(nn.Linear(hidden[-1], num_classes))
+        self.trunk = ContextEncoder(inputs, hidden, act)
+        self.logits = head(nn.Linear(self.trunk.features, num_classes))
 
-    def forward(self, *inputs: torch.Tensor) -> dist.Categorical:
-        return dist.Categorical(logits=full_precision(self.logits(self.trunk(inputs))))
+    def forward(self, *args: torch.Tensor, **named: torch.Tensor) -> dist.Categorical:
+        return dist.Categorical(logits=full_precision(self.logits(self.trunk(*args, **named))))
 
 
 class LabelGaussian(nn.Module):

@@ -55,3 +55,12 @@ def test_precision_benchmark_times_both_precisions_of_every_model(monkeypatch):
         times = module.step_times(name, steps=2)
         assert set(times) == {"fp32", "bf16"}
         assert all(len(t) == 2 and min(t) > 0 for t in times.values()), name
+
+
+def test_guide_benchmark_times_every_guide_it_is_given():
+    spec = importlib.util.spec_from_file_location("guide_speed", SCRIPT.parent / "guide_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ratios = module.main(["--guides", "gaussian,maf", "--steps", "2"])
+    assert set(ratios) == {"gaussian", "maf"} and ratios["gaussian"] == 1.0
+    assert ratios["maf"] > 0

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from ppl_ssvae.cli import main
+from ppl_ssvae.guides import guide_names
 
 TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "32", "--lr", "1e-3",
         "--batch-size", "100", "--no-progress"]  # fmt: skip
@@ -131,3 +132,37 @@ def test_no_torchvision_at_import():
     code = ("import sys, ppl_ssvae, ppl_ssvae.cli, ppl_ssvae.train, ppl_ssvae.models, ppl_ssvae.data, "
             "ppl_ssvae.metrics; assert 'torchvision' not in sys.modules")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+ROUND_TRIPS = [("m2", guide) for guide in guide_names()] + [
+    (model, "maf") for model in ("adgm", "gmdgm", "agmdgm", "latent", "latent-simplified")
+]
+
+
+@pytest.mark.parametrize("model, guide", ROUND_TRIPS)
+def test_guide_round_trip_train_evaluate_resume(tmp_path, capsys, model, guide):
+    """--guide is recorded in config.json; evaluate and --resume rebuild the same guide
+    (a default guide would not load the weights)."""
+    out = str(tmp_path / "run")
+    tiny = ["--dataset", "digits", "--labels", "50", "--z-dim", "3", "--hidden", "8",
+            "--batch-size", "400", "--no-progress", "--out", out]  # fmt: skip
+    assert main(["train", "--model", model, "--guide", guide, *tiny, "--epochs", "1"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["guide"] == guide
+    capsys.readouterr()
+    assert main(["evaluate", out, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["train", "--out", out, "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert main(["evaluate", out, "--checkpoint", "last", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["epoch"] == 2
+    assert 0.0 <= first["test_accuracy"] <= 1.0
+
+
+def test_guide_args_are_checked_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--guide", "maf", "--guide-arg", "layers=3", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "transforms" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(["train", *TINY, "--model", "pi-vae", "--guide", "maf", "--out", str(out)]) == 2
+    assert not out.exists()

@@ -6,12 +6,14 @@ Willetts et al. eq. 17-20 (the ADGM of Maaløe et al. 2016), used by ADGM and AG
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 
 from ..plates import DATA_PLATE, split_labels
 from .categorical_gaussian import classification_factor, sample_latent_label
+from .sampling import seeded_sample
+
+__all__ = ["AuxiliaryGuide", "seeded_sample"]
 
 
 class AuxiliaryGuide(nn.Module):
@@ -24,9 +26,10 @@ class AuxiliaryGuide(nn.Module):
     ``L(x, y)`` (Willetts eq. 22) there and ``L(x)`` (eq. 21) on unlabelled rows.
 
     Args:
-        q_a: module ``x -> distribution over a`` (eq. 18).
-        q_y: module ``(x, a) -> Categorical`` (eq. 19).
-        q_z: module ``(x, a, y=y) -> distribution over z`` (eq. 20).
+        q_a: module ``q_a(x=x) -> distribution over a`` (eq. 18).
+        q_y: module ``q_y(x=x, a=a) -> Categorical`` (eq. 19).
+        q_z: module ``q_z(x=x, a=a, y=y) -> distribution over z`` (eq. 20); ``y`` arrives
+            as class ids of shape ``(K, 1)`` under enumeration.
     """
 
     def __init__(self, q_a: nn.Module, q_y: nn.Module, q_z: nn.Module) -> None:
@@ -38,10 +41,10 @@ class AuxiliaryGuide(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, classifier_weight: float = 0.0) -> None:
         observed, y_filled = split_labels(y)
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            a = pyro.sample("a", self.q_a(x))
-            q_y = self.q_y(x, a)
+            a = pyro.sample("a", self.q_a(x=x))
+            q_y = self.q_y(x=x, a=a)
             y_latent = sample_latent_label(q_y, observed, y_filled)
-            pyro.sample("z", self.q_z(x, a, y=y_latent))
+            pyro.sample("z", self.q_z(x=x, a=a, y=y_latent))
             # Willetts eq. 8 with q(y|x) replaced by q(y|a, x) at the a drawn above: a
             # one-sample estimate of eq. 23, as in the rest of the objective.
             classification_factor(q_y, observed, y_filled, classifier_weight)
@@ -54,15 +57,5 @@ class AuxiliaryGuide(nn.Module):
         classifier is a deterministic function of ``x``: repeated calls and a reloaded
         model give identical predictions.
         """
-        a = seeded_sample(self.q_a(x), num_samples, x.device, seed)
-        return self.q_y(x, a).probs.mean(0)
-
-
-def seeded_sample(
-    distribution: dist.Distribution, n: int, device: torch.device, seed: int = 0
-) -> torch.Tensor:
-    """``n`` draws from ``distribution`` under a fixed seed, restoring the RNG state after."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return distribution.sample((n,))
+        a = seeded_sample(self.q_a(x=x), num_samples, x.device, seed)
+        return self.q_y(x=x, a=a).probs.mean(0)

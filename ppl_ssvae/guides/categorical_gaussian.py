@@ -52,7 +52,10 @@ class CategoricalGaussianGuide(nn.Module):
 
     Args:
         q_y: module ``x -> Categorical`` (the classifier).
-        q_z: module ``(x, y) -> distribution over z`` (any guide for z: Gaussian, flow...).
+        q_z: module ``q_z(x=x, y=y) -> distribution over z`` (any guide for z: a family of
+            :data:`~ppl_ssvae.guides.registry.GUIDES` or a user's module). ``y`` arrives as
+            class ids of shape ``(K, 1)`` under enumeration; the result must have batch
+            shape ``(K, B)`` then.
     """
 
     def __init__(self, q_y: nn.Module, q_z: nn.Module) -> None:
@@ -65,5 +68,9 @@ class CategoricalGaussianGuide(nn.Module):
         with pyro.plate(DATA_PLATE, x.shape[0]):
             q_y = self.q_y(x)
             y_latent = sample_latent_label(q_y, observed, y_filled)
-            pyro.sample("z", self.q_z(x, y_latent))
+            pyro.sample("z", self.q_z(x=x, y=y_latent))
             classification_factor(q_y, observed, y_filled, classifier_weight)
+
+    def class_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """``q(y|x)``, the classifier (Kingma eq. 6)."""
+        return self.q_y(x).probs

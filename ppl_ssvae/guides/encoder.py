@@ -17,7 +17,7 @@ class EncoderGuide(nn.Module):
     model needs nothing else from its guide.
 
     Args:
-        q_z: module ``x -> distribution over z``.
+        q_z: module ``q_z(x=x) -> distribution over z``.
     """
 
     def __init__(self, q_z: nn.Module) -> None:
@@ -30,7 +30,7 @@ class EncoderGuide(nn.Module):
         # The model weights whole rows (Jurasiński's lambda on L_our), and -log q(z|x) is
         # part of each row's bound, so the guide applies the same per-row weights.
         with pyro.plate(DATA_PLATE, x.shape[0]), poutine.scale(scale=_scale(row_weights)):
-            pyro.sample("z", self.q_z(x))
+            pyro.sample("z", self.q_z(x=x))
 
 
 def _scale(row_weights: torch.Tensor | None) -> torch.Tensor | float:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UserError
+from ..guides.registry import DEFAULT
 from .adgm import ADGM, ADGMConfig
 from .agmdgm import AGMDGM, AGMDGMConfig
-from .base import ModelConfig, SemiSupervisedModel
+from .base import GuideModules, ModelConfig, SemiSupervisedModel
 from .gmdgm import GMDGM, GMDGMConfig
 from .latent_classifier import LatentClassifier, LatentClassifierConfig, SimplifiedLatentClassifier
 from .m2 import M2, M2Config
@@ -25,17 +26,32 @@ MODELS: dict[str, type[SemiSupervisedModel]] = {
 }
 
 
-def build(name: str, **config: Any) -> SemiSupervisedModel:
-    """Build a model by registry name from its config fields."""
+def build(name: str, guide: str | GuideModules = DEFAULT, **config: Any) -> SemiSupervisedModel:
+    """Build a model by registry name from its config fields.
+
+    Args:
+        name: a key of :data:`MODELS`.
+        guide: the posterior family of the guide's continuous latents by name (a key of
+            :data:`ppl_ssvae.guides.GUIDES`, with ``guide_args=`` in ``config``), or a
+            module used as q(z|.) (called as ``module(x=..., y=..., a=...)``), or for
+            models with an auxiliary latent ``{"z": module, "a": module}``. A model built
+            with modules records ``guide: "custom"`` in ``to_config()``.
+        config: the model's config fields.
+    """
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     cls = MODELS[name]
-    return cls(cls.config_class.from_dict(config))
+    if isinstance(guide, str):
+        return cls(cls.config_class.from_dict({**config, "guide": guide}))
+    return cls(cls.config_class.from_dict(config), guide=guide)
 
 
-def from_config(values: dict[str, Any]) -> SemiSupervisedModel:
-    """Rebuild a model from ``model.to_config()``."""
-    return build(values["model"], **{k: v for k, v in values.items() if k != "model"})
+def from_config(values: dict[str, Any], guide: GuideModules | None = None) -> SemiSupervisedModel:
+    """Rebuild a model from ``model.to_config()``; a ``"custom"`` guide needs ``guide=`` with
+    the same module(s) again."""
+    if values.get("model") not in MODELS:
+        raise UserError(f"unknown model {values.get('model')!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[values["model"]].from_config(values, guide=guide)
 
 
 __all__ = [

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import ELBO
-from torch import nn
 
-from ..errors import UserError
-from ..guides.auxiliary import AuxiliaryGuide
-from ..nets import ConditionalDecoder, MultiInputCategorical, MultiInputGaussian
-from ..objectives import LABEL_LATENT, build_elbo
-from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels, standard_normal
+from ..nets import ConditionalDecoder
+from .base import (
+    DATA_PLATE,
+    AuxiliaryLabelLatentModel,
+    GuideModules,
+    ModelConfig,
+    StandardNormalPrior,
+    split_labels,
+)
 
 
 @dataclasses.dataclass
@@ -42,7 +43,7 @@ class ADGMConfig(ModelConfig):
     classify_samples: int = 10
 
 
-class ADGM(LabelLatentModel):
+class ADGM(StandardNormalPrior, AuxiliaryLabelLatentModel):
     r"""The auxiliary deep generative model.
 
     Generative story (Willetts et al. eq. 12-16)::
@@ -52,9 +53,10 @@ class ADGM(LabelLatentModel):
         x ~ p_theta(x | y, z)           Bernoulli, or Gaussian with fixed sigma^2 (eq. 15)
         a ~ N(mu(x, y, z), diag sigma^2(x, y, z))        p(a|x, y, z), eq. 16
 
-    Inference (eq. 17-20): ``q(a, y, z|x) = q(z|a, y, x) q(y|a, x) q(a|x)``, all
-    Gaussian except ``q(y|a, x) = Cat(pi_phi(a, x))``; see
-    :class:`~ppl_ssvae.guides.AuxiliaryGuide`.
+    Inference (eq. 17-20): ``q(a, y, z|x) = q(z|a, y, x) q(y|a, x) q(a|x)`` with
+    ``q(y|a, x) = Cat(pi_phi(a, x))`` and ``q(a|x)``, ``q(z|a, y, x)`` of the config's guide
+    family (diagonal Gaussians by default, as in the paper; ``guide={"z": m, "a": m2}``
+    for modules); see :class:`~ppl_ssvae.guides.AuxiliaryGuide`.
 
     Objective (eq. 21-22 in the form of eq. 8), maximised::
 
@@ -77,11 +79,9 @@ class ADGM(LabelLatentModel):
     name = "adgm"
     config_class = ADGMConfig
 
-    def __init__(self, config: ADGMConfig, guide: nn.Module | None = None) -> None:
-        super().__init__(config)
-        c = config
-        if c.classify_samples < 1:
-            raise UserError("classify_samples must be at least 1")
+    def __init__(self, config: ADGMConfig, guide: GuideModules | None = None) -> None:
+        super().__init__(config, guide)
+        c = self.config
         self.p_x = ConditionalDecoder(
             c.z_dim,
             c.num_classes,
@@ -91,22 +91,9 @@ class ADGM(LabelLatentModel):
             c.sigma2,
             c.activation,
         )
-        self.p_a = MultiInputGaussian(
-            (c.input_dim, c.z_dim), c.hidden, c.a_dim, c.num_classes, c.activation
-        )
-        self.q = guide or AuxiliaryGuide(
-            q_a=MultiInputGaussian((c.input_dim,), c.hidden, c.a_dim, act=c.activation),
-            q_y=MultiInputCategorical(
-                (c.input_dim, c.a_dim), c.hidden, c.num_classes, c.activation
-            ),
-            q_z=MultiInputGaussian(
-                (c.input_dim, c.a_dim), c.hidden, c.z_dim, c.num_classes, c.activation
-            ),
-        )
+        self.p_a = self.auxiliary_prior()
+        self.q = self.auxiliary_guide()
         self._initialise()
-
-    def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
-        return standard_normal(self.config.z_dim, self.prior, batch_shape)
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)
@@ -117,26 +104,7 @@ class ADGM(LabelLatentModel):
             y = pyro.sample("y", dist.Categorical(self.prior), obs=y_filled, obs_mask=observed)
             z = pyro.sample("z", self.p_z())
             pyro.sample("x", self.p_x(z, y), obs=x)
-            pyro.sample("a", self.p_a(x, z, y=y))
-
-    def make_elbo(
-        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
-    ) -> ELBO:
-        # The guide's point mass at the observed label (sample_latent_label) scatters a
-        # (B, 1) index into q(y|a, x)'s logits, which a vectorised particle plate makes
-        # (P, B, K): particles run one after another until that takes a particle dim.
-        return build_elbo(
-            self.name,
-            LABEL_LATENT,
-            objective,
-            num_particles,
-            default="trace_enum",
-            vectorize=False,
-            **kwargs,
-        )
-
-    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.q.class_probs(x, self.config.classify_samples)
+            pyro.sample("a", self.p_a(x=x, z=z, y=y))
 
     def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
         # a is a leaf of the generative model: x does not depend on it.

@@ -8,14 +8,9 @@ from typing import Any, ClassVar
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import ELBO
-from torch import nn
 
-from ..errors import UserError
-from ..guides.auxiliary import AuxiliaryGuide
-from ..nets import Decoder, LabelGaussian, MultiInputCategorical, MultiInputGaussian
-from ..objectives import LABEL_LATENT, build_elbo
-from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels
+from ..nets import Decoder, LabelGaussian
+from .base import DATA_PLATE, AuxiliaryLabelLatentModel, GuideModules, ModelConfig, split_labels
 
 
 @dataclasses.dataclass
@@ -50,7 +45,7 @@ class AGMDGMConfig(ModelConfig):
     classify_samples: int = 10
 
 
-class AGMDGM(LabelLatentModel):
+class AGMDGM(AuxiliaryLabelLatentModel):
     r"""The auxiliary Gaussian mixture deep generative model.
 
     Generative story (Willetts et al. eq. 32 with eq. 16, 29-31)::
@@ -61,7 +56,8 @@ class AGMDGM(LabelLatentModel):
         a ~ N(mu(x, y, z), diag sigma^2(x, y, z))        p(a|x, y, z), eq. 16
 
     Inference as for the ADGM (eq. 17-20): ``q(a, y, z|x) = q(z|a, y, x) q(y|a, x) q(a|x)``,
-    :class:`~ppl_ssvae.guides.AuxiliaryGuide`.
+    :class:`~ppl_ssvae.guides.AuxiliaryGuide`, ``q(a|x)`` and ``q(z|a, y, x)`` of the
+    config's guide family.
 
     Objective (eq. 21-22 in the form of eq. 8), maximised::
 
@@ -85,27 +81,15 @@ class AGMDGM(LabelLatentModel):
     # rows per batch.
     fit_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-4, "lr_decay": 1.0, "labelled_share": "1:1"}
 
-    def __init__(self, config: AGMDGMConfig, guide: nn.Module | None = None) -> None:
-        super().__init__(config)
-        c = config
-        if c.classify_samples < 1:
-            raise UserError("classify_samples must be at least 1")
+    def __init__(self, config: AGMDGMConfig, guide: GuideModules | None = None) -> None:
+        super().__init__(config, guide)
+        c = self.config
         self.p_z = LabelGaussian(c.num_classes, c.z_dim)
         self.p_x = Decoder(
             c.z_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation
         )
-        self.p_a = MultiInputGaussian(
-            (c.input_dim, c.z_dim), c.hidden, c.a_dim, c.num_classes, c.activation
-        )
-        self.q = guide or AuxiliaryGuide(
-            q_a=MultiInputGaussian((c.input_dim,), c.hidden, c.a_dim, act=c.activation),
-            q_y=MultiInputCategorical(
-                (c.input_dim, c.a_dim), c.hidden, c.num_classes, c.activation
-            ),
-            q_z=MultiInputGaussian(
-                (c.input_dim, c.a_dim), c.hidden, c.z_dim, c.num_classes, c.activation
-            ),
-        )
+        self.p_a = self.auxiliary_prior()
+        self.q = self.auxiliary_guide()
         self._initialise()
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -118,26 +102,7 @@ class AGMDGM(LabelLatentModel):
             y = pyro.sample("y", dist.Categorical(self.prior), obs=y_filled, obs_mask=observed)
             z = pyro.sample("z", self.p_z(y))
             pyro.sample("x", self.p_x(z), obs=x)
-            pyro.sample("a", self.p_a(x, z, y=y))
-
-    def make_elbo(
-        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
-    ) -> ELBO:
-        # The guide's point mass at the observed label (sample_latent_label) scatters a
-        # (B, 1) index into q(y|a, x)'s logits, which a vectorised particle plate makes
-        # (P, B, K): particles run one after another until that takes a particle dim.
-        return build_elbo(
-            self.name,
-            LABEL_LATENT,
-            objective,
-            num_particles,
-            default="trace_enum",
-            vectorize=False,
-            **kwargs,
-        )
-
-    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.q.class_probs(x, self.config.classify_samples)
+            pyro.sample("a", self.p_a(x=x, z=z, y=y))
 
     def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
         # a is a leaf of the generative model: x does not depend on it.

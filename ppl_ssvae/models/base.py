@@ -13,6 +13,7 @@ import dataclasses
 import math
 import weakref
 from abc import abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import pyro
@@ -22,16 +23,34 @@ from pyro.infer import ELBO
 from torch import nn
 
 from ..errors import UserError
-from ..nets import check_init_layers, init_normal_
+from ..guides.auxiliary import AuxiliaryGuide
+from ..guides.categorical_gaussian import CategoricalGaussianGuide
+from ..guides.registry import CUSTOM, DEFAULT, build_latent_guide, resolve_guide_args
+from ..guides.sampling import seeded_sample
+from ..nets import (
+    CategoricalHead,
+    MultiInputCategorical,
+    MultiInputGaussian,
+    check_init_layers,
+    init_normal_,
+)
 from ..objectives import LABEL_LATENT, build_elbo
 from ..plates import DATA_PLATE, MAX_PLATE_NESTING, split_labels
+
+# What ``guide=`` accepts besides a family name in the config: a module for z, or one module
+# per continuous latent (``{"z": q_z, "a": q_a}``).
+GuideModules = nn.Module | Mapping[str, nn.Module]
 
 __all__ = [
     "DATA_PLATE",
     "MAX_PLATE_NESTING",
+    "AuxiliaryLabelLatentModel",
+    "GuideModules",
     "LabelLatentModel",
     "ModelConfig",
     "SemiSupervisedModel",
+    "StandardNormalPrior",
+    "seeded_sample",
     "split_labels",
     "standard_normal",
 ]
@@ -50,6 +69,12 @@ class ModelConfig:
     # authors' released code; the other kernels Glorot-normal).
     init_std: float | None = None
     init_layers: str = "all"
+    # The posterior family of every continuous latent of the guide (z, and a where the
+    # model has one): a name in ppl_ssvae.guides.GUIDES, and that family's own arguments
+    # (completed with its defaults here, so the config records exactly what was built).
+    # "custom" marks a guide module passed in Python (models.build(name, guide=module)).
+    guide: str = DEFAULT
+    guide_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # Fields that may be 0 or negative are named here; every other number must be > 0
     # (a zero-width layer or zero variance trains silently to chance, so it is refused).
@@ -59,6 +84,11 @@ class ModelConfig:
         for f in dataclasses.fields(self):
             _check_field(type(self).__name__, f.name, str(f.type), getattr(self, f.name),
                          f.name in self.may_be_zero)  # fmt: skip
+        if self.guide == CUSTOM:
+            if self.guide_args:
+                raise UserError("guide_args apply to a guide family by name, not to 'custom'")
+        else:
+            self.guide_args = resolve_guide_args(self.guide, self.guide_args)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,6 +112,10 @@ def _check_field(owner: str, name: str, annotation: str, value: Any, may_be_zero
     if value is None:
         if not optional:
             raise UserError(f"{owner}.{name} must not be None")
+        return
+    if kind.startswith("dict["):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise UserError(f"{owner}.{name} must be a mapping of names to values, got {value!r}")
         return
     if kind.startswith("tuple["):
         item = kind[len("tuple[") :].split(",")[0].strip()
@@ -120,11 +154,63 @@ class SemiSupervisedModel(nn.Module):
     # Training settings from the model's paper that differ from the library defaults
     # (``fit`` arguments / CLI options); the CLI applies them unless the user overrides.
     fit_defaults: ClassVar[dict[str, Any]] = {}
+    # Whether the generative model's joint holds the label, p(x, y) with sum_y p(x, y) =
+    # p(x): then the log-likelihood of an unlabelled row sums its label exactly
+    # (ppl_ssvae.likelihood). False for the pi-VAE, whose label only enters a loss term.
+    label_in_joint: ClassVar[bool] = True
 
-    def __init__(self, config: ModelConfig) -> None:
+    # The guide's continuous latents, which take the config's guide family; () for a model
+    # whose guide is fixed (the pi-VAE), which then refuses every family but the default.
+    guide_latents: ClassVar[tuple[str, ...]] = ("z",)
+    # Why a model with no guide_latents refuses other guides (one line, for its UserError).
+    fixed_guide_reason: ClassVar[str] = ""
+
+    def __init__(self, config: ModelConfig, guide: GuideModules | None = None) -> None:
         super().__init__()
+        self._custom_guides = self._check_guide(config, guide)
+        if guide is not None:
+            config = dataclasses.replace(config, guide=CUSTOM, guide_args={})
         self.config = config
         self._last_checked_batch: tuple | None = None
+
+    # -- guide components ------------------------------------------------------------------
+    def _check_guide(self, config: ModelConfig, guide: GuideModules | None) -> dict:
+        """The user's guide modules by latent, after refusing what cannot work."""
+        if not self.guide_latents:
+            if guide is not None or config.guide != DEFAULT:
+                got = "guide module" if guide is not None else f"guide {config.guide!r}"
+                raise UserError(f"model {self.name!r} takes no {got}: {self.fixed_guide_reason}")
+            return {}
+        if guide is None:
+            if config.guide == CUSTOM:
+                raise UserError(
+                    f"this {self.name!r} config was trained with a custom guide module; pass "
+                    "the same module again: from_config(config, guide=module)"
+                )
+            return {}
+        modules = dict(guide) if isinstance(guide, Mapping) else {"z": guide}
+        unknown = sorted(set(modules) - set(self.guide_latents))
+        if unknown or not all(isinstance(m, nn.Module) for m in modules.values()):
+            raise UserError(
+                f"guide modules for {self.name!r} are nn.Modules for its continuous latents "
+                f"({', '.join(self.guide_latents)}); got {unknown or list(modules)} (a discrete "
+                "latent such as y is enumerated, not given a guide family)"
+            )
+        if config.guide not in (DEFAULT, CUSTOM):
+            raise UserError(
+                f"pass either guide={config.guide!r} by name or a guide module, not both"
+            )
+        return modules
+
+    def latent_guide(self, latent: str, out_dim: int, inputs: dict[str, int]) -> nn.Module:
+        """``q(latent | inputs)``: the user's module for ``latent`` if one was passed, else the
+        config's family built on a context encoder with the model's ``hidden`` and
+        ``activation`` (a latent without a custom module keeps the default family)."""
+        if latent in self._custom_guides:
+            return self._custom_guides[latent]
+        c = self.config
+        name, args = (DEFAULT, {}) if c.guide == CUSTOM else (c.guide, c.guide_args)
+        return build_latent_guide(name, out_dim, inputs, c.hidden, c.activation, **args)
 
     # -- the Pyro pair -------------------------------------------------------------
     @abstractmethod
@@ -197,9 +283,20 @@ class SemiSupervisedModel(nn.Module):
         return {"model": self.name, **self.config.to_dict()}
 
     @classmethod
-    def from_config(cls, values: dict[str, Any]) -> SemiSupervisedModel:
+    def from_config(
+        cls, values: dict[str, Any], guide: GuideModules | None = None
+    ) -> SemiSupervisedModel:
+        """Rebuild from :meth:`to_config`; a ``"custom"`` guide needs its module(s) again."""
         values = {k: v for k, v in values.items() if k != "model"}
-        return cls(cls.config_class.from_dict(values))
+        if guide is not None and values.get("guide", DEFAULT) not in (DEFAULT, CUSTOM):
+            raise UserError(
+                f"this config names guide {values['guide']!r}; a guide module goes with "
+                "a 'custom' config only"
+            )
+        if guide is not None:
+            values = {**values, "guide": DEFAULT}
+        config = cls.config_class.from_dict(values)
+        return cls(config) if guide is None else cls(config, guide=guide)
 
     # -- input checks ------------------------------------------------------------------
     @property
@@ -288,14 +385,26 @@ class LabelLatentModel(SemiSupervisedModel):
 
     q: nn.Module
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: ModelConfig, guide: GuideModules | None = None) -> None:
+        super().__init__(config, guide)
         self.register_buffer("prior", class_prior(config.num_classes, config.prior))
 
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)
         pyro.module(f"{self.name}.q", self.q)
         self.q(x, y, classifier_weight=self.config.alpha)
+
+    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q.class_probs(x)
+
+    def label_guide(self) -> nn.Module:
+        """``q(y, z|x) = q(y|x) q(z|x, y)`` (Kingma eq. 5-7, Willetts eq. 5-7), z of the
+        config's family: the guide of M2 and GM-DGM."""
+        c = self.config
+        return CategoricalGaussianGuide(
+            q_y=CategoricalHead(c.input_dim, c.hidden, c.num_classes, c.activation),
+            q_z=self.latent_guide("z", c.z_dim, {"x": c.input_dim, "y": c.num_classes}),
+        )
 
     @abstractmethod
     def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
@@ -311,6 +420,68 @@ class LabelLatentModel(SemiSupervisedModel):
             y_checked = dist.Categorical(self.prior).sample((n,))
         p_x = self.p_x_given_y(y_checked)
         return p_x.mean if mean else p_x.sample()
+
+
+class AuxiliaryLabelLatentModel(LabelLatentModel):
+    """Label-latent models with an auxiliary latent ``a`` (ADGM, AGM-DGM; Willetts sec 3.3).
+
+    Shared: the guide ``q(a, y, z|x) = q(z|a, y, x) q(y|a, x) q(a|x)`` (eq. 17-20) with the
+    config's family for both ``a`` and ``z``, the Gaussian ``p(a|x, y, z)`` (eq. 16), the
+    classifier ``(1/N_s) sum_i q(y|a_i, x)`` (eq. 23/33) and sequential particles.
+    """
+
+    guide_latents = ("z", "a")
+
+    def __init__(self, config: ModelConfig, guide: GuideModules | None = None) -> None:
+        super().__init__(config, guide)
+        if config.classify_samples < 1:
+            raise UserError("classify_samples must be at least 1")
+
+    def auxiliary_prior(self) -> nn.Module:
+        """``p(a|x, y, z)``, Gaussian (eq. 16): eq. 16's Bernoulli alternative cannot score
+        the real-valued ``a`` drawn from q(a|x). Called as ``p_a(x=x, z=z, y=y)``."""
+        c = self.config
+        inputs = {"x": c.input_dim, "z": c.z_dim, "y": c.num_classes}
+        return MultiInputGaussian(inputs, c.hidden, c.a_dim, c.activation)
+
+    def auxiliary_guide(self) -> nn.Module:
+        c = self.config
+        x_a = {"x": c.input_dim, "a": c.a_dim}
+        return AuxiliaryGuide(
+            q_a=self.latent_guide("a", c.a_dim, {"x": c.input_dim}),
+            q_y=MultiInputCategorical(x_a, c.hidden, c.num_classes, c.activation),
+            q_z=self.latent_guide("z", c.z_dim, {**x_a, "y": c.num_classes}),
+        )
+
+    def make_elbo(
+        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
+    ) -> ELBO:
+        # The guide's point mass at the observed label (sample_latent_label) scatters a
+        # (B, 1) index into q(y|a, x)'s logits, which a vectorised particle plate makes
+        # (P, B, K): particles run one after another until that takes a particle dim.
+        return build_elbo(
+            self.name,
+            LABEL_LATENT,
+            objective,
+            num_particles,
+            default="trace_enum",
+            vectorize=False,
+            **kwargs,
+        )
+
+    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q.class_probs(x, self.config.classify_samples)
+
+
+class StandardNormalPrior:
+    """Mixin: ``p(z) = N(0, I)`` over ``config.z_dim`` units (M2, ADGM, the latent
+    classifiers, the pi-VAE)."""
+
+    config: ModelConfig
+    prior: torch.Tensor
+
+    def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
+        return standard_normal(self.config.z_dim, self.prior, batch_shape)
 
 
 def standard_normal(

@@ -8,11 +8,9 @@ from typing import Any, ClassVar
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
-from ..guides.categorical_gaussian import CategoricalGaussianGuide
-from ..nets import CategoricalHead, ConditionalGaussian, Decoder, LabelGaussian
-from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels
+from ..nets import Decoder, LabelGaussian
+from .base import DATA_PLATE, GuideModules, LabelLatentModel, ModelConfig, split_labels
 
 
 @dataclasses.dataclass
@@ -55,7 +53,8 @@ class GMDGM(LabelLatentModel):
     component ``p(z|y)``.
 
     Inference as for M2 (Willetts sec 5.2, eq. 5-7): ``q(y, z|x) = q(z|x, y) q(y|x)``,
-    :class:`~ppl_ssvae.guides.CategoricalGaussianGuide`.
+    :class:`~ppl_ssvae.guides.CategoricalGaussianGuide`, ``q(z|x, y)`` of the config's
+    guide family (diagonal Gaussian by default).
 
     Objective (eq. 2, 3, 8), maximised::
 
@@ -73,17 +72,14 @@ class GMDGM(LabelLatentModel):
     # rows per batch.
     fit_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-4, "lr_decay": 1.0, "labelled_share": "1:1"}
 
-    def __init__(self, config: GMDGMConfig, guide: nn.Module | None = None) -> None:
-        super().__init__(config)
-        c = config
+    def __init__(self, config: GMDGMConfig, guide: GuideModules | None = None) -> None:
+        super().__init__(config, guide)
+        c = self.config
         self.p_z = LabelGaussian(c.num_classes, c.z_dim)
         self.p_x = Decoder(
             c.z_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation
         )
-        self.q = guide or CategoricalGaussianGuide(
-            q_y=CategoricalHead(c.input_dim, c.hidden, c.num_classes, c.activation),
-            q_z=ConditionalGaussian(c.input_dim, c.num_classes, c.hidden, c.z_dim, c.activation),
-        )
+        self.q = self.label_guide()
         self._initialise()
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -95,9 +91,6 @@ class GMDGM(LabelLatentModel):
             y = pyro.sample("y", dist.Categorical(self.prior), obs=y_filled, obs_mask=observed)
             z = pyro.sample("z", self.p_z(y))
             pyro.sample("x", self.p_x(z), obs=x)
-
-    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.q.q_y(x).probs
 
     def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
         return self.p_x(self.p_z(y).sample())

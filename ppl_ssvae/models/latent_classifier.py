@@ -13,17 +13,18 @@ from pyro.infer import ELBO
 from torch import nn
 
 from ..errors import UserError
-from ..guides.auxiliary import seeded_sample
 from ..guides.encoder import EncoderGuide
-from ..nets import CategoricalHead, ConditionalDecoder, Decoder, MultiInputGaussian
+from ..nets import CategoricalHead, ConditionalDecoder, Decoder
 from ..objectives import REPARAMETERISED, build_elbo
 from .base import (
     DATA_PLATE,
+    GuideModules,
     ModelConfig,
     SemiSupervisedModel,
+    StandardNormalPrior,
     class_prior,
+    seeded_sample,
     split_labels,
-    standard_normal,
 )
 
 UNLABELLED_BOUNDS = ("thesis", "marginal")
@@ -60,7 +61,7 @@ class LatentClassifierConfig(ModelConfig):
     classify_samples: int = 10
 
 
-class LatentClassifier(SemiSupervisedModel):
+class LatentClassifier(StandardNormalPrior, SemiSupervisedModel):
     r"""Jurasiński's model (sec 4.1, Prop. 1-2): no categorical latent in the guide.
 
     Generative story::
@@ -69,8 +70,9 @@ class LatentClassifier(SemiSupervisedModel):
         y ~ Cat(pi_theta(z))            p(y|z), the classifier
         x ~ p_theta(x | y, z)           Bernoulli, or Gaussian with fixed sigma^2
 
-    Inference: ``q(z|x)`` only (Prop. 1 assumes q(z|x, y) ~= q(z|x)); any guide for z
-    can be plugged in via :class:`~ppl_ssvae.guides.EncoderGuide`.
+    Inference: ``q(z|x)`` only (Prop. 1 assumes q(z|x, y) ~= q(z|x)), of the config's
+    guide family (diagonal Gaussian by default), or any module passed as ``guide=module``
+    and called as ``module(x=x)``; see :class:`~ppl_ssvae.guides.EncoderGuide`.
 
     Objective, maximised (sec 4.1)::
 
@@ -94,9 +96,9 @@ class LatentClassifier(SemiSupervisedModel):
     name = "latent"
     config_class = LatentClassifierConfig
 
-    def __init__(self, config: LatentClassifierConfig, guide: nn.Module | None = None) -> None:
-        super().__init__(config)
-        c = config
+    def __init__(self, config: LatentClassifierConfig, guide: GuideModules | None = None) -> None:
+        super().__init__(config, guide)
+        c = self.config
         if c.unlabelled_bound not in UNLABELLED_BOUNDS:
             raise UserError(
                 f"unknown unlabelled_bound {c.unlabelled_bound!r}; choose one of "
@@ -112,9 +114,7 @@ class LatentClassifier(SemiSupervisedModel):
         with torch.no_grad():
             self.p_y.net[-1].bias.copy_(self.prior.clamp_min(_MIN_PRIOR).log())
         self.p_x = self._decoder()
-        self.q = guide or EncoderGuide(
-            MultiInputGaussian((c.input_dim,), c.hidden, c.z_dim, act=c.activation)
-        )
+        self.q = EncoderGuide(self.latent_guide("z", c.z_dim, {"x": c.input_dim}))
         self._initialise()
 
     def _decoder(self) -> nn.Module:
@@ -144,9 +144,6 @@ class LatentClassifier(SemiSupervisedModel):
             vectorize=False,
             **kwargs,
         )
-
-    def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
-        return standard_normal(self.config.z_dim, self.prior, batch_shape)
 
     def row_weights(self, observed: torch.Tensor) -> torch.Tensor:
         """lambda on labelled rows, 1 on unlabelled rows."""
@@ -196,7 +193,7 @@ class LatentClassifier(SemiSupervisedModel):
         self.q(x, y, row_weights=self.row_weights(observed))
 
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
-        z = seeded_sample(self.q.q_z(x), self.config.classify_samples, x.device)
+        z = seeded_sample(self.q.q_z(x=x), self.config.classify_samples, x.device)
         return self.p_y(z).probs.mean(0)
 
     def _generate(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:

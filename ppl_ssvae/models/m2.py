@@ -7,11 +7,16 @@ import dataclasses
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
-from ..guides.categorical_gaussian import CategoricalGaussianGuide
-from ..nets import CategoricalHead, ConditionalDecoder, ConditionalGaussian
-from .base import DATA_PLATE, LabelLatentModel, ModelConfig, split_labels, standard_normal
+from ..nets import ConditionalDecoder
+from .base import (
+    DATA_PLATE,
+    GuideModules,
+    LabelLatentModel,
+    ModelConfig,
+    StandardNormalPrior,
+    split_labels,
+)
 
 
 @dataclasses.dataclass
@@ -34,7 +39,7 @@ class M2Config(ModelConfig):
     prior: tuple[float, ...] | None = None
 
 
-class M2(LabelLatentModel):
+class M2(StandardNormalPrior, LabelLatentModel):
     r"""Kingma's M2.
 
     Generative story (Kingma et al. 2014 eq. 2; Willetts et al. eq. 4)::
@@ -44,7 +49,9 @@ class M2(LabelLatentModel):
         x ~ p_theta(x | y, z)           Bernoulli, or Gaussian with fixed sigma^2
 
     Inference (Willetts eq. 5-7): ``q(y, z|x) = q(z|x, y) q(y|x)`` with
-    ``q(y|x) = Cat(pi_phi(x))`` and ``q(z|x, y) = N(mu_phi(x, y), diag sigma^2_phi(x, y))``.
+    ``q(y|x) = Cat(pi_phi(x))`` and ``q(z|x, y)`` of the config's guide family, by default
+    ``N(mu_phi(x, y), diag sigma^2_phi(x, y))`` (``guide="maf"`` etc. for a flow; or pass
+    ``guide=module``, called as ``module(x=x, y=y)``).
 
     Objective (Kingma eq. 9 / Willetts eq. 8 / Jurasiński eq. 3), maximised::
 
@@ -60,26 +67,15 @@ class M2(LabelLatentModel):
     name = "m2"
     config_class = M2Config
 
-    def __init__(self, config: M2Config, guide: nn.Module | None = None) -> None:
-        super().__init__(config)
-        c = config
+    def __init__(self, config: M2Config, guide: GuideModules | None = None) -> None:
+        super().__init__(config, guide)
+        c = self.config
         self.p_x = ConditionalDecoder(
-            c.z_dim,
-            c.num_classes,
-            c.hidden[::-1],
-            c.input_dim,
-            c.likelihood,
-            c.sigma2,
+            c.z_dim, c.num_classes, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2,
             c.activation,
-        )
-        self.q = guide or CategoricalGaussianGuide(
-            q_y=CategoricalHead(c.input_dim, c.hidden, c.num_classes, c.activation),
-            q_z=ConditionalGaussian(c.input_dim, c.num_classes, c.hidden, c.z_dim, c.activation),
-        )
+        )  # fmt: skip
+        self.q = self.label_guide()
         self._initialise()
-
-    def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
-        return standard_normal(self.config.z_dim, self.prior, batch_shape)
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)
@@ -89,9 +85,6 @@ class M2(LabelLatentModel):
             y = pyro.sample("y", dist.Categorical(self.prior), obs=y_filled, obs_mask=observed)
             z = pyro.sample("z", self.p_z())
             pyro.sample("x", self.p_x(z, y), obs=x)
-
-    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.q.q_y(x).probs
 
     def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
         return self.p_x(self.p_z(y.shape).sample(), y)

@@ -28,10 +28,11 @@ from ..nets import (
 from ..objectives import REPARAMETERISED, build_elbo
 from .base import (
     DATA_PLATE,
+    GuideModules,
     ModelConfig,
     SemiSupervisedModel,
+    StandardNormalPrior,
     split_labels,
-    standard_normal,
 )
 
 VARIANTS = ("ss", "es", "eu")
@@ -95,7 +96,7 @@ class PiVAEConfig(ModelConfig):
     factor_classes: tuple[int, ...] = ()
 
 
-class PiVAE(SemiSupervisedModel):
+class PiVAE(StandardNormalPrior, SemiSupervisedModel):
     r"""The pi-layer VAE of Berkhahn, Keys, Ovsyannikov and Rapp (2019).
 
     One encoder trunk with three heads (sec 2.1, Fig. 1a): ``mu(x)``, ``sigma(x)`` for
@@ -130,7 +131,15 @@ class PiVAE(SemiSupervisedModel):
     """
 
     name = "pi-vae"
+    label_in_joint = False  # pi(x) feeds the decoder; y enters only the CE loss (eq. 5)
     config_class = PiVAEConfig
+    # q(z|x) is a head of the encoder trunk it shares with the pi layer, and the default
+    # objective takes eq. 4's KL in closed form: no other guide family fits.
+    guide_latents = ()
+    fixed_guide_reason = (
+        "its q(z|x) is a diagonal-Gaussian head on the trunk shared with the pi layer and "
+        "its loss (eq. 4) uses that Gaussian's analytic KL; keep guide='gaussian'"
+    )
     # App. A.1-A.2: "RMSprop without decay and a momentum parameter of 0.9", lr 5e-4, grey
     # levels in [0, 1]; sec 2.3: 1:1 labelled/unlabelled batches. Keras 2.2's RMSprop (lr, rho
     # = 0.9, epsilon = 1e-7, decay = 0) has no momentum: its 0.9 is rho, torch's alpha. Read
@@ -141,8 +150,8 @@ class PiVAE(SemiSupervisedModel):
         "labelled_share": "1:1", "binarize": False,
     }  # fmt: skip
 
-    def __init__(self, config: PiVAEConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: PiVAEConfig, guide: GuideModules | None = None) -> None:
+        super().__init__(config, guide)
         c = config
         _validate(c)
         self.has_pi = c.variant != "eu"
@@ -160,9 +169,6 @@ class PiVAE(SemiSupervisedModel):
         self._initialise()
 
     # -- the Pyro pair ---------------------------------------------------------------------
-    def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
-        return standard_normal(self.config.z_dim, self.prior, batch_shape)
-
     def p_log_pi(
         self, batch_shape: torch.Size | tuple[int, ...] = (), num_classes: int | None = None
     ) -> dist.Distribution:

@@ -98,6 +98,6 @@ def test_classifier_averages_q_y_over_seeded_a_draws():
     assert torch.equal(model.classify(x), probs)
     with torch.no_grad():
         torch.manual_seed(0)
-        a = model.q.q_a(x).sample((3,))
+        a = model.q.q_a(x=x).rsample((3,))
         expected = torch.stack([model.q.q_y(x, a_i).probs for a_i in a]).mean(0)
     assert torch.allclose(probs, expected)

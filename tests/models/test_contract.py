@@ -158,3 +158,149 @@ def test_unknown_init_layers_is_a_user_error():
         _model("m2", init_std=1e-3, init_layers="middle")
     with pytest.raises(UserError, match="init_layers"):  # not ignored without init_std
         _model("m2", init_layers="middle")
+
+
+# -- every guide family on every model that takes it ------------------------------------------
+# Pairs come from the registries: a new model or guide family is picked up with no edits here.
+from ppl_ssvae.errors import UserError  # noqa: E402
+from ppl_ssvae.guides import GUIDES, build_latent_guide  # noqa: E402
+
+ALLOWED = [(m, g) for m in sorted(MODELS) for g in GUIDES if MODELS[m].guide_latents]
+REFUSED = [(m, g) for m in sorted(MODELS) for g in GUIDES
+           if not MODELS[m].guide_latents and g != "gaussian"]  # fmt: skip
+
+
+def _ids(pair):
+    return "-".join(pair)
+
+
+@pytest.fixture(params=ALLOWED, ids=_ids)
+def pair(request):
+    return request.param
+
+
+def _guided(pair, **config):
+    name, guide = pair
+    return _model(name, guide=guide, **config)
+
+
+def test_every_pair_has_a_finite_loss_on_any_batch(pair):
+    model = _guided(pair)
+    elbo = model.make_elbo()  # the model's default objective
+    for kind in ("labelled", "unlabelled", "mixed"):
+        pyro.set_rng_seed(1)
+        assert math.isfinite(elbo.loss(model.model, model.guide, *_batch(kind))), kind
+
+
+def test_every_guide_parameter_gets_a_gradient(pair):
+    model = _guided(pair)
+    model.make_elbo().loss_and_grads(model.model, model.guide, *_batch("mixed"))
+    missing = [
+        n for n, p in model.q.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+    assert missing == []
+
+
+def test_latent_guides_broadcast_over_the_enumerated_label(pair):
+    """With y as class ids (K, 1) and x as (B, D), q(z|.) has batch shape (K, B)."""
+    model = _guided(pair)
+    q, c = model.q, model.config
+    x, labels = torch.rand(5, D), torch.arange(K)[:, None]
+    inputs = {"x": x}
+    if "a" in model.guide_latents:
+        q_a = q.q_a(x=x)
+        assert q_a.batch_shape == (5,) and q_a.event_shape == (c.a_dim,)
+        inputs["a"] = q_a.rsample()
+        assert inputs["a"].shape == (5, c.a_dim)
+    if hasattr(q, "q_y") and "y" in q.q_z.inputs:
+        inputs["y"] = labels
+    q_z = q.q_z(**inputs)
+    batch = (K, 5) if "y" in inputs else (5,)
+    assert q_z.batch_shape == batch and q_z.event_shape == (c.z_dim,)
+    z = q_z.rsample()
+    assert z.shape == (*batch, c.z_dim) and q_z.log_prob(z).shape == batch
+
+
+def test_every_pair_round_trips_through_its_config(pair, tmp_path):
+    model = _guided(pair)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    config = json.loads(json.dumps(model.to_config()))
+    assert config["guide"] == pair[1] and isinstance(config["guide_args"], dict)
+    rebuilt = from_config(config)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    rebuilt.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    x = torch.rand(5, D)
+    assert torch.equal(rebuilt.classify(x), model.classify(x))
+
+
+@pytest.mark.parametrize("refused", REFUSED, ids=_ids)
+def test_refused_pairs_raise_a_user_error(refused):
+    with pytest.raises(UserError, match="takes no guide"):
+        _model(refused[0], guide=refused[1])
+
+
+def test_a_model_with_a_fixed_guide_refuses_a_module_too():
+    fixed = [m for m in MODELS if not MODELS[m].guide_latents]
+    assert fixed  # the pi-VAE
+    for name in fixed:
+        with pytest.raises(UserError, match="takes no guide module"):
+            _model(name, guide=build_latent_guide("gaussian", 3, {"x": D}, (8,)))
+
+
+def test_unknown_guides_and_guide_args_are_one_line_user_errors():
+    with pytest.raises(UserError, match="unknown guide 'nope'; choose one of gaussian"):
+        _model("m2", guide="nope")
+    with pytest.raises(UserError, match=r"no guide_args \['depth'\]; valid: transforms"):
+        _model("m2", guide="maf", guide_args={"depth": 2})
+    with pytest.raises(UserError, match="transforms must be an integer >= 1"):
+        _model("m2", guide="maf", guide_args={"transforms": 0})
+    with pytest.raises(UserError, match="valid: none"):
+        _model("m2", guide="gaussian", guide_args={"rank": 2})
+    model = _model("m2", guide="lowrank-gaussian", guide_args={"rank": 2})
+    assert model.to_config()["guide_args"] == {"rank": 2}
+    assert model.q.q_z.head.rank == 2
+
+
+def _custom_z(name):
+    """A user's q(z|.) module for model ``name``: here built by hand from the registry."""
+    c = _model(name).config
+    inputs = {"x": D, "a": c.a_dim, "y": K} if "a" in MODELS[name].guide_latents else {"x": D}
+    if name in ("m2", "gmdgm"):
+        inputs["y"] = K
+    return build_latent_guide("realnvp", c.z_dim, inputs, (8,))
+
+
+@pytest.mark.parametrize("name", [m for m in sorted(MODELS) if MODELS[m].guide_latents])
+def test_a_custom_module_is_used_recorded_and_needed_again(name, tmp_path):
+    module = _custom_z(name)
+    model = _model(name, guide=module)
+    assert model.q.q_z is module
+    config = json.loads(json.dumps(model.to_config()))
+    assert config["guide"] == "custom" and config["guide_args"] == {}
+    pyro.set_rng_seed(1)
+    assert math.isfinite(model.make_elbo().loss(model.model, model.guide, *_batch("mixed")))
+    with pytest.raises(UserError, match="pass the same module again"):
+        from_config(config)
+    again = from_config(config, guide=_custom_z(name))
+    assert again.state_dict().keys() == model.state_dict().keys()
+    again.load_state_dict(model.state_dict())
+    x = torch.rand(5, D)
+    assert torch.equal(again.classify(x), model.classify(x))
+    with pytest.raises(UserError, match="goes with a 'custom' config only"):
+        from_config({**config, "guide": "maf"}, guide=module)
+    cls = MODELS[name]
+    fields = {k: v for k, v in config.items() if k not in ("model", "guide", "guide_args")}
+    with pytest.raises(UserError, match="not both"):
+        cls(cls.config_class.from_dict({**fields, "guide": "maf"}), guide=module)
+
+
+def test_auxiliary_models_take_one_module_per_continuous_latent():
+    c = _model("adgm").config
+    q_z = build_latent_guide("maf", c.z_dim, {"x": D, "a": c.a_dim, "y": K}, (8,))
+    q_a = build_latent_guide("nsf", c.a_dim, {"x": D}, (8,))
+    model = _model("adgm", guide={"z": q_z, "a": q_a})
+    assert model.q.q_z is q_z and model.q.q_a is q_a
+    only_z = _model("adgm", guide=q_z)
+    assert only_z.q.q_z is q_z and type(only_z.q.q_a.head).__name__ == "DiagonalGaussian"
+    with pytest.raises(UserError, match="discrete latent"):
+        _model("adgm", guide={"y": q_z})

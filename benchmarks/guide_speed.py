@@ -1,0 +1,95 @@
+"""Training-step cost of each guide family on M2 at Fashion-MNIST sizes.
+
+M2 784-500-50, 10 classes, batches of 200 rows with ~5% labelled (3000 labels of 50,000),
+Adam, the model's TraceEnum_ELBO. Every guide's step is timed (wall and CPU) on the same
+batches, the contenders interleaved step by step (and the order reversed every other
+step) so that drift in the machine's speed hits all alike. Prints the CPU capability,
+ms per step and the ratio to the first guide (the diagonal Gaussian).
+
+    python benchmarks/guide_speed.py --guides gaussian,maf,pyro-iaf --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import pyro
+import torch
+
+from ppl_ssvae.guides import guide_names
+from ppl_ssvae.models import build
+
+
+def stepper(guide: str, seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One optimisation step of M2 with ``guide`` (its own optimizer and parameters)."""
+    pyro.set_rng_seed(seed)
+    model = build("m2", input_dim=784, num_classes=10, z_dim=50, hidden=(500,), guide=guide)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    elbo = model.make_elbo()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        # Every M2 registers its networks as "m2.*" in Pyro's param store: cleared per step
+        # so that pyro.module hands each contender its own weights.
+        pyro.clear_param_store()
+        optimizer.zero_grad()
+        elbo.differentiable_loss(model.model, model.guide, x, y).backward()
+        optimizer.step()
+
+    return step
+
+
+def batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.bernoulli(torch.full((200, 784), 0.3), generator=g)
+        labelled = torch.rand(200, generator=g) < 0.05
+        y = torch.where(labelled, torch.randint(0, 10, (200,), generator=g), -1)
+        out.append((x, y))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--guides", default="gaussian,maf,pyro-iaf",
+                        help=f"comma-separated, from {', '.join(guide_names())}")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per guide")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.guides.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(guide_names()))
+    if unknown:
+        parser.error(f"unknown guides {unknown}; choose from {', '.join(guide_names())}")
+    steps = {name: stepper(name) for name in names}
+    data = batches(4)
+    for name in names:  # warm-up, not timed
+        for x, y in data[:2]:
+            steps[name](x, y)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(args.steps):
+        x, y = data[i % len(data)]
+        for name in names if i % 2 == 0 else names[::-1]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            steps[name](x, y)
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} thread(s), {args.steps} interleaved steps, median per step")  # fmt: skip
+    print(f"{'guide':<18}{'wall ms':>10}{'CPU ms':>10}{'x first (CPU)':>15}")
+    base = statistics.median(cpu[names[0]])
+    ratios = {}
+    for name in names:
+        c = statistics.median(cpu[name])
+        ratios[name] = c / base
+        print(f"{name:<18}{1000 * statistics.median(wall[name]):>10.1f}{1000 * c:>10.1f}"
+              f"{c / base:>14.2f}x")  # fmt: skip
+    return ratios
+
+
+if __name__ == "__main__":
+    main()

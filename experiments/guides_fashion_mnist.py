@@ -1,0 +1,167 @@
+"""Guides compared on Fashion-MNIST: a diagonal Gaussian q(z|.) against a zuko flow and a
+Pyro transform, on the same model, data, seed and budget.
+
+For each setting (the latent-classifier model at 100 and 1000 labels, M2 and GM-DGM at
+3000) and each guide: train with the library's protocol, then score the best-validation
+checkpoint: test accuracy, test ELBO, the IWAE test log-likelihood (nats per image and bits
+per dimension, on one fixed binarisation of the test images), epochs and CPU-seconds per
+epoch. Each run is an ordinary run directory under --runs-dir, so an interrupted comparison
+continues where it stopped: finished runs are scored again, unfinished ones resumed.
+
+    python experiments/guides_fashion_mnist.py --budget cpu
+    python experiments/guides_fashion_mnist.py --settings m2-3000 --guides gaussian,maf \\
+        --epochs 5 --iwae 1000 --iwae-rows 1000
+
+Budgets: ``smoke`` (1 epoch, K = 5 on 50 rows: checks the script), ``cpu`` (10 epochs, K =
+1000 on a fixed 1000-image subset), ``paper`` (50 epochs, K = 5000 on that subset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from experiments.common import STARTED_FROM, paper_fit_arguments, plot_curves, write_results  # noqa: E402
+from ppl_ssvae import data  # noqa: E402
+from ppl_ssvae.likelihood import likelihood_report  # noqa: E402
+from ppl_ssvae.models import MODELS  # noqa: E402
+from ppl_ssvae.protocol import build_for_data  # noqa: E402
+from ppl_ssvae.rundir import BEST, CHECKPOINT, RunDir  # noqa: E402
+from ppl_ssvae.train import FitResult, fit  # noqa: E402
+
+# name -> (registry model, labels)
+SETTINGS = {
+    "latent-100": ("latent", 100),
+    "latent-1000": ("latent", 1000),
+    "m2-3000": ("m2", 3000),
+    "gmdgm-3000": ("gmdgm", 3000),
+}
+GUIDES = ("gaussian", "maf", "pyro-iaf")
+BUDGETS = {
+    "smoke": {"epochs": 1, "iwae": 5, "iwae_rows": 50},
+    "cpu": {"epochs": 10, "iwae": 1000, "iwae_rows": 1000},
+    "paper": {"epochs": 50, "iwae": 5000, "iwae_rows": 1000},
+}
+
+
+def _names(text: str, known: Any, what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown {what} {unknown}; choose from {', '.join(known)}")
+    return names
+
+
+def run_one(
+    setting: str, guide: str, split: data.SemiSupervisedData, args: argparse.Namespace
+) -> tuple[dict[str, Any], FitResult]:
+    """Train (or resume, or reuse) one run directory and score its best checkpoint."""
+    name = SETTINGS[setting][0]
+    labels = int(split.labelled_mask.sum())
+    run = RunDir(Path(args.runs_dir) / f"{setting}-{guide}")
+    model = build_for_data(name, split, args.seed, **_model_options(name, guide, args))
+    paper = paper_fit_arguments(MODELS[name]) if MODELS[name].fit_defaults else {}
+    settings = {**paper, "epochs": args.epochs, "seed": args.seed}
+    trained = _epochs_done(run)
+    if trained is None or trained < args.epochs:
+        result = fit(model, split, out=run, resume=trained is not None, progress=False, **settings)
+    else:  # already trained this far: score it again
+        result = FitResult(history=run.read_history(), run_dir=run.path)
+        result.best_epoch = run.load_checkpoint(BEST)["epoch"]
+    run.load_weights(model, BEST)
+    probs = model.classify(split.x_test)
+    scores = likelihood_report(model, split.x_test, args.iwae, args.iwae_rows, seed=0)
+    history = result.history
+    row = {
+        "setting": setting,
+        "model": name,
+        "labels": labels,
+        "guide": guide,
+        "epochs": len(history),
+        "best_epoch": result.best_epoch,
+        "val_accuracy": next(h["val_accuracy"] for h in history if h["epoch"] == result.best_epoch),
+        "test_accuracy": (probs.argmax(-1).cpu() == split.y_test).float().mean().item(),
+        **{k: scores[k] for k in ("test_elbo", "test_log_likelihood", "bits_per_dim")},
+        "iwae_samples": scores["iwae_samples"],
+        "iwae_rows": scores["iwae_rows"],
+        "cpu_seconds_per_epoch": sum(h["epoch_cpu_seconds"] for h in history) / len(history),
+        "cpu_capability": STARTED_FROM["cpu_capability"],
+    }
+    return row, FitResult(history=history)
+
+
+def _model_options(name: str, guide: str, args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {"guide": guide}
+    if args.z_dim is not None:
+        options["z_dim"] = args.z_dim
+    if args.hidden is not None:
+        options["hidden"] = tuple(int(h) for h in args.hidden.split(","))
+    return options
+
+
+def _epochs_done(run: RunDir) -> int | None:
+    if not run.file(CHECKPOINT).is_file():
+        return None
+    return int(run.load_checkpoint(CHECKPOINT)["epoch"])
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--budget", choices=BUDGETS, default="cpu")
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"from {', '.join(SETTINGS)}"
+    )
+    parser.add_argument("--guides", default=",".join(GUIDES), help="guide registry names")
+    parser.add_argument("--epochs", type=int, help="override the budget's epochs")
+    parser.add_argument("--iwae", type=int, help="override the budget's K")
+    parser.add_argument("--iwae-rows", type=int, help="override the budget's test subset")
+    parser.add_argument("--labels", type=int, help="override every setting's labels (quick checks)")
+    parser.add_argument("--z-dim", type=int, help="override the models' z size (quick checks)")
+    parser.add_argument("--hidden", help="override the models' hidden widths (quick checks)")
+    parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs-dir", default="runs/guides")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--name", default=None, help="results folder [guides_<dataset>]")
+    args = parser.parse_args(argv)
+    for key, value in BUDGETS[args.budget].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    settings = _names(args.settings, SETTINGS, "settings")
+    guides = _names(args.guides, _guide_names(), "guides")
+    torch.manual_seed(args.seed)
+
+    dataset = data.load(args.dataset, args.data_dir)
+    rows, curves = [], {}
+    for setting in settings:
+        labels = args.labels or SETTINGS[setting][1]
+        split = data.semi_supervised_split(dataset, labels=labels, seed=args.seed)
+        for guide in guides:
+            row, result = run_one(setting, guide, split, args)
+            rows.append(row)
+            curves[f"{setting} {guide}"] = result
+            print(row, flush=True)
+    name = args.name or f"guides_{args.dataset.replace('-', '_')}"
+    out = write_results(name, rows, {"args": vars(args)}, args.results_dir)
+    plot_curves(out / "curve.png", curves)
+    print((out / "results.md").read_text())
+    return out
+
+
+def _guide_names() -> tuple[str, ...]:
+    from ppl_ssvae.guides import GUIDES as REGISTRY
+
+    return tuple(REGISTRY)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Guide families by name: the posterior family of every continuous latent (z, and a).
+
+A family is a *head*: a function ``head(features, out_dim, **guide_args) -> nn.Module``
+whose module maps the shared context features ``h`` (:class:`~ppl_ssvae.nets.ContextEncoder`
+output) to a distribution over ``out_dim`` units. :func:`build_latent_guide` puts it on a
+context encoder, giving a module with the library's one call convention::
+
+    q = build_latent_guide("maf", out_dim=50, inputs={"x": 784, "y": 10}, hidden=(500,))
+    q(x=x, y=torch.arange(10)[:, None])   # batch shape (10, B), event shape (50,)
+
+A new family is one file with its head function plus one line in :data:`GUIDES`; the
+keyword defaults of the head function are its ``guide_args``, validated by name and type.
+The contract test over model x guide (tests/models/test_contract.py) picks it up.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import UserError
+from ..nets import Conditional, ContextEncoder
+from . import full_gaussian, gaussian, pyro_flows, zuko_flows
+
+# The config value of a guide given as a module (models.build(name, guide=module)).
+CUSTOM = "custom"
+DEFAULT = "gaussian"
+
+
+@dataclass(frozen=True)
+class GuideFamily:
+    """A guide family: its head function and a one-line description (for ``--help``)."""
+
+    head: Callable[..., nn.Module]
+    summary: str
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The family's ``guide_args`` and their defaults (the head's keyword arguments)."""
+        params = list(inspect.signature(self.head).parameters.values())[2:]
+        return {p.name: p.default for p in params}
+
+
+GUIDES: dict[str, GuideFamily] = {
+    "gaussian": GuideFamily(gaussian.diagonal_gaussian, "diagonal Gaussian (default)"),
+    "full-gaussian": GuideFamily(full_gaussian.FullGaussian, "Gaussian, full covariance"),
+    "lowrank-gaussian": GuideFamily(full_gaussian.LowRankGaussian, "Gaussian, low-rank + diag"),
+    "maf": GuideFamily(zuko_flows.maf, "zuko masked autoregressive flow, sampled as an IAF"),
+    "nsf": GuideFamily(zuko_flows.nsf, "zuko neural spline flow, sampled in one pass"),
+    "realnvp": GuideFamily(zuko_flows.realnvp, "zuko RealNVP affine coupling flow"),
+    "pyro-iaf": GuideFamily(pyro_flows.iaf, "Pyro conditional affine autoregressive (IAF)"),
+    "pyro-spline": GuideFamily(pyro_flows.spline, "Pyro conditional autoregressive spline"),
+}
+
+
+def guide_names() -> list[str]:
+    """Every registered family name, for ``--guide`` choices."""
+    return list(GUIDES)
+
+
+def describe_guides() -> str:
+    """One line per family: name, description and its ``guide_args`` with defaults."""
+    lines = []
+    for name, family in GUIDES.items():
+        args = ", ".join(f"{k}={v!r}" for k, v in family.defaults.items()) or "no guide_args"
+        lines.append(f"{name}: {family.summary} ({args})")
+    return "\n".join(lines)
+
+
+def family(name: str) -> GuideFamily:
+    if name not in GUIDES:
+        raise UserError(f"unknown guide {name!r}; choose one of {', '.join(GUIDES)}")
+    return GUIDES[name]
+
+
+def resolve_guide_args(name: str, guide_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``guide_args`` checked against family ``name`` and completed with its defaults.
+
+    Lists (from JSON) become tuples, so a config round trip gives equal values.
+    """
+    defaults = family(name).defaults
+    unknown = sorted(set(guide_args) - set(defaults))
+    if unknown:
+        valid = ", ".join(defaults) or "none"
+        raise UserError(f"guide {name!r} has no guide_args {unknown}; valid: {valid}")
+    resolved = dict(defaults)
+    for key, value in guide_args.items():
+        resolved[key] = _checked(name, key, value, defaults[key])
+    return resolved
+
+
+def _checked(name: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` if it has the kind of ``default`` (a count, a number, widths), else a
+    one-line UserError. Counts and widths must be >= 1; a rank-like count too."""
+    where = f"guide {name!r} guide_args {key}"
+    if isinstance(default, bool) or isinstance(value, bool):
+        raise UserError(f"{where} must not be true/false, got {value!r}")
+    if isinstance(default, int):
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{where} must be an integer >= 1, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise UserError(f"{where} must be a finite number > 0, got {value!r}")
+        return float(value)
+    # widths: a sequence of ints (the default may be None: sized from out_dim)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+        raise UserError(f"{where} must be a list of integers >= 1, got {value!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+        raise UserError(f"{where} must be a list of integers >= 1, got {value!r}")
+    return tuple(value)
+
+
+def build_latent_guide(
+    name: str,
+    out_dim: int,
+    inputs: Mapping[str, int],
+    hidden: Sequence[int],
+    activation: str = "relu",
+    **guide_args: Any,
+) -> Conditional:
+    """``q(latent | inputs)`` of family ``name`` on a shared context encoder.
+
+    Args:
+        name: a key of :data:`GUIDES`.
+        out_dim: the latent's size.
+        inputs: input name -> size in call order (``{"x": D, "a": A, "y": K}``); the size of
+            ``"y"`` is the number of classes.
+        hidden: the context encoder's hidden sizes; ``h`` has ``hidden[-1]`` features.
+        activation: the encoder's activation.
+        guide_args: the family's own arguments (see :func:`describe_guides`).
+
+    Returns:
+        A module called as ``q(x=..., y=..., a=...)`` returning a distribution with batch
+        shape the broadcast of the inputs' leading dims and event shape ``(out_dim,)``.
+    """
+    spec = family(name)
+    args = resolve_guide_args(name, guide_args)
+    trunk = ContextEncoder(inputs, hidden, activation)
+    return Conditional(trunk, spec.head(trunk.features, out_dim, **args))
