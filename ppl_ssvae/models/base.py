@@ -219,15 +219,23 @@ class SemiSupervisedModel(nn.Module):
     @abstractmethod
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None: ...
 
+    # Which objectives the model admits (ppl_ssvae.objectives), its own, and whether its
+    # networks take a leading particle dim (vectorised num_particles) or particles run one
+    # after another.
+    objective_family: ClassVar[Any] = LABEL_LATENT
+    default_objective: ClassVar[str] = "trace_enum"
+    vectorize_particles: ClassVar[bool] = True
+
     def make_elbo(
-        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
+        self, objective: str | None = None, num_particles: int = 1, **kwargs: Any
     ) -> ELBO:
         """The objective the model is trained with: ``objective`` by name (None: the
         model's default), ``num_particles`` samples per step; see :mod:`ppl_ssvae.objectives`
         for the allowed names. ``kwargs`` go to the ELBO class."""
         return build_elbo(
-            self.name, LABEL_LATENT, objective, num_particles, default="trace_enum", **kwargs
-        )
+            self.name, self.objective_family, objective, num_particles,
+            default=self.default_objective, vectorize=self.vectorize_particles, **kwargs,
+        )  # fmt: skip
 
     # -- prediction ------------------------------------------------------------------
     @abstractmethod
@@ -431,6 +439,9 @@ class AuxiliaryLabelLatentModel(LabelLatentModel):
     """
 
     guide_latents = ("z", "a")
+    # The guide's point mass at the observed label (sample_latent_label) scatters a (B, 1)
+    # index into q(y|a, x)'s logits, which a vectorised particle plate makes (P, B, K).
+    vectorize_particles = False
 
     def __init__(self, config: ModelConfig, guide: GuideModules | None = None) -> None:
         super().__init__(config, guide)
@@ -451,22 +462,6 @@ class AuxiliaryLabelLatentModel(LabelLatentModel):
             q_a=self.latent_guide("a", c.a_dim, {"x": c.input_dim}),
             q_y=MultiInputCategorical(x_a, c.hidden, c.num_classes, c.activation),
             q_z=self.latent_guide("z", c.z_dim, {**x_a, "y": c.num_classes}),
-        )
-
-    def make_elbo(
-        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
-    ) -> ELBO:
-        # The guide's point mass at the observed label (sample_latent_label) scatters a
-        # (B, 1) index into q(y|a, x)'s logits, which a vectorised particle plate makes
-        # (P, B, K): particles run one after another until that takes a particle dim.
-        return build_elbo(
-            self.name,
-            LABEL_LATENT,
-            objective,
-            num_particles,
-            default="trace_enum",
-            vectorize=False,
-            **kwargs,
         )
 
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import ELBO
 from torch import nn
 
 from ..errors import UserError
 from ..guides.encoder import EncoderGuide
 from ..nets import CategoricalHead, ConditionalDecoder, Decoder
-from ..objectives import REPARAMETERISED, build_elbo
+from ..objectives import REPARAMETERISED
 from .base import (
     DATA_PLATE,
     GuideModules,
@@ -94,6 +92,11 @@ class LatentClassifier(StandardNormalPrior, SemiSupervisedModel):
     """
 
     name = "latent"
+    # The guide is fully reparameterised, so every objective works. _observe_x scores every
+    # class with labels of shape (K, 1) and transposes a (K, B) result, which a leading
+    # particle dim breaks: particles run one after another.
+    objective_family = REPARAMETERISED
+    vectorize_particles = False
     config_class = LatentClassifierConfig
 
     def __init__(self, config: LatentClassifierConfig, guide: GuideModules | None = None) -> None:
@@ -127,22 +130,6 @@ class LatentClassifier(StandardNormalPrior, SemiSupervisedModel):
             c.likelihood,
             c.sigma2,
             c.activation,
-        )
-
-    def make_elbo(
-        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
-    ) -> ELBO:
-        # The guide is fully reparameterised, so every objective works. _observe_x scores
-        # every class with labels of shape (K, 1) and transposes a (K, B) result, which a
-        # leading particle dim breaks: particles run one after another.
-        return build_elbo(
-            self.name,
-            REPARAMETERISED,
-            objective,
-            num_particles,
-            default="trace_enum",
-            vectorize=False,
-            **kwargs,
         )
 
     def row_weights(self, observed: torch.Tensor) -> torch.Tensor:
@@ -239,6 +226,7 @@ class SimplifiedLatentClassifier(LatentClassifier):
     """
 
     name = "latent-simplified"
+    vectorize_particles = True  # no per-class decoder pass here
 
     def _decoder(self) -> nn.Module:
         c = self.config
@@ -256,11 +244,3 @@ class SimplifiedLatentClassifier(LatentClassifier):
 
     def _generate(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         return self.p_x(z)
-
-    def make_elbo(
-        self, objective: str | None = "trace_enum", num_particles: int = 1, **kwargs: Any
-    ) -> ELBO:
-        # No per-class decoder pass here, so particles are vectorised.
-        return build_elbo(
-            self.name, REPARAMETERISED, objective, num_particles, default="trace_enum", **kwargs
-        )

@@ -10,7 +10,6 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import ELBO
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,7 +24,7 @@ from ..nets import (
     PiEncoder,
     output_params,
 )
-from ..objectives import REPARAMETERISED, build_elbo
+from ..objectives import REPARAMETERISED
 from .base import (
     DATA_PLATE,
     GuideModules,
@@ -131,6 +130,13 @@ class PiVAE(StandardNormalPrior, SemiSupervisedModel):
     """
 
     name = "pi-vae"
+    # TraceMeanField_ELBO by default: analytic KL for z (eq. 4); the masked pi site
+    # contributes exactly 0. Other objectives estimate the same loss with a sampled KL. The
+    # model gathers log pi at the (B,) labels and the cnn / rnn nets reshape to (B, ...),
+    # so a leading particle dim breaks them: particles run one after another.
+    objective_family = REPARAMETERISED
+    default_objective = "trace_mean_field"
+    vectorize_particles = False
     label_in_joint = False  # pi(x) feeds the decoder; y enters only the CE loss (eq. 5)
     config_class = PiVAEConfig
     # q(z|x) is a head of the encoder trunk it shares with the pi layer, and the default
@@ -227,24 +233,6 @@ class PiVAE(StandardNormalPrior, SemiSupervisedModel):
             if q_z is not None:
                 with poutine.scale(scale=self.config.beta):
                     pyro.sample("z", q_z)
-
-    def make_elbo(
-        self, objective: str | None = "trace_mean_field", num_particles: int = 1, **kwargs: Any
-    ) -> ELBO:
-        """By default ``TraceMeanField_ELBO``: analytic KL for z (eq. 4); the masked pi site
-        contributes exactly 0. Other objectives estimate the same loss with a sampled KL
-        (see :mod:`ppl_ssvae.objectives`)."""
-        # The model gathers log pi at the (B,) labels and the cnn / rnn nets reshape to
-        # (B, ...), so a leading particle dim breaks them: particles run one after another.
-        return build_elbo(
-            self.name,
-            REPARAMETERISED,
-            objective,
-            num_particles,
-            default="trace_mean_field",
-            vectorize=False,
-            **kwargs,
-        )
 
     def code(self, z: torch.Tensor, log_pi: torch.Tensor | None) -> torch.Tensor:
         """The decoder input ``pi ⊕ z`` (eq. 2), or ``z`` when the link is cut."""
