@@ -1,3 +1,20 @@
 """ppl-ssvae: semi-supervised deep generative models in Pyro."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+
+# Imported on first use, so that `import ppl_ssvae` stays light (no scikit-learn).
+_LAZY = {"SSVAEClassifier": "sklearn", "SSVAEClusterer": "sklearn"}
+
+__all__ = ["SSVAEClassifier", "SSVAEClusterer", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

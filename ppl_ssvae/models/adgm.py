@@ -109,3 +109,6 @@ class ADGM(StandardNormalPrior, AuxiliaryLabelLatentModel):
     def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
         # a is a leaf of the generative model: x does not depend on it.
         return self.p_x(self.p_z(y.shape).sample(), y)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        return self.p_x(z, y)

@@ -107,3 +107,7 @@ class AGMDGM(AuxiliaryLabelLatentModel):
     def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
         # a is a leaf of the generative model: x does not depend on it.
         return self.p_x(self.p_z(y).sample())
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        # The decoder does not see y: the class reaches x only through p(z|y).
+        return self.p_x(z)

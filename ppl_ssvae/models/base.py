@@ -286,6 +286,48 @@ class SemiSupervisedModel(nn.Module):
     ) -> torch.Tensor:
         """Draw ``n`` inputs from the generative model (class ``y`` if given)."""
 
+    # -- encoder / decoder views (ppl_ssvae.inspect) -----------------------------------
+    @torch.no_grad()
+    def encode(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, mean_samples: int = 64
+    ) -> dict[str, Any]:
+        """The guide's view of ``x``: ``q(y|x)`` and the posteriors of the continuous latents.
+
+        Returns a dict with ``"y_probs"`` (``(N, K)``, absent for a model that cannot
+        classify), and per continuous latent (``"z"``, and ``"a"`` where the model has one)
+        the distribution of the guide's site and ``"<name>_mean"`` (``(N, dim)``). ``z`` is
+        ``q(z|x, y*)`` with ``y*`` the given label where ``y >= 0``, else the most probable
+        class of ``q(y|x)`` (label-latent guides put a point mass on the label they are
+        given); under an auxiliary latent it is conditioned on one draw of ``a``. Means
+        a flow has no closed form for are averages of ``mean_samples`` draws (seed 0).
+        """
+        x = self.check_x(x)
+        y_probs = self.classify(x) if self.can_classify else None
+        labels = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+        if y is not None:
+            labels = self.check_y(torch.as_tensor(y), len(x))
+        if y_probs is not None:
+            labels = torch.where(labels >= 0, labels, y_probs.argmax(-1))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(0)
+                trace = pyro.poutine.trace(self.guide).get_trace(x, labels)
+                out: dict[str, Any] = {} if y_probs is None else {"y_probs": y_probs}
+                for name in ("z", "a"):
+                    if name in trace.nodes:
+                        fn = trace.nodes[name]["fn"]
+                        out[name], out[f"{name}_mean"] = fn, _mean_of(fn, mean_samples)
+        finally:
+            self.train(was_training)
+        return out
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        """``p(x|z, y)`` for rows of ``z`` ``(N, z_dim)`` and class ids ``y`` ``(N,)``
+        (models whose decoder does not see y ignore it)."""
+        raise UserError(f"model {self.name!r} has no decoder to decode with")
+
     # -- config round trip -------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
         return {"model": self.name, **self.config.to_dict()}
@@ -495,3 +537,12 @@ def class_prior(num_classes: int, prior: tuple[float, ...] | None) -> torch.Tens
     if probs.shape != (num_classes,) or (probs < 0).any() or abs(probs.sum().item() - 1) > 1e-5:
         raise UserError(f"prior must be {num_classes} non-negative numbers summing to 1")
     return probs
+
+
+def _mean_of(fn: dist.Distribution, num_samples: int) -> torch.Tensor:
+    """The mean of a guide distribution; a Monte Carlo mean where it has no closed form
+    (flows; zuko distributions only ``rsample``)."""
+    try:
+        return fn.mean
+    except (NotImplementedError, AttributeError):
+        return fn.rsample((num_samples,)).mean(0)

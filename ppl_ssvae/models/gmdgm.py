@@ -94,3 +94,7 @@ class GMDGM(LabelLatentModel):
 
     def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
         return self.p_x(self.p_z(y).sample())
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        # The decoder does not see y: the class reaches x only through p(z|y).
+        return self.p_x(z)

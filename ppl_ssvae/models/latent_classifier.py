@@ -186,6 +186,9 @@ class LatentClassifier(StandardNormalPrior, SemiSupervisedModel):
     def _generate(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         return self.p_x(z, y)
 
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        return self._generate(z, y)
+
     @torch.no_grad()
     def sample(
         self, n: int, y: torch.Tensor | int | None = None, mean: bool = False

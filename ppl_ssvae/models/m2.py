@@ -88,3 +88,6 @@ class M2(StandardNormalPrior, LabelLatentModel):
 
     def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
         return self.p_x(self.p_z(y.shape).sample(), y)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        return self.p_x(z, y)

@@ -240,6 +240,14 @@ class PiVAE(StandardNormalPrior, SemiSupervisedModel):
             return z
         return torch.cat([log_pi.exp(), z], -1)
 
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        """The decoder with pi set to one-hot(y), as in :meth:`sample` (y is ignored without
+        a pi -> decoder link)."""
+        if self.decoder is None:
+            raise UserError("the 'es' variant has no decoder and cannot decode")
+        log_pi = F.one_hot(y, self.config.num_classes).to(z.dtype).log()
+        return self.decoder(self.code(z, log_pi if self.pi_to_decoder else None))
+
     def check_y(self, y: torch.Tensor, n: int) -> torch.Tensor:
         """Class ids ``(N,)``, or ``(N, 1 + len(factor_classes))`` with one column per pi head."""
         factors = self.config.factor_classes
