@@ -211,6 +211,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--iwae-rows", type=int, metavar="N",
                    help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    a = sub.add_parser("active", help="cluster-then-label active labelling (Vengalil & Sinha)",
+                       description="Label a dataset from nothing: cluster the latent space, ask an "
+                       "oracle about decoded cluster centres, propagate the answers, retrain.")  # fmt: skip
+    a.add_argument("--dataset", help=f"{', '.join(DATASETS)} [digits]")
+    a.add_argument("--data-dir", help="directory with the dataset files")
+    a.add_argument("--iterations", type=int, help="cluster-ask-train rounds [5]")
+    a.add_argument("--queries", type=int, help="oracle queries per iteration [20]")
+    a.add_argument("--k", type=int, help="clusters per round [10]")
+    a.add_argument("--clustering", choices=["kmeans", "gmm"], help="[kmeans]")
+    a.add_argument("--distance", choices=["euclidean", "mahalanobis"], help="[euclidean]")
+    a.add_argument("--decay", choices=["exponential", "gaussian"],
+                   help="confidence decay with distance, eq. 2 / eq. 3 [gaussian]")  # fmt: skip
+    a.add_argument("--rate", type=float, help="decay rate a of eq. 2-3 [0.1]")
+    a.add_argument("--gamma", type=float, help="weight of the propagated labels' loss, eq. 4 [10]")
+    a.add_argument("--oracle", choices=["simulated", "human"], help="[simulated]")
+    a.add_argument("--answers-file", help="human oracle: answers, one line per centre "
+                   "('LABEL CONFIDENCE' or 'invalid') [stdin]")  # fmt: skip
+    a.add_argument("--seed", type=int, help="[0]")
+    a.add_argument("--out", required=True, help="run directory")
+    a.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (only --iterations may change)")  # fmt: skip
+
+    i = sub.add_parser("inspect", help="pictures and an arviz posterior of a run",
+                       description="Write a run's pictures (confusion matrix, latent map, samples, "
+                       "analogies, training curves...) and its posterior as arviz netCDF.")  # fmt: skip
+    i.add_argument("run_dir", help="a run directory written by `ppl-ssvae train`")
+    i.add_argument("--out", required=True, help="directory for the pictures and posterior.nc")
+    i.add_argument("--rows", type=int, default=16, help="test rows in the posterior [16]")
+    i.add_argument("--num-samples", type=int, default=100, help="posterior draws per row [100]")
     return parser
 
 
@@ -505,7 +535,46 @@ def _report_line(report: dict[str, Any]) -> str:
     )
 
 
-COMMANDS = {"train": train, "evaluate": evaluate}
+def inspect(args: argparse.Namespace) -> int:
+    from .inspect import write_inspection
+
+    if args.rows < 1 or args.num_samples < 1:
+        raise UserError("--rows and --num-samples must be >= 1")
+    RunDir(args.run_dir).read_config()  # one line if it is not a run, before writing
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a directory")
+    written = write_inspection(args.run_dir, out, rows=args.rows, num_samples=args.num_samples)
+    for name, where in written.items():
+        print(f"{name}: {where}")
+    return 0
+
+
+ACTIVE_OPTIONS = ("dataset", "data_dir", "iterations", "queries", "k", "clustering", "distance",
+                  "decay", "rate", "gamma", "oracle", "answers_file", "seed")  # fmt: skip
+
+
+def active(args: argparse.Namespace) -> int:
+    from .active import ActiveConfig, run_active
+
+    given = {k: getattr(args, k) for k in ACTIVE_OPTIONS if getattr(args, k) is not None}
+    if args.resume:
+        stored = ActiveConfig.from_dict(RunDir(args.out).read_config()["active"])
+        changed = sorted(
+            k for k, v in given.items() if k != "iterations" and getattr(stored, k) != v
+        )
+        if changed:
+            raise UserError(f"--resume cannot change {', '.join(changed)}; start a new --out")
+        config = dataclasses.replace(stored, iterations=given.get("iterations", stored.iterations))
+    else:
+        config = ActiveConfig(**given)
+    config.validate()
+    for record in run_active(config, Path(args.out), resume=args.resume):
+        print(json.dumps(record))
+    return 0
+
+
+COMMANDS = {"train": train, "evaluate": evaluate, "inspect": inspect, "active": active}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -7,6 +7,7 @@ import pytest
 from ppl_ssvae.cli import main
 from ppl_ssvae.guides import guide_names
 from ppl_ssvae.models import MODELS
+from ppl_ssvae.rundir import RunDir
 
 TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "32", "--lr", "1e-3",
         "--batch-size", "100", "--no-progress"]  # fmt: skip
@@ -169,3 +170,15 @@ def test_guide_args_are_checked_before_anything_is_written(tmp_path, capsys):
     assert "transforms" in err and len(err.strip().splitlines()) == 1 and not out.exists()
     assert main(["train", *TINY, "--model", "pi-vae", "--guide", "maf", "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_active_refuses_bad_input_and_changed_settings_on_resume(tmp_path, capsys):
+    out = tmp_path / "active"
+    assert main(["active", "--dataset", "digits", "--queries", "0", "--out", str(out)]) == 2
+    assert "queries=0" in capsys.readouterr().err and not out.exists()
+    run = RunDir(out)
+    with run.lock():
+        run.write_config({"model": {"model": "beta-vae-classifier"},
+                          "active": {"dataset": "digits", "k": 10}})  # fmt: skip
+    assert main(["active", "--out", str(out), "--resume", "--k", "5"]) == 2
+    assert "cannot change k" in capsys.readouterr().err

@@ -19,6 +19,8 @@ SMOKE_ARGS = {
                              "latent-100,m2-3000", "--guides", "gaussian,maf", "--z-dim", "3",
                              "--hidden", "16", "--labels", "100", "--iwae-rows", "20",
                              "--runs-dir", "{tmp}/runs"],
+    "active_labelling": ["--budget", "smoke", "--dataset", "digits"],
+    "sklearn_comparison": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
     "semi_unsupervised_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--z-dim", "4",
                                         "--hidden", "16", "--unsupervised", "--models", "gmdgm,m2",
                                         "--runs-dir", "{tmp}/runs"],

@@ -43,6 +43,7 @@ CONFIG: dict[str, dict[str, Any]] = {
     "latent": {"lam": LAM},
     "latent-simplified": {"lam": LAM},
     "pi-vae": {"alpha": ALPHA, "beta": BETA},
+    "beta-vae-classifier": {"beta": BETA, "gamma": ALPHA},
 }
 # (objective, num_particles) pairs checked against the hand-written objective.
 LABEL_LATENT_CASES = [("trace_enum", 1), ("trace_enum", 2), ("trace", 1), ("trace", 2),
@@ -50,7 +51,7 @@ LABEL_LATENT_CASES = [("trace_enum", 1), ("trace_enum", 2), ("trace", 1), ("trac
 REPARAMETERISED_CASES = [("trace_enum", 1), ("trace", 2), ("trace_graph", 1),
                          ("trace_mean_field", 1), ("renyi", 3)]  # fmt: skip
 CASES = [(name, *case) for name in LABEL_LATENT for case in LABEL_LATENT_CASES] + [
-    (name, *case) for name in ("latent", "latent-simplified", "pi-vae")
+    (name, *case) for name in ("latent", "latent-simplified", "pi-vae", "beta-vae-classifier")
     for case in REPARAMETERISED_CASES
 ]  # fmt: skip
 
@@ -220,10 +221,32 @@ def _pi_vae(model, objective, x, y, noise):
     return elbo, elbo
 
 
+def _beta_vae_classifier(model, objective, x, y, noise):
+    """Vengalil & Sinha eq. 1 + 4: log p(x|z) + beta (log p(z) - log q(z|x)) per row, plus
+    gamma * w_n log p(y|z) on labelled rows (w_n = 1 for plain labels)."""
+    q_z = multi_input_gaussian(model.q.q_z, [x])
+    z = q_z.loc + q_z.scale * noise["z"]
+    if objective == "trace_mean_field":
+        latent = -td.kl_divergence(q_z, td.Normal(0.0, 1.0)).sum(-1)
+    else:
+        latent = _normal(torch.zeros(()), torch.ones(()), z) - q_z.log_prob(z).sum(-1)
+    log_px = _bernoulli(model.p_x.head.logits(model.p_x.trunk(z)), x)
+    log_p_y = F.log_softmax(model.p_y.net(z), -1).gather(1, y.clamp(min=0)[:, None]).squeeze(1)
+    elbo = log_px + BETA * latent + torch.where(y >= 0, ALPHA * log_p_y, 0.0)
+    return elbo, elbo
+
+
 def _hand_loss(model, objective, x, y, particles, renyi_alpha=0.0):
     """(loss, surrogate loss) of ``objective`` over the recorded particles."""
     per_model = {name: _label_latent for name in LABEL_LATENT}
-    per_model.update({"latent": _latent, "latent-simplified": _latent, "pi-vae": _pi_vae})
+    per_model.update(
+        {
+            "latent": _latent,
+            "latent-simplified": _latent,
+            "pi-vae": _pi_vae,
+            "beta-vae-classifier": _beta_vae_classifier,
+        }
+    )
     pairs = [per_model[model.name](model, objective, x, y, noise) for noise in particles]
     elbos = torch.stack([e for e, _ in pairs])  # (particles, rows)
     surrogates = torch.stack([s for _, s in pairs])
@@ -275,7 +298,7 @@ def test_allowed_objectives_and_defaults(name):
     model = _model(name)
     label_latent = ("trace_enum", "trace", "trace_graph")
     assert allowed_objectives(model) == (label_latent if name in LABEL_LATENT else OBJECTIVE_NAMES)
-    default = TraceMeanField_ELBO if name == "pi-vae" else TraceEnum_ELBO
+    default = TraceMeanField_ELBO if name in ("pi-vae", "beta-vae-classifier") else TraceEnum_ELBO
     assert type(model.make_elbo()) is default
     assert type(model.make_elbo(objective=None)) is default
     assert model.make_elbo().num_particles == 1
@@ -284,7 +307,7 @@ def test_allowed_objectives_and_defaults(name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_particles_are_vectorised_where_the_model_takes_a_particle_dim(name):
     elbo = _model(name).make_elbo(objective="trace", num_particles=3)
-    vectorised = name in ("m2", "gmdgm", "latent-simplified")
+    vectorised = name in ("m2", "gmdgm", "latent-simplified", "beta-vae-classifier")
     assert elbo.num_particles == 3 and elbo.vectorize_particles is vectorised
     # Pyro puts the particle plate left of the data plate.
     assert elbo.max_plate_nesting == (2 if vectorised else 1)

@@ -9,6 +9,7 @@ from ..guides.registry import DEFAULT
 from .adgm import ADGM, ADGMConfig
 from .agmdgm import AGMDGM, AGMDGMConfig
 from .base import GuideModules, ModelConfig, SemiSupervisedModel
+from .beta_vae_classifier import BetaVAEClassifier, BetaVAEClassifierConfig
 from .gmdgm import GMDGM, GMDGMConfig
 from .latent_classifier import LatentClassifier, LatentClassifierConfig, SimplifiedLatentClassifier
 from .m2 import M2, M2Config
@@ -23,6 +24,7 @@ MODELS: dict[str, type[SemiSupervisedModel]] = {
     LatentClassifier.name: LatentClassifier,
     SimplifiedLatentClassifier.name: SimplifiedLatentClassifier,
     PiVAE.name: PiVAE,
+    BetaVAEClassifier.name: BetaVAEClassifier,
 }
 
 
@@ -60,6 +62,8 @@ __all__ = [
     "GMDGM",
     "ADGMConfig",
     "AGMDGMConfig",
+    "BetaVAEClassifier",
+    "BetaVAEClassifierConfig",
     "GMDGMConfig",
     "LatentClassifier",
     "LatentClassifierConfig",

@@ -1,0 +1,190 @@
+"""Vengalil & Sinha's cluster-then-label active labelling against random labels (the
+shape of their Fig. 3-4): test accuracy per iteration, against the queries spent.
+
+    python experiments/active_labelling.py --budget cpu --dataset mnist-5k
+
+Rows, per iteration:
+
+- ``active kmeans/euclidean``, ``active kmeans/mahalanobis``, ``active gmm``:
+  ``ppl_ssvae.active.run_active`` with the simulated oracle (the majority true label of
+  the rows nearest a centre, purity as confidence), Gaussian decay (eq. 3);
+- ``random labels``: the same beta-VAE classifier, from the same unsupervised weights,
+  trained with the same schedule on as many uniformly drawn true labels (weight 1) as the
+  active loop had asked queries by then;
+- ``M2 random labels``: M2 (same z size and layers) trained without labels for as many
+  epochs as the unsupervised phase took, then on the same random labels, same schedule.
+
+``queries_total`` counts oracle answers (invalid ones too); a random-label row holds that
+many labels. The active variants share one unsupervised phase (it does not depend on the
+clustering), copied into each run directory. Accuracy is the last epoch's of each
+iteration: no labelled validation rows are used anywhere.
+
+Budgets: ``smoke`` (digits-sized, seconds: to check the script runs) and ``cpu``.
+Writes results/active_labelling_<dataset>/ with results.md, results.csv, curve.png
+(test accuracy against queries) and config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from experiments.common import write_results  # noqa: E402
+from ppl_ssvae import protocol  # noqa: E402
+from ppl_ssvae.active import ActiveConfig, load_unlabelled, run_active, weighted_data  # noqa: E402
+from ppl_ssvae.active.loop import build_model, evaluate, fit_settings  # noqa: E402
+from ppl_ssvae.metrics import accuracy  # noqa: E402
+from ppl_ssvae.rundir import CHECKPOINT, RunDir  # noqa: E402
+from ppl_ssvae.train import fit  # noqa: E402
+
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(iterations=2, queries=10, k=5, z_dim=5, hidden=(64,), pretrain_epochs=2,
+                  patience=1, epochs=1, batch_size=500),
+    "cpu": dict(iterations=5, queries=20, k=10, z_dim=10, hidden=(256, 128),
+                pretrain_epochs=30, patience=3, epochs=5, batch_size=100),
+}  # fmt: skip
+VARIANTS = {
+    "active kmeans/euclidean": dict(clustering="kmeans", distance="euclidean"),
+    "active kmeans/mahalanobis": dict(clustering="kmeans", distance="mahalanobis"),
+    "active gmm": dict(clustering="gmm"),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    p.add_argument("--dataset", default="mnist-5k", help="fashion-mnist, mnist-5k, digits...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate", type=float, default=0.1, help="a in eq. 2-3")
+    p.add_argument("--gamma", type=float, default=10.0, help="gamma in eq. 4")
+    p.add_argument("--runs-dir", default=None, help="keep the run directories here")
+    p.add_argument("--results-dir", default="results")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    base = ActiveConfig(dataset=args.dataset, seed=args.seed, rate=args.rate, gamma=args.gamma,
+                        **BUDGETS[args.budget])  # fmt: skip
+    started = time.process_time()
+    with tempfile.TemporaryDirectory() as scratch:
+        runs = Path(args.runs_dir or scratch)
+        rows, active = _active_rows(base, runs)
+        totals = [r["queries_total"] for r in active[1:]]
+        pretrained = runs / _slug(next(iter(VARIANTS))) / "pretrain"
+        rows += _random_rows(base, totals, pretrained, active[0]["pretrain_epochs"])
+    name = "active_labelling_" + args.dataset.replace("-", "_")
+    config = {"arguments": vars(args), "active": base.to_dict(),
+              "pretrain_epochs": active[0]["pretrain_epochs"],
+              "cpu_seconds": time.process_time() - started}  # fmt: skip
+    out = write_results(name, rows, config, args.results_dir)
+    _plot(out / "curve.png", rows)
+    return out
+
+
+def _slug(method: str) -> str:
+    return method.replace("active ", "").replace("/", "-")
+
+
+def _active_rows(base: ActiveConfig, runs: Path) -> tuple[list[dict], list[dict]]:
+    rows, first, active = [], None, []
+    for method, options in VARIANTS.items():
+        out = runs / _slug(method)
+        if first is not None and not out.exists():
+            # Step (1) does not depend on the clustering: the same seed trains the same VAE.
+            out.mkdir(parents=True)
+            shutil.copytree(first / "pretrain", out / "pretrain")
+        resume = (out / "config.json").is_file()
+        records = run_active(dataclasses.replace(base, **options), out, resume=resume)
+        first = first or out
+        rows += [_row(method, r) for r in records]
+        active = records if out == first else active
+    return rows, active
+
+
+def _row(method: str, record: dict) -> dict[str, Any]:
+    return {
+        "method": method,
+        "iteration": record["iteration"],
+        "queries_total": record["queries_total"],
+        "labelled_rows": record["labelled_rows"],
+        "propagated_label_accuracy": _num(record["propagated_label_accuracy"]),
+        "test_accuracy": float(record["test_accuracy"]),
+    }
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _random_rows(
+    base: ActiveConfig, totals: list[int], pretrained: Path, pretrain_epochs: int
+) -> list[dict]:
+    data = load_unlabelled(base)
+    order = np.random.default_rng(base.seed).permutation(len(data.x_train))
+    truth = data.y_train_true.numpy()
+    ours = build_model(base, data)
+    RunDir(pretrained).load_weights(ours, CHECKPOINT)
+    m2 = protocol.build_for_data("m2", data, base.seed, z_dim=base.z_dim, hidden=base.hidden)
+    _fit(m2, data, base, pretrain_epochs, base.seed)
+    rows = [_baseline_row("random labels", 0, 0, ours, data),
+            _baseline_row("M2 random labels", 0, 0, m2, data)]  # fmt: skip
+    for i, total in enumerate(totals, 1):
+        labels = np.full(len(truth), -1)
+        labels[order[:total]] = truth[order[:total]]
+        weighted = weighted_data(data, labels, (labels >= 0).astype(float))
+        fit(ours, weighted, fit_settings(base, base.seed * 1000 + i), epochs=base.epochs,
+            evaluate=evaluate)  # fmt: skip
+        plain = dataclasses.replace(data, y_train=torch.as_tensor(labels))
+        _fit(m2, plain, base, base.epochs, base.seed * 1000 + i)
+        rows += [_baseline_row("random labels", i, total, ours, data),
+                 _baseline_row("M2 random labels", i, total, m2, data)]  # fmt: skip
+    return rows
+
+
+def _fit(model: Any, data: Any, base: ActiveConfig, epochs: int, seed: int) -> None:
+    # 1:1 batches: at the natural share a few labels give M2 one labelled row per batch.
+    share = "1:1" if bool(data.labelled_mask.any()) else "natural"
+    fit(model, data, fit_settings(base, seed), epochs=epochs, labelled_share=share,
+        evaluate=lambda m, d: {"test_accuracy": accuracy(m.classify(d.x_test), d.y_test)})  # fmt: skip
+
+
+def _baseline_row(method: str, i: int, total: int, model: Any, data: Any) -> dict[str, Any]:
+    return {"method": method, "iteration": i, "queries_total": total, "labelled_rows": total,
+            "propagated_label_accuracy": 1.0 if total else float("nan"),
+            "test_accuracy": accuracy(model.classify(data.x_test), data.y_test)}  # fmt: skip
+
+
+def _plot(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        ax.plot([r["queries_total"] for r in mine], [r["test_accuracy"] for r in mine],
+                marker=".", label=method)  # fmt: skip
+    ax.set_xlabel("queries (labels) so far")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    print(main())

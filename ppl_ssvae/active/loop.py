@@ -1,0 +1,554 @@
+"""The cluster-then-label loop of Vengalil & Sinha (sec 3.2-3.3) and its run directory.
+
+Run directory ``DIR``::
+
+    config.json         the ActiveConfig, the model config, versions
+    queries.jsonl       every query and its answer, rewritten atomically as each arrives
+    iterations.jsonl    one object per iteration (0 = after unsupervised training)
+    pretrain/           fit run of step (1), one epoch per fit call (patience)
+    labels-NNN.json     the labels and weights iteration NNN trained on
+    iter-NNN/           fit run of iteration NNN's training (step 6)
+    centres-*.png       the centres shown to a human oracle
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+from ..checkpoint import write_text_atomic
+from ..data import SemiSupervisedData, load, semi_supervised_split
+from ..errors import UserError
+from ..metrics import accuracy
+from ..models import build
+from ..models.beta_vae_classifier import BetaVAEClassifier
+from ..rundir import CHECKPOINT, CONFIG, RunDir
+from ..train import FitSettings, environment, fit
+from .clusters import CLUSTERINGS, Cluster, cluster
+from .confidence import DECAYS, DISTANCES, confidence, distance
+from .oracles import Answer, HumanOracle, Oracle, Query, SimulatedOracle, answer_lines
+
+QUERIES = "queries.jsonl"
+ITERATIONS = "iterations.jsonl"
+ORACLES = ("simulated", "human")
+# Settings a resume may change: the loop can be run for more iterations.
+RESUMABLE = ("iterations",)
+
+
+@dataclasses.dataclass
+class ActiveConfig:
+    """Everything the loop does, saved as-is to config.json.
+
+    Attributes:
+        dataset, data_dir: the dataset by name (``ppl_ssvae.data.load``); every training
+            label is hidden and no validation rows are carved out (they would be labels).
+        iterations: N, rounds of cluster - query - propagate - train.
+        queries: oracle queries per iteration, sub-cluster queries included (exact).
+        k: clusters per clustering, top level and sub-clusters alike (paper: 10).
+        clustering: ``"kmeans"`` or ``"gmm"``.
+        distance: ``"euclidean"`` or ``"mahalanobis"`` (k-means only; a GMM uses
+            responsibilities).
+        decay: ``"exponential"`` (eq. 2) or ``"gaussian"`` (eq. 3) (k-means only).
+        rate: a in eq. 2-3.
+        beta, gamma: eq. 1's KL weight and eq. 4's classification weight.
+        z_dim, hidden: the model's latent size and dense layers.
+        patience: step (1) stops after this many epochs without a lower reconstruction
+            loss (by ``min_improvement``, relative), or at ``pretrain_epochs``.
+        epochs: training epochs per iteration (step 6).
+        batch_size, lr: the optimiser's.
+        seed: model weights, batches, noise and clusterings.
+        oracle: ``"simulated"`` (ground truth of the rows nearest a centre) or ``"human"``.
+        purity_threshold, neighbours: the simulated oracle's (invalid below that purity
+            of the ``neighbours`` nearest rows).
+        answers_file: a human oracle's answers, one line per centre (None: stdin).
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    iterations: int = 5
+    queries: int = 20
+    k: int = 10
+    clustering: str = "kmeans"
+    distance: str = "euclidean"
+    decay: str = "gaussian"
+    rate: float = 0.1
+    beta: float = 1.0
+    gamma: float = 10.0
+    z_dim: int = 10
+    hidden: tuple[int, ...] = (256, 128)
+    patience: int = 3
+    min_improvement: float = 1e-3
+    pretrain_epochs: int = 50
+    epochs: int = 5
+    batch_size: int = 100
+    lr: float = 1e-3
+    seed: int = 0
+    oracle: str = "simulated"
+    purity_threshold: float = 0.5
+    neighbours: int = 10
+    answers_file: str | None = None
+
+    def validate(self) -> None:
+        """One UserError for the first bad field, before anything is written."""
+        _choice("clustering", self.clustering, CLUSTERINGS)
+        _choice("distance", self.distance, DISTANCES)
+        _choice("decay", self.decay, DECAYS)
+        _choice("oracle", self.oracle, ORACLES)
+        for name in ("iterations", "queries", "k", "z_dim", "patience", "pretrain_epochs",
+                     "batch_size", "neighbours"):  # fmt: skip
+            _require(_is_int(getattr(self, name)) and getattr(self, name) >= 1,
+                     f"{name}={getattr(self, name)!r} must be an integer >= 1")  # fmt: skip
+        _require(_is_int(self.epochs) and self.epochs >= 0, f"epochs={self.epochs!r} must be >= 0")
+        _require(_is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        _require(self.k >= 2, f"k={self.k} must be at least 2 (one cluster says nothing)")
+        for name in ("rate", "beta", "lr"):
+            _require(_number(getattr(self, name)) and getattr(self, name) > 0,
+                     f"{name}={getattr(self, name)!r} must be a number > 0")  # fmt: skip
+        for name in ("gamma", "min_improvement"):
+            _require(_number(getattr(self, name)) and getattr(self, name) >= 0,
+                     f"{name}={getattr(self, name)!r} must be a number >= 0")  # fmt: skip
+        _require(_number(self.purity_threshold) and 0 <= self.purity_threshold <= 1,
+                 f"purity_threshold={self.purity_threshold!r} must be in [0, 1]")  # fmt: skip
+        _require(isinstance(self.hidden, (tuple, list)) and len(self.hidden) > 0
+                 and all(_is_int(h) and h >= 1 for h in self.hidden),
+                 f"hidden={self.hidden!r} must be one or more layer sizes >= 1")  # fmt: skip
+        _require(self.answers_file is None or self.oracle == "human",
+                 "answers_file is for oracle='human' only")  # fmt: skip
+        _require(isinstance(self.dataset, str), f"dataset={self.dataset!r} must be a name")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ActiveConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UserError(f"unknown active settings {unknown}; choose from {sorted(names)}")
+        return cls(**{k: tuple(v) if k == "hidden" else v for k, v in values.items()})
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    _require(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- data, model, training ---------------------------------------------------------------------
+def load_unlabelled(config: ActiveConfig) -> SemiSupervisedData:
+    """The dataset with every training label hidden and no validation rows (model selection
+    by validation labels would be labels the oracle never gave)."""
+    split = semi_supervised_split(
+        load(config.dataset, config.data_dir), labels=0, validation_size=0, seed=config.seed
+    )
+    return dataclasses.replace(split, recipe=None)
+
+
+def build_model(config: ActiveConfig, data: SemiSupervisedData) -> BetaVAEClassifier:
+    """The beta-VAE with a classifier on z (eq. 1), its weights drawn from the seed."""
+    pyro.set_rng_seed(config.seed)
+    return build(
+        "beta-vae-classifier",
+        input_dim=data.input_dim,
+        num_classes=data.num_classes,
+        likelihood="bernoulli" if data.support == "unit" else "gaussian",
+        z_dim=config.z_dim,
+        hidden=tuple(config.hidden),
+        beta=config.beta,
+        gamma=config.gamma,
+    )
+
+
+def evaluate(model: BetaVAEClassifier, data: SemiSupervisedData) -> dict[str, float]:
+    """fit's per-epoch report: the training set's reconstruction loss (what step (1)'s
+    patience watches; no labels needed) and test accuracy."""
+    return {
+        "reconstruction_loss": model.reconstruction_loss(data.x_train),
+        "test_accuracy": accuracy(model.classify(data.x_test), data.y_test),
+    }
+
+
+def fit_to(
+    model: BetaVAEClassifier,
+    data: SemiSupervisedData,
+    path: Path,
+    epochs: int,
+    settings: FitSettings,
+) -> list[dict[str, Any]]:
+    """Train the fit run in ``path`` up to ``epochs`` epochs: resumed from its checkpoint,
+    or only loaded when it has trained that far; the run's history."""
+    run = RunDir(path)
+    if run.file(CHECKPOINT).is_file():
+        state = run.load_checkpoint(CHECKPOINT)
+        if state["epoch"] >= epochs:
+            run.load_weights(model, CHECKPOINT)
+            return list(state["history"])
+        result = fit(model, data, settings, out=run, resume=True, epochs=epochs, evaluate=evaluate)
+    else:
+        # A run killed before its first epoch ended left a config only: start it again.
+        result = fit(model, data, settings, out=run, overwrite=run.holds_run(), epochs=epochs,
+                     evaluate=evaluate)  # fmt: skip
+    return result.history
+
+
+def pretrain(
+    model: BetaVAEClassifier, data: SemiSupervisedData, out: Path, config: ActiveConfig
+) -> int:
+    """Step (1): the VAE alone (no labels yet, so eq. 4 is eq. 1) until the reconstruction
+    loss has not improved for ``patience`` epochs; the epochs trained."""
+    settings = fit_settings(config, config.seed)
+    run = RunDir(out)
+    done = run.load_checkpoint(CHECKPOINT)["history"] if run.file(CHECKPOINT).is_file() else []
+    best, since, epoch = math.inf, 0, 0
+    for epoch in range(1, config.pretrain_epochs + 1):
+        if epoch > len(done):
+            done = fit_to(model, data, out, epoch, settings)
+        loss = done[epoch - 1]["reconstruction_loss"]
+        improved = loss < best - config.min_improvement * abs(best) if best < math.inf else True
+        best, since = (loss, 0) if improved else (best, since + 1)
+        if since >= config.patience:
+            break
+    fit_to(model, data, out, epoch, settings)  # loads the weights when nothing was trained
+    return epoch
+
+
+def fit_settings(config: ActiveConfig, seed: int) -> FitSettings:
+    # lr_decay 1: every iteration continues training with a fresh optimiser at the same rate.
+    return FitSettings(batch_size=config.batch_size, lr=config.lr, lr_decay=1.0, seed=seed,
+                       device="cpu", progress=False)  # fmt: skip
+
+
+# -- queries -----------------------------------------------------------------------------------
+class QueryLog:
+    """``queries.jsonl``: one record per answered query, rewritten atomically per answer."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.path = run.file(QUERIES)
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.records[record["id"]] = record
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def answer(self, query_id: str) -> Answer | None:
+        record = self.records.get(query_id)
+        return None if record is None else Answer(record["label"], record["confidence"])
+
+    def add(self, query: Query, members: int, answer: Answer) -> None:
+        self.records[query.id] = {"id": query.id, "members": members,
+                                  "latent": [float(v) for v in query.latent],
+                                  **answer.to_dict()}  # fmt: skip
+        text = "".join(json.dumps(r) + "\n" for r in self.records.values())
+        write_text_atomic(self.path, text)
+
+    def check(self, query_id: str, members: int) -> None:
+        recorded = self.records[query_id]["members"]
+        if recorded != members:
+            raise UserError(
+                f"query {query_id} was recorded for a cluster of {recorded} rows but this "
+                f"run finds {members}: the run's clusters changed, so it cannot resume"
+            )
+
+
+def ask_tree(
+    iteration: int,
+    z: np.ndarray,
+    model: BetaVAEClassifier,
+    data: SemiSupervisedData,
+    config: ActiveConfig,
+    oracle: Oracle,
+    log: QueryLog,
+) -> list[tuple[Cluster, Answer]]:
+    """Steps (2)-(4): cluster, show the centres, sub-cluster the invalid ones, level by
+    level, until ``config.queries`` centres have been asked or none is left. Answers
+    already in ``log`` are reused, never asked again."""
+    level = cluster(z, np.arange(len(z)), config.k, config.clustering, config.seed + iteration)
+    budget, asked = config.queries, []
+    while level and budget > 0:
+        batch = level[:budget]
+        _ask_batch(iteration, batch, z, model, data, oracle, log)
+        budget -= len(batch)
+        asked += [(node, log.answer(_qid(iteration, node))) for node in batch]
+        level = [child for node, answer in asked[-len(batch):] if answer.invalid
+                 and len(node.members) > 1
+                 for child in cluster(z, node.members, config.k, config.clustering,
+                                      config.seed + iteration, prefix=node.id)]  # fmt: skip
+    return asked
+
+
+def _qid(iteration: int, node: Cluster) -> str:
+    return f"{iteration}/{node.id}"
+
+
+def _ask_batch(
+    iteration: int,
+    batch: list[Cluster],
+    z: np.ndarray,
+    model: BetaVAEClassifier,
+    data: SemiSupervisedData,
+    oracle: Oracle,
+    log: QueryLog,
+) -> None:
+    for node in batch:
+        if log.answer(_qid(iteration, node)) is not None:
+            log.check(_qid(iteration, node), len(node.members))
+    pending = [n for n in batch if log.answer(_qid(iteration, n)) is None]
+    if not pending:
+        return
+    images = model.decode(torch.as_tensor(np.stack([n.centre for n in pending]))).cpu().numpy()
+    queries = [Query(_qid(iteration, n), images[i], n.centre, data.image_shape,
+                     _nearest(z, n.centre)) for i, n in enumerate(pending)]  # fmt: skip
+    answers = 0
+    for query, node, answer in zip(queries, pending, oracle(queries), strict=False):
+        log.add(query, len(node.members), _checked(answer, data.num_classes))
+        answers += 1
+    if answers != len(queries):
+        raise UserError(f"the oracle gave {answers} answers for {len(queries)} centres")
+
+
+def _nearest(z: np.ndarray, centre: np.ndarray) -> Any:
+    def nearest(m: int) -> np.ndarray:
+        return np.argsort(np.linalg.norm(z - centre, axis=1), kind="stable")[:m]
+
+    return nearest
+
+
+def _checked(answer: Answer, num_classes: int) -> Answer:
+    if not isinstance(answer, Answer):
+        raise UserError(f"an oracle answers with Answer(label, confidence), got {answer!r}")
+    if answer.invalid:
+        return answer
+    ok = 0 <= answer.label < num_classes and 0.0 <= answer.confidence <= 1.0
+    _require(ok, f"oracle answer {answer} needs a class id 0..{num_classes - 1} "
+                 "and a confidence in [0, 1]")  # fmt: skip
+    return answer
+
+
+# -- propagation -------------------------------------------------------------------------------
+def propagate(
+    asked: list[tuple[Cluster, Answer]], z: np.ndarray, config: ActiveConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step (5): each valid centre's label to its cluster's members with ``w_n = p_c f(d_n)``
+    (eq. 2-3), or ``p_c`` times the member's responsibility with a GMM; rows in no
+    valid cluster get label -1 and weight 0. Valid centres are never sub-clustered, so
+    their clusters do not overlap."""
+    labels = np.full(len(z), -1, dtype=np.int64)
+    weights = np.zeros(len(z))
+    for node, answer in asked:
+        if answer.invalid:
+            continue
+        if config.clustering == "gmm":
+            w = answer.confidence * node.responsibility
+        else:
+            d = distance(config.distance, z[node.members], node.centre, node.covariance)
+            w = confidence(answer.confidence, d, config.rate, config.decay)
+        labels[node.members], weights[node.members] = answer.label, w
+    return labels, weights
+
+
+def merge(
+    previous: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of earlier iterations are kept; a row labelled again takes the new label and
+    weight.
+
+    Why: the new latent space was trained with more label information, so its clusters
+    are purer and its distances (which set w_n) are the ones the classifier now sees, so
+    a row the new round labels is re-propagated. Where the new round says nothing (an
+    invalid centre with no budget left below it), the old answer still holds: an oracle's
+    answers are never thrown away, and queries_total counts labels that all still act.
+    """
+    labels, weights = previous[0].copy(), previous[1].copy()
+    fresh = new[0] >= 0
+    labels[fresh], weights[fresh] = new[0][fresh], new[1][fresh]
+    return labels, weights
+
+
+def weighted_data(
+    data: SemiSupervisedData, labels: np.ndarray, weights: np.ndarray
+) -> SemiSupervisedData:
+    """``data`` with the weighted labels ``(N, 2)`` the model trains on (eq. 4)."""
+    y = torch.as_tensor(np.stack([labels, weights], 1), dtype=torch.float32)
+    summary = {**data.summary, "labelled_rows": int((weights > 0).sum())}
+    return dataclasses.replace(data, y_train=y, summary=summary)
+
+
+# -- the loop ----------------------------------------------------------------------------------
+def run_active(
+    config: ActiveConfig,
+    out: str | Path,
+    resume: bool = False,
+    oracle: Oracle | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or resume) the active-labelling loop into ``out``; the iteration records.
+
+    Args:
+        config: the loop's settings (validated first, before anything is written).
+        out: the run directory (see the module docstring).
+        resume: continue the run in ``out``: nothing answered is asked again, training
+            continues from its checkpoints; ``config`` must equal the run's except
+            ``iterations``.
+        oracle: any ``Oracle``; None builds the one ``config.oracle`` names.
+
+    Returns:
+        One dict per iteration (as ``iterations.jsonl``), iteration 0 first.
+    """
+    config.validate()
+    run = RunDir(out)
+    _check_start(run, resume)
+    data = load_unlabelled(config)
+    model = build_model(config, data)
+    with run.lock():
+        run.remove_stale_temp_files()
+        _write_config(run, config, model, resume)
+        log = QueryLog(run)
+        oracle = oracle or make_oracle(config, data, run, answered=len(log))
+        return _iterate(config, data, model, run, log, oracle)
+
+
+def _check_start(run: RunDir, resume: bool) -> None:
+    run.check_usable()
+    exists = run.file(CONFIG).is_file()
+    if resume and not exists:
+        raise UserError(f"no active-labelling run in {run.path} (config.json missing); "
+                        "start one without --resume")  # fmt: skip
+    if not resume and exists:
+        raise UserError(f"{run.path} already holds a run; use --resume to continue it")
+
+
+def _write_config(run: RunDir, config: ActiveConfig, model: BetaVAEClassifier, resume: bool):
+    if resume:
+        stored = run.read_config().get("active", {})
+        mine = config.to_dict()
+        changed = sorted(k for k in mine if k not in RESUMABLE and stored.get(k) != mine[k])
+        _require(not changed, f"--resume with other settings than the run's: {changed}; "
+                              "only the number of iterations may change")  # fmt: skip
+        return
+    run.write_config({"active": config.to_dict(), "model": model.to_config(),
+                      "environment": environment()})  # fmt: skip
+
+
+def make_oracle(
+    config: ActiveConfig, data: SemiSupervisedData, run: RunDir, answered: int = 0
+) -> Oracle:
+    """The oracle ``config.oracle`` names; a human's answers file skips the ``answered``
+    lines an earlier session used."""
+    if config.oracle == "simulated":
+        return SimulatedOracle(data.y_train_true.numpy(), config.neighbours,
+                               config.purity_threshold)  # fmt: skip
+    lines = None if config.answers_file is None else answer_lines(config.answers_file, answered)
+    return HumanOracle(run.path, lines, data.num_classes)
+
+
+def _iterate(
+    config: ActiveConfig,
+    data: SemiSupervisedData,
+    model: BetaVAEClassifier,
+    run: RunDir,
+    log: QueryLog,
+    oracle: Oracle,
+) -> list[dict[str, Any]]:
+    records = _read_records(run)
+    pretrain_epochs = pretrain(model, data, run.file("pretrain"), config)
+    if not records:
+        records.append(_record(0, model, data, [], (np.full(len(data.x_train), -1),
+                                                    np.zeros(len(data.x_train))), 0))  # fmt: skip
+        records[0]["pretrain_epochs"] = pretrain_epochs
+        _write_records(run, records)
+    state = np.full(len(data.x_train), -1, dtype=np.int64), np.zeros(len(data.x_train))
+    for i in range(1, config.iterations + 1):
+        asked, state = _labels(i, config, data, model, run, log, oracle, state)
+        fit_to(model, weighted_data(data, *state), run.file(f"iter-{i:03d}"), config.epochs,
+               fit_settings(config, config.seed * 1000 + i))  # fmt: skip
+        if len(records) <= i:
+            total = records[-1]["queries_total"] + len(asked)
+            records.append(_record(i, model, data, asked, state, total))
+            _write_records(run, records)
+    return records[: config.iterations + 1]
+
+
+def _labels(
+    i: int,
+    config: ActiveConfig,
+    data: SemiSupervisedData,
+    model: BetaVAEClassifier,
+    run: RunDir,
+    log: QueryLog,
+    oracle: Oracle,
+    previous: tuple[np.ndarray, np.ndarray],
+) -> tuple[list, tuple[np.ndarray, np.ndarray]]:
+    """Iteration i's queries and merged labels, read back when the iteration has them."""
+    path = run.file(f"labels-{i:03d}.json")
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        asked = [q for q in log.records.values() if q["id"].startswith(f"{i}/")]
+        return asked, (np.array(saved["labels"], dtype=np.int64), np.array(saved["weights"]))
+    z = model.encode(data.x_train).cpu().numpy().astype(np.float64)
+    asked = ask_tree(i, z, model, data, config, oracle, log)
+    labels, weights = merge(previous, propagate(asked, z, config))
+    text = json.dumps({"labels": labels.tolist(), "weights": weights.tolist()})
+    write_text_atomic(path, text)
+    return asked, (labels, weights)
+
+
+def _record(
+    i: int,
+    model: BetaVAEClassifier,
+    data: SemiSupervisedData,
+    asked: list,
+    state: tuple[np.ndarray, np.ndarray],
+    queries_total: int,
+) -> dict[str, Any]:
+    labels, weights = state
+    kept = weights > 0
+    truth = data.y_train_true.numpy()
+    invalid = sum(
+        1 for a in asked if (a[1].invalid if isinstance(a, tuple) else a["label"] is None)
+    )
+    return {
+        "iteration": i,
+        "queries": len(asked),
+        "queries_total": queries_total,
+        "invalid_answers": invalid,
+        "labelled_rows": int(kept.sum()),
+        # Against the hidden truth, for the report only: the loop never trains on it.
+        "propagated_label_accuracy": float((labels[kept] == truth[kept]).mean())
+        if kept.any()
+        else None,  # fmt: skip
+        "mean_weight": float(weights[kept].mean()) if kept.any() else None,
+        "test_accuracy": accuracy(model.classify(data.x_test), data.y_test),
+    }
+
+
+def _read_records(run: RunDir) -> list[dict[str, Any]]:
+    path = run.file(ITERATIONS)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_records(run: RunDir, records: list[dict[str, Any]]) -> None:
+    write_text_atomic(run.file(ITERATIONS), "".join(json.dumps(r) + "\n" for r in records))
