@@ -323,6 +323,31 @@ def test_a_write_that_fails_mid_resume_loses_nothing(trained, tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(trained, tmp_path):
+    """The disk fills at the checkpoint of epoch 2 (the file-size cap lets config.json and
+    metrics.jsonl through): one line, exit 2, and checkpoint.pt is still epoch 1's,
+    verified; the next resume redoes epoch 2."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    limit = 4 * max(len((run / n).read_bytes()) for n in ("config.json", "metrics.jsonl"))
+    assert limit < len((run / "checkpoint.pt").read_bytes())
+
+    def cap_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    resume = [sys.executable, "-m", "ppl_ssvae.cli", "train", "--out", str(run), "--resume",
+              "--epochs", "2", "--no-progress"]  # fmt: skip
+    proc = subprocess.run(resume, capture_output=True, text=True, preexec_fn=cap_file_size)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert ".pt" in proc.stderr and "is kept" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert RunDir(run).load_checkpoint("checkpoint.pt")["epoch"] == 1
+    assert not list(run.glob(".*.tmp"))
+    assert subprocess.run(resume, capture_output=True).returncode == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
 def test_stale_temp_files_are_removed_and_files_get_the_umask_mode(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
