@@ -11,3 +11,21 @@ class DataNotFoundError(UserError, FileNotFoundError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise ``UserError(message)`` unless ``ok``: the settings objects' checks."""
+    if not ok:
+        raise UserError(message)
+
+
+def is_int(value: object) -> bool:
+    """An integer that is not a bool (JSON and argparse give both)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    """A finite int or float that is not a bool."""
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from . import __version__, protocol
 from .checkpoint import rng_state, set_rng_state
 from .data import SemiSupervisedBatches, SemiSupervisedData, parse_labelled_share
-from .errors import NonFiniteLossError, UserError
+from .errors import NonFiniteLossError, UserError, is_finite_number, is_int, require
 from .models.base import SemiSupervisedModel
 from .optim import SingleOptimizer, check_optimizer
 from .protocol import Evaluator
@@ -131,34 +131,34 @@ class FitSettings:
 
     def validate(self) -> None:
         """One UserError for the first bad setting, before anything is written."""
-        _require(
-            _is_int(self.epochs) and self.epochs >= 0,
+        require(
+            is_int(self.epochs) and self.epochs >= 0,
             f"epochs={self.epochs!r} must be an integer >= 0",
         )
-        _require(_is_int(self.batch_size) and self.batch_size >= 1,
+        require(is_int(self.batch_size) and self.batch_size >= 1,
                  f"batch_size={self.batch_size!r} must be an integer >= 1")  # fmt: skip
         if self.labelled_share is not None:
             parse_labelled_share(self.labelled_share)
-        _require(
+        require(
             self.binarize in (None, True, False),
             f"binarize={self.binarize!r} must be true, false or None",
         )
-        _require(_positive(self.lr), f"lr={self.lr!r} must be a finite number > 0")
-        _require(_is_number(self.lr_decay) and 0.0 < self.lr_decay <= 1.0,
+        require(_positive(self.lr), f"lr={self.lr!r} must be a finite number > 0")
+        require(is_finite_number(self.lr_decay) and 0.0 < self.lr_decay <= 1.0,
                  f"lr_decay={self.lr_decay!r} must be in (0, 1]")  # fmt: skip
         check_optimizer(self.optimizer, self.optimizer_args)
-        _require(_is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        require(is_int(self.seed), f"seed={self.seed!r} must be an integer")
         resolve_device(self.device)
         for name in ("max_minutes", "max_cpu_minutes"):
             value = getattr(self, name)
-            _require(
+            require(
                 value is None or _positive(value), f"{name}={value!r} must be a finite number > 0"
             )
-        _require(self.precision in PRECISION_CHOICES,
+        require(self.precision in PRECISION_CHOICES,
                  f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")  # fmt: skip
-        _require(self.objective is None or isinstance(self.objective, str),
+        require(self.objective is None or isinstance(self.objective, str),
                  f"objective={self.objective!r} must be a name")  # fmt: skip
-        _require(_is_int(self.num_particles) and self.num_particles >= 1,
+        require(is_int(self.num_particles) and self.num_particles >= 1,
                  f"num_particles={self.num_particles!r} must be an integer >= 1")  # fmt: skip
 
     def resolved(self, model: SemiSupervisedModel, data: SemiSupervisedData) -> FitSettings:
@@ -173,21 +173,8 @@ class FitSettings:
                                    device=str(resolve_device(self.device)))  # fmt: skip
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _positive(value: Any) -> bool:
-    return _is_number(value) and value > 0
+    return is_finite_number(value) and value > 0
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch
 
 from ..checkpoint import write_text_atomic
 from ..data import SemiSupervisedData, load, semi_supervised_split
-from ..errors import UserError
+from ..errors import UserError, is_finite_number, is_int, require
 from ..metrics import accuracy
 from ..models import build
 from ..models.beta_vae_classifier import BetaVAEClassifier
@@ -104,25 +104,25 @@ class ActiveConfig:
         _choice("oracle", self.oracle, ORACLES)
         for name in ("iterations", "queries", "k", "z_dim", "patience", "pretrain_epochs",
                      "batch_size", "neighbours"):  # fmt: skip
-            _require(_is_int(getattr(self, name)) and getattr(self, name) >= 1,
+            require(is_int(getattr(self, name)) and getattr(self, name) >= 1,
                      f"{name}={getattr(self, name)!r} must be an integer >= 1")  # fmt: skip
-        _require(_is_int(self.epochs) and self.epochs >= 0, f"epochs={self.epochs!r} must be >= 0")
-        _require(_is_int(self.seed), f"seed={self.seed!r} must be an integer")
-        _require(self.k >= 2, f"k={self.k} must be at least 2 (one cluster says nothing)")
+        require(is_int(self.epochs) and self.epochs >= 0, f"epochs={self.epochs!r} must be >= 0")
+        require(is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        require(self.k >= 2, f"k={self.k} must be at least 2 (one cluster says nothing)")
         for name in ("rate", "beta", "lr"):
-            _require(_number(getattr(self, name)) and getattr(self, name) > 0,
+            require(is_finite_number(getattr(self, name)) and getattr(self, name) > 0,
                      f"{name}={getattr(self, name)!r} must be a number > 0")  # fmt: skip
         for name in ("gamma", "min_improvement"):
-            _require(_number(getattr(self, name)) and getattr(self, name) >= 0,
+            require(is_finite_number(getattr(self, name)) and getattr(self, name) >= 0,
                      f"{name}={getattr(self, name)!r} must be a number >= 0")  # fmt: skip
-        _require(_number(self.purity_threshold) and 0 <= self.purity_threshold <= 1,
+        require(is_finite_number(self.purity_threshold) and 0 <= self.purity_threshold <= 1,
                  f"purity_threshold={self.purity_threshold!r} must be in [0, 1]")  # fmt: skip
-        _require(isinstance(self.hidden, (tuple, list)) and len(self.hidden) > 0
-                 and all(_is_int(h) and h >= 1 for h in self.hidden),
+        require(isinstance(self.hidden, (tuple, list)) and len(self.hidden) > 0
+                 and all(is_int(h) and h >= 1 for h in self.hidden),
                  f"hidden={self.hidden!r} must be one or more layer sizes >= 1")  # fmt: skip
-        _require(self.answers_file is None or self.oracle == "human",
+        require(self.answers_file is None or self.oracle == "human",
                  "answers_file is for oracle='human' only")  # fmt: skip
-        _require(isinstance(self.dataset, str), f"dataset={self.dataset!r} must be a name")
+        require(isinstance(self.dataset, str), f"dataset={self.dataset!r} must be a name")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
@@ -137,20 +137,7 @@ class ActiveConfig:
 
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    _require(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    require(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 # -- data, model, training ---------------------------------------------------------------------
@@ -342,7 +329,7 @@ def _checked(answer: Answer, num_classes: int) -> Answer:
     if answer.invalid:
         return answer
     ok = 0 <= answer.label < num_classes and 0.0 <= answer.confidence <= 1.0
-    _require(ok, f"oracle answer {answer} needs a class id 0..{num_classes - 1} "
+    require(ok, f"oracle answer {answer} needs a class id 0..{num_classes - 1} "
                  "and a confidence in [0, 1]")  # fmt: skip
     return answer
 
@@ -444,7 +431,7 @@ def _write_config(run: RunDir, config: ActiveConfig, model: BetaVAEClassifier, r
         stored = run.read_config().get("active", {})
         mine = config.to_dict()
         changed = sorted(k for k in mine if k not in RESUMABLE and stored.get(k) != mine[k])
-        _require(not changed, f"--resume with other settings than the run's: {changed}; "
+        require(not changed, f"--resume with other settings than the run's: {changed}; "
                               "only the number of iterations may change")  # fmt: skip
         return
     run.write_config({"active": config.to_dict(), "model": model.to_config(),
