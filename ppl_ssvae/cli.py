@@ -38,8 +38,8 @@ def _fit_defaults() -> dict[str, Any]:
     from .train import FitSettings
 
     defaults = FitSettings().to_dict()
-    del defaults["optimizer_args"], defaults["objective"]
-    return {**defaults, "objective": None, "progress": True}
+    del defaults["optimizer_args"]  # given as --momentum / --rho / --eps
+    return {**defaults, "progress": True}
 
 
 def train_defaults() -> dict[str, Any]:
@@ -48,10 +48,6 @@ def train_defaults() -> dict[str, Any]:
         **DATA_DEFAULTS, **_fit_defaults(), **dict.fromkeys(OPTIMIZER_FLAGS),
         **dict.fromkeys(MODEL_OPTIONS), "model_arg": [], "guide": None, "guide_arg": [],
     }  # fmt: skip
-
-
-# Options a resumed run may change; everything else must match the saved run.
-RESUMABLE = {"epochs", "max_minutes", "max_cpu_minutes", "device", "progress"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -260,7 +256,12 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
     # A later resume starts from the budget the last one gave, not the first one's.
     for resumed in config.get("resumes", []):
         saved |= resumed["changed"]
-    changed = sorted(k for k, v in given.items() if k not in RESUMABLE and saved.get(k) != v)
+    # Options a resumed run may change (the budget, and the progress bar, which is not
+    # saved); everything else must match the saved run.
+    from .train import RESUMABLE
+
+    resumable = {*RESUMABLE, "progress"}
+    changed = sorted(k for k, v in given.items() if k not in resumable and saved.get(k) != v)
     if changed:
         raise UserError(f"--resume cannot change {', '.join(changed)}; start a new --out instead")
     return {**defaults, **saved, **given}
@@ -398,10 +399,10 @@ def train(args: argparse.Namespace) -> int:
 def _resumed_fit_settings(config: dict[str, Any], settings: dict[str, Any]):
     """The run's recorded FitSettings with the budget options given on this command."""
     from .rundir import current_budget
-    from .train import FitSettings
+    from .train import RESUMABLE, FitSettings
 
     saved = FitSettings.from_dict(current_budget(config))
-    budget = {k: settings[k] for k in ("epochs", "max_minutes", "max_cpu_minutes", "device")}
+    budget = {k: settings[k] for k in RESUMABLE}
     resumed = dataclasses.replace(saved, **budget, progress=settings["progress"])
     resumed.validate()
     return resumed
