@@ -21,7 +21,9 @@ iteration: no labelled validation rows are used anywhere.
 
 Budgets: ``smoke`` (digits-sized, seconds: to check the script runs) and ``cpu``.
 Writes results/active_labelling_<dataset>/ with results.md, results.csv, curve.png
-(test accuracy against queries) and config.json.
+(test accuracy against queries), latent_tsne.png (t-SNE of the test set's latent means
+before the first query and after the last iteration, for each clustering; Figs 5-6) and
+config.json.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> Path:
         totals = [r["queries_total"] for r in active[1:]]
         pretrained = runs / _slug(next(iter(VARIANTS))) / "pretrain"
         rows += _random_rows(base, totals, pretrained, active[0]["pretrain_epochs"])
+        tsne_path = Path(args.results_dir) / ("active_labelling_" + args.dataset.replace("-", "_"))
+        tsne_path.mkdir(parents=True, exist_ok=True)
+        latent_maps(base, runs, tsne_path / "latent_tsne.png")
     name = "active_labelling_" + args.dataset.replace("-", "_")
     config = {"arguments": vars(args), "active": base.to_dict(),
               "pretrain_epochs": active[0]["pretrain_epochs"],
@@ -164,6 +169,38 @@ def _baseline_row(method: str, i: int, total: int, model: Any, data: Any) -> dic
     return {"method": method, "iteration": i, "queries_total": total, "labelled_rows": total,
             "propagated_label_accuracy": 1.0 if total else float("nan"),
             "test_accuracy": accuracy(model.classify(data.x_test), data.y_test)}  # fmt: skip
+
+
+def latent_maps(base: ActiveConfig, runs: Path, path: Path, rows: int = 2000) -> None:
+    """t-SNE of the latent means of ``rows`` test images, coloured by true class: after
+    the unsupervised phase, then after the last iteration of each variant (Figs 5-6)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ppl_ssvae.inspect import embed_2d, scatter_by_class
+
+    data = load_unlabelled(base)
+    x, y = data.x_test[:rows], data.y_test[:rows]
+    first = runs / _slug(next(iter(VARIANTS)))
+    panels = [("before (unsupervised phase)", first / "pretrain")]
+    for method in VARIANTS:
+        last = sorted((runs / _slug(method)).glob("iter-*"))[-1]
+        panels.append((f"after {last.name.removeprefix('iter-').lstrip('0')}: {method}", last))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0))
+    names = [str(c) for c in range(data.num_classes)]
+    for ax, (title, run) in zip(axes, panels, strict=True):
+        model = build_model(base, data)
+        RunDir(run).load_weights(model, CHECKPOINT)
+        points = embed_2d(model.encode(x).cpu().numpy(), "tsne", base.seed)
+        scatter_by_class(ax, points, y, names)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot(path: Path, rows: list[dict]) -> None:

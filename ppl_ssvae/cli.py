@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -157,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--seed", type=int, help=f"random seed [default: {d['seed']}]")
     g.add_argument("--device", help="cpu, cuda or auto [default: auto]")
+    g.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="train data-parallel on N processes (one per GPU with --device cuda; "
+                   "one thread each on CPU), launched through torchrun; --batch-size is then "
+                   "each process's [1]")  # fmt: skip
     g.add_argument(
         "--max-minutes",
         type=float,
@@ -352,14 +357,23 @@ def build_model(settings: dict[str, Any], split) -> Any:
 
 
 def train(args: argparse.Namespace) -> int:
-    from . import models
+    from . import distributed, models
     from .data import load_recipe
     from .protocol import evaluators
-    from .train import fit
+    from .train import check_run_start, fit
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other; give one of them")
+    if args.devices < 1:
+        raise UserError(f"--devices {args.devices} must be >= 1")
     settings = _train_settings(args)
+    if args.devices > 1 and not distributed.launched():
+        # Refusals (bad options, a run to keep, a resume by another N) before launching.
+        epochs = fit_settings(settings).epochs
+        check_run_start(RunDir(args.out), args.resume, args.overwrite, epochs, args.devices)
+        return _launch_data_parallel(args.devices)
+    group, device = distributed.init_from_environment(settings["device"] or "auto")
+    settings["device"] = device
     fit_options = fit_settings(settings)
     run = RunDir(args.out)
     run.check_start(args.resume, args.overwrite)
@@ -375,6 +389,8 @@ def train(args: argparse.Namespace) -> int:
         evaluate = None
     result = fit(model, split, fit_options, out=run, resume=args.resume,
                  overwrite=args.overwrite, evaluate=evaluate, run_config={"cli": settings})  # fmt: skip
+    if group is not None and not group.is_main:
+        return 0
     best = result.best
     if best is None:
         print(f"no epoch trained (stopped: {result.stopped})")
@@ -394,6 +410,31 @@ def train(args: argparse.Namespace) -> int:
     if "cluster_mapping" in best and evaluate in (None, evaluators()["clustering"]):
         _clustering_artifacts(model, split, run, best)
     return 0
+
+
+def _launch_data_parallel(devices: int) -> int:
+    """This very command under ``torchrun`` with ``devices`` processes (one thread each
+    unless OMP_NUM_THREADS says otherwise), returning its exit code."""
+    import os
+    import subprocess
+
+    argv = _without_devices(sys.argv[1:])
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={devices}", "-m", "ppl_ssvae", *argv]  # fmt: skip
+    return subprocess.call(command, env=env)
+
+
+def _without_devices(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--devices":
+            skip = True
+        elif not arg.startswith("--devices="):
+            out.append(arg)
+    return out
 
 
 def _resumed_fit_settings(config: dict[str, Any], settings: dict[str, Any]):
@@ -589,18 +630,39 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
-        print(f"ppl-ssvae: error: {e}", file=sys.stderr)
+        _report(f"ppl-ssvae: error: {e}")
         return 2
     except NonFiniteLossError as e:
-        print(f"ppl-ssvae: {e}", file=sys.stderr)
+        _report(f"ppl-ssvae: {e}")
         return 1
     except KeyboardInterrupt:
-        print(
-            "ppl-ssvae: interrupted; continue with the same command plus --resume", file=sys.stderr
-        )
+        _report("ppl-ssvae: interrupted; continue with the same command plus --resume")
         return 130
+    except torch_distributed_errors() as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ppl-ssvae: rank {os.environ.get('RANK', '?')}: another process of this "
+              f"data-parallel run failed ({first}); the run directory keeps the last good "
+              "checkpoint: continue with the same command plus --resume", file=sys.stderr)  # fmt: skip
+        return 1
     finally:
         warnings.showwarning = shown
+        from .distributed import shutdown
+
+        shutdown()
+
+
+def _report(line: str) -> None:
+    """Print a one-line error once: under torchrun only rank 0 does (every rank raises
+    the same refusal)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+
+
+def torch_distributed_errors() -> tuple[type[BaseException], ...]:
+    """What a collective raises when a peer is gone or silent past the timeout."""
+    import torch.distributed as dist
+
+    return (dist.DistError,)
 
 
 if __name__ == "__main__":

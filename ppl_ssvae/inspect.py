@@ -454,30 +454,41 @@ def latent_figure(
 ) -> Any:
     """The posterior means of z (:meth:`~SemiSupervisedModel.encode`) in 2-D by t-SNE or
     PCA (scikit-learn), coloured by the class ``y``."""
+    points = embed_2d(model.encode(x)["z_mean"].cpu().numpy(), method, seed)
+    fig = _figure(5.5, 4.5)
+    ax = fig.add_subplot()
+    scatter_by_class(ax, points, y, _class_names(model, class_names))
+    ax.set_title(f"posterior means of z ({method})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def embed_2d(z: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """``z`` (N, d) in two dimensions: t-SNE or PCA (scikit-learn); d <= 2 as it is."""
     if method not in ("tsne", "pca"):
         raise UserError(f"unknown method {method!r}; choose tsne or pca")
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    z = model.encode(x)["z_mean"].cpu().numpy()
-    if z.shape[1] > 2 and method == "pca":
-        z = PCA(2, random_state=seed).fit_transform(z)
-    elif z.shape[1] > 2:
-        # 500 iterations (not 1000): the picture settles by then, at half the CPU time.
-        tsne = TSNE(2, perplexity=min(30.0, (len(z) - 1) / 3), max_iter=500, random_state=seed)
-        z = tsne.fit_transform(z)
-    names = _class_names(model, class_names)
+    if z.shape[1] <= 2:
+        return z
+    if method == "pca":
+        return PCA(2, random_state=seed).fit_transform(z)
+    # 500 iterations (not 1000): the picture settles by then, at half the CPU time.
+    tsne = TSNE(2, perplexity=min(30.0, (len(z) - 1) / 3), max_iter=500, random_state=seed)
+    return tsne.fit_transform(z)
+
+
+def scatter_by_class(ax: Any, points: np.ndarray, y: Any, names: Sequence[str]) -> None:
+    """2-D ``points`` on ``ax``, one colour and legend entry per class of ``y``."""
     labels = torch.as_tensor(y).cpu().numpy()
-    fig = _figure(5.5, 4.5)
-    ax = fig.add_subplot()
     for c, name in enumerate(names):
         rows = labels == c
         if rows.any():
-            ax.scatter(z[rows, 0], z[rows, 1], s=4, label=name, color=_colour(c, len(names)))
+            ax.scatter(
+                points[rows, 0], points[rows, 1], s=4, label=name, color=_colour(c, len(names))
+            )
     ax.legend(fontsize=6, markerscale=2, loc="best")
-    ax.set_title(f"posterior means of z ({method})", fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 def _colour(c: int, k: int) -> Any:

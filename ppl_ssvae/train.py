@@ -10,6 +10,7 @@ run with the last good checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import platform
@@ -26,9 +27,10 @@ import torch
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
-from . import __version__, protocol
+from . import __version__, distributed, protocol
 from .checkpoint import rng_state, set_rng_state
 from .data import SemiSupervisedBatches, SemiSupervisedData, parse_labelled_share
+from .distributed import DataParallelSteps, ProcessGroup
 from .errors import NonFiniteLossError, UserError, is_finite_number, is_int, require
 from .models.base import SemiSupervisedModel
 from .optim import SingleOptimizer, check_optimizer
@@ -346,6 +348,10 @@ def fit(
             last epoch counts as the best.
         run_config: extra entries for config.json.
 
+    Inside a ``torch.distributed`` process group of N ranks (``torchrun``), ``fit`` trains
+    data-parallel (``ppl_ssvae.distributed``): ``batch_size`` is each rank's, the global
+    batch N times that; rank 0 alone evaluates and writes ``out``; every rank returns.
+
     Raises:
         UserError: a bad setting, or a run directory that cannot be used as asked;
             raised before anything is written.
@@ -360,31 +366,79 @@ def fit(
     run = out if isinstance(out, RunDir) else (RunDir(out) if out is not None else None)
     if resume and run is None:
         raise UserError("resume needs the run directory (out=...)")
-    if run is not None:
-        run.check_start(resume, overwrite)
-        if resume:  # said before the lock is taken, so a refused resume writes nothing
-            _check_epochs_left(run.load_checkpoint(CHECKPOINT)["epoch"], settings.epochs, run)
-    loop = _Loop(model, data, settings, evaluate, run)
+    group = distributed.current()
+    if run is not None:  # said before the lock is taken, so a refused start writes nothing
+        world = group.world_size if group else 1
+        _on_main(group, lambda: check_run_start(run, resume, overwrite, settings.epochs, world))
+    loop = _Loop(model, data, settings, evaluate, run, group)
     if run is None:
         return loop.train(start_epoch=1)
-    with run.lock():
-        run.start(resume, overwrite)
+    with contextlib.ExitStack() as held:
+        _on_main(group, lambda: _enter(held, run.lock()))
+        _on_main(group, lambda: run.start(resume, overwrite))
         start = loop.restore() if resume else 1
-        config = {
-            "model": model.to_config(),
-            "fit": settings.to_dict(),
-            "evaluator": protocol.evaluator_name(evaluate),
-            "data": _data_record(data),
-            **(run_config or {}),
-            "environment": environment(),
-        }
-        if resume:
-            budget = {k: getattr(settings, k) for k in RESUMABLE}
-            run.record_resume(start - 1, budget, config["environment"])
-        else:
-            run.write_config(config)
-            run.write_history([])
+        if group is None or group.is_main:
+            _record_start(run, model, data, settings, evaluate, run_config, resume, start, group)
         return loop.train(start_epoch=start)
+
+
+def _on_main(group: ProcessGroup | None, action: Any) -> Any:
+    """``action()`` here, or on rank 0 of a data-parallel run with its refusal raised on
+    every rank."""
+    return action() if group is None else group.on_main(action)
+
+
+def _enter(stack: contextlib.ExitStack, context: Any) -> None:
+    stack.enter_context(context)
+
+
+def check_run_start(
+    run: RunDir, resume: bool, overwrite: bool, epochs: int, world_size: int = 1
+) -> None:
+    """The refusals of starting (or resuming) a run of ``world_size`` processes in ``run``,
+    before anything is written: a run to keep, nothing left to train, another N."""
+    run.check_start(resume, overwrite)
+    if not resume:
+        return
+    _check_epochs_left(run.load_checkpoint(CHECKPOINT)["epoch"], epochs, run)
+    saved = (run.read_config().get("distributed") or {}).get("world_size", 1)
+    if saved != world_size:
+        raise UserError(
+            f"{run.path} was trained by {saved} process(es) and cannot be resumed by "
+            f"{world_size}: its batches and RNG states are per rank; resume with --devices {saved}"
+            if saved > 1 else
+            f"{run.path} was trained by one process and cannot be resumed by {world_size}; "
+            "resume it without --devices / torchrun"
+        )  # fmt: skip
+
+
+def _record_start(
+    run: RunDir,
+    model: SemiSupervisedModel,
+    data: SemiSupervisedData,
+    settings: FitSettings,
+    evaluate: Evaluator,
+    run_config: dict[str, Any] | None,
+    resume: bool,
+    start: int,
+    group: ProcessGroup | None,
+) -> None:
+    env = environment()
+    if resume:
+        run.record_resume(start - 1, {k: getattr(settings, k) for k in RESUMABLE}, env)
+        return
+    parallel = {"distributed": {**group.describe(),
+                "global_batch_size": settings.batch_size * group.world_size}} if group else {}  # fmt: skip
+    run.write_config({
+        "model": model.to_config(),
+        "fit": settings.to_dict(),
+        "evaluator": protocol.evaluator_name(evaluate),
+        "data": _data_record(data),
+        **parallel,
+        **(run_config or {}),
+        "environment": env,
+    })  # fmt: skip
+    run.write_history([])
 
 
 def _check_epochs_left(trained: int, epochs: int, run: RunDir) -> None:
@@ -419,42 +473,57 @@ class _Loop:
         settings: FitSettings,
         evaluate: Evaluator,
         run: RunDir | None,
+        group: ProcessGroup | None = None,
     ) -> None:
-        self.model, self.data, self.settings, self.evaluate, self.run = (
-            model, data, settings, evaluate, run,
-        )  # fmt: skip
+        self.group = group
+        self.main = group is None or group.is_main
+        rank, world = (group.rank, group.world_size) if group else (0, 1)
+        # Every rank joins the checkpoint's RNG gather; only rank 0 writes.
+        self.keeps_checkpoints = run is not None
+        self.model, self.data, self.settings, self.evaluate = model, data, settings, evaluate
+        self.run = run if self.main else None
         self.device = resolve_device(settings.device)
         self.precision = resolve_precision(settings.precision, self.device)
         self.autocast = precision_context(self.device, self.precision)
-        pyro.set_rng_seed(settings.seed)
+        pyro.set_rng_seed(distributed.rank_seed(settings.seed, rank))
         model.to(self.device)
         _forget_model_params(model)
         s = settings
         self.batches = SemiSupervisedBatches(
-            data.x_train.to(self.device), data.y_train.to(self.device), s.batch_size,
-            s.labelled_share, s.binarize, s.seed,
+            data.x_train.to(self.device), data.y_train.to(self.device), s.batch_size * world,
+            s.labelled_share, s.binarize, s.seed, shard=(rank, world),
         )  # fmt: skip
         self.optim = make_optimizer(s.optimizer, s.lr, s.lr_decay ** (1.0 / len(self.batches)),
                                     s.optimizer_args)  # fmt: skip
-        self.svi = SVI(model.model, model.guide, self.optim, _make_elbo(model, s))
+        elbo = _make_elbo(model, s)
+        if group is None:
+            self.train_step = SVI(model.model, model.guide, self.optim, elbo).step
+        else:
+            self.train_step = DataParallelSteps(model, elbo, self.optim, group).step
         self.result = FitResult(run_dir=run.path if run else None)
         self.elapsed_wall = self.elapsed_cpu = 0.0
         self.saved_epoch: int | None = None
 
     # -- resume --------------------------------------------------------------------------
     def restore(self) -> int:
-        """Load the run's checkpoint; the epoch to continue from."""
-        state = self.run.load_weights(self.model, CHECKPOINT)
+        """Load the run's checkpoint (rank 0 reads it and sends it to the other ranks);
+        the epoch to continue from."""
+        state = self.run.load_weights(self.model, CHECKPOINT) if self.main else None
+        if self.group is not None:
+            state = self.group.broadcast(state)
+            if not self.main:
+                self.model.load_state_dict(state["model"])
         trained = int(state["epoch"])
-        _check_epochs_left(trained, self.settings.epochs, self.run)
         self.optim.set_state(state["optim"])
-        set_rng_state(state["rng"])
+        rank = self.group.rank if self.group else 0
+        set_rng_state(state.get("rng_ranks", [state["rng"]])[rank])
         self.elapsed_wall, self.elapsed_cpu = state["elapsed_wall"], state["elapsed_cpu"]
         self.result.best_epoch = state["best_epoch"]
         self.result.best_val_accuracy = state["best_val_accuracy"]
-        on_disk = self.run.read_history(up_to=trained)
-        self.result.history = list(state.get("history", on_disk))
-        self.run.write_history(self.result.history)
+        if self.main:
+            on_disk = self.run.read_history(up_to=trained)  # warns of what the resume drops
+            self.result.history = list(state.get("history", on_disk))
+            self.run.write_history(self.result.history)
         self.saved_epoch = trained
         return trained + 1
 
@@ -462,7 +531,7 @@ class _Loop:
     def train(self, start_epoch: int) -> FitResult:
         result = self.result
         for epoch in range(start_epoch, self.settings.epochs + 1):
-            stop = self._budget_spent()
+            stop = self._agreed(self._budget_spent)
             if stop:
                 result.stopped = stop
                 break
@@ -473,6 +542,12 @@ class _Loop:
         if limit is not None and result.stopped == "epochs" and self.elapsed_wall >= 60 * limit:
             result.stopped = "max_minutes"
         return result
+
+    def _agreed(self, decide: Any) -> Any:
+        """Rank 0's decision on every rank (its clocks and history decide)."""
+        if self.group is None:
+            return decide()
+        return self.group.broadcast(decide() if self.main else None)
 
     def _budget_spent(self) -> str | None:
         s, history = self.settings, self.result.history
@@ -491,6 +566,11 @@ class _Loop:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         train_loss = self._train_steps(epoch)
         train_seconds = time.perf_counter() - wall0
+        if not self.main:  # rank 0 evaluates the same weights and keeps the record
+            self._check_parameters(epoch, "the end of the epoch")
+            if self.keeps_checkpoints:
+                self.group.gather(rng_state())
+            return
         report = self.evaluate(self.model, self.data)
         epoch_wall, epoch_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         self.elapsed_wall += epoch_wall
@@ -505,7 +585,7 @@ class _Loop:
         improved = self._select(epoch, report)
         if self.settings.progress:
             tqdm.write(_progress_line(record))
-        if self.run is not None:
+        if self.keeps_checkpoints:
             self._check_parameters(epoch, "the end of the epoch")
             self._save(epoch, record, improved)
 
@@ -513,11 +593,14 @@ class _Loop:
         self.model.train()
         total, rows = 0.0, 0
         bar = tqdm(self.batches.epoch(epoch), total=len(self.batches),
-                   desc=f"epoch {epoch}/{self.settings.epochs}", disable=not self.settings.progress,
+                   desc=f"epoch {epoch}/{self.settings.epochs}",
+                   disable=not (self.settings.progress and self.main),
                    leave=False, dynamic_ncols=True)  # fmt: skip
+        # The loss is the global batch's (summed over ranks), so rows count all of it.
+        global_rows = [sum(sizes) for sizes in self.batches.batch_sizes()]
         for step, (x, y) in enumerate(bar, 1):
             loss = self._step(x, y, epoch, step)
-            total, rows = total + loss, rows + len(x)
+            total, rows = total + loss, rows + global_rows[step - 1]
             if step % 10 == 1:
                 bar.set_postfix(loss=f"{total / rows:.2f}")
         bar.close()
@@ -526,7 +609,7 @@ class _Loop:
     def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
         try:
             with self.autocast:
-                loss = self.svi.step(x, y)
+                loss = self.train_step(x, y)
         except ValueError as e:
             # Pyro validates distribution arguments: NaN parameters surface as a
             # ValueError inside svi.step before the loss can be checked.
@@ -573,6 +656,7 @@ class _Loop:
 
     def _save(self, epoch: int, record: dict[str, Any], improved: bool) -> None:
         run, model = self.run, self.model
+        rngs = self.group.gather(rng_state()) if self.group else [rng_state()]
         if improved:
             run.save_checkpoint(
                 BEST, {"model": model.state_dict(), "epoch": epoch, "metrics": record}
@@ -580,7 +664,8 @@ class _Loop:
         # metrics first: a failed checkpoint write leaves an extra line, which resume drops.
         run.write_history(self.result.history)
         run.save_checkpoint(CHECKPOINT, {
-            "model": model.state_dict(), "optim": self.optim.get_state(), "rng": rng_state(),
+            "model": model.state_dict(), "optim": self.optim.get_state(), "rng": rngs[0],
+            "rng_ranks": rngs,
             "epoch": epoch, "elapsed_wall": self.elapsed_wall, "elapsed_cpu": self.elapsed_cpu,
             "best_epoch": self.result.best_epoch,
             "best_val_accuracy": self.result.best_val_accuracy,

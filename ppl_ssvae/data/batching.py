@@ -49,6 +49,11 @@ class SemiSupervisedBatches:
             ``"1:1"`` (upsample labelled rows to half of every batch), or any share in [0, 1).
         binarize: draw a fresh Bernoulli image for every batch (dynamic binarisation).
         seed: base seed; epoch ``e`` uses a generator seeded from ``(seed, e)``.
+        shard: ``(rank, world_size)`` of a data-parallel run: ``batch_size`` is then the
+            global batch, and this process gets its slice of each step's labelled part and
+            of its unlabelled part, so the labelled share holds on every rank and the
+            ranks' slices together are exactly the single-process batch (same rows, same
+            binarisation draws).
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class SemiSupervisedBatches:
         labelled_share: str | float = "natural",
         binarize: bool = False,
         seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size < 1:
             raise UserError(f"batch_size={batch_size} must be >= 1")
@@ -68,6 +74,7 @@ class SemiSupervisedBatches:
                 "row ((N,) or (N, F)), -1 for unlabelled rows"
             )
         self.x, self.y, self.binarize, self.seed = x, y, binarize, seed
+        self.rank, self.world_size = shard
         # (N, F) labels (several label factors, e.g. pi-VAE heads): a row is labelled
         # when any of its factors is.
         labelled = y >= 0 if y.dim() == 1 else (y >= 0).any(-1)
@@ -131,5 +138,18 @@ class SemiSupervisedBatches:
             rows = torch.cat([l_rows, u_rows])
             x = self.x[rows]
             if self.binarize:
+                # Drawn for the whole global batch, so every rank's slice of it is what a
+                # single process would have drawn for those rows.
                 x = torch.bernoulli(x, generator=g)
+            if self.world_size > 1:
+                mine = self._my_positions(len(l_rows), len(u_rows)).to(x.device)
+                x, rows = x[mine], rows[mine]
             yield x, self.y[rows]
+
+    def _my_positions(self, labelled: int, unlabelled: int) -> torch.Tensor:
+        """This rank's positions in a global batch of ``labelled`` then ``unlabelled`` rows."""
+        parts = [
+            torch.arange(start, start + n).tensor_split(self.world_size)[self.rank]
+            for start, n in ((0, labelled), (labelled, unlabelled))
+        ]
+        return torch.cat(parts)
