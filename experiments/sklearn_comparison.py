@@ -45,12 +45,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--labels", default="100,1000", help="comma-separated label counts")
     parser.add_argument("--seeds", default=None, help="comma-separated (default: the budget's)")
     parser.add_argument("--max-unlabelled", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
     budget = dict(BUDGETS[args.budget])
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
     if args.max_unlabelled is not None:
         budget["max_unlabelled"] = args.max_unlabelled
+    if args.epochs is not None:
+        budget["epochs"] = args.epochs
 
     dataset = data.load(args.dataset, args.data_dir)
     rows = []

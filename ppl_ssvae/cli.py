@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .distributed import LAUNCHER_ENV, PEER_EXIT, PeerFailure
 from .errors import NonFiniteLossError, UserError
 from .rundir import RunDir
 
@@ -371,7 +372,7 @@ def train(args: argparse.Namespace) -> int:
         # Refusals (bad options, a run to keep, a resume by another N) before launching.
         epochs = fit_settings(settings).epochs
         check_run_start(RunDir(args.out), args.resume, args.overwrite, epochs, args.devices)
-        return _launch_data_parallel(args.devices)
+        return _launch_data_parallel(args.devices, args.out)
     group, device = distributed.init_from_environment(settings["device"] or "auto")
     settings["device"] = device
     fit_options = fit_settings(settings)
@@ -412,17 +413,56 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_data_parallel(devices: int) -> int:
-    """This very command under ``torchrun`` with ``devices`` processes (one thread each
-    unless OMP_NUM_THREADS says otherwise), returning its exit code."""
-    import os
-    import subprocess
+def _launch_data_parallel(devices: int, out: str) -> int:
+    """This very command on ``devices`` processes, through torch's elastic launcher (what
+    ``torchrun --standalone`` runs), one thread each unless OMP_NUM_THREADS says otherwise.
+    A refusal or a non-finite loss is reported by rank 0 itself; a rank that dies is
+    reported here, in one line."""
+    import logging
+    import uuid
 
-    argv = _without_devices(sys.argv[1:])
-    env = {"OMP_NUM_THREADS": "1", **os.environ}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={devices}", "-m", "ppl_ssvae", *argv]  # fmt: skip
-    return subprocess.call(command, env=env)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from .distributed import LAUNCHER_ENV
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ[LAUNCHER_ENV] = "1"
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+    )  # fmt: skip
+    try:
+        elastic_launch(config, sys.executable)("-m", "ppl_ssvae", *_without_devices(sys.argv[1:]))
+    except ChildFailedError as e:
+        return _report_failed_rank(e, out)
+    return 0
+
+
+def _report_failed_rank(error: Any, out: str) -> int:
+    from .distributed import PEER_EXIT
+    from .rundir import CHECKPOINT
+
+    codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
+    if codes.get(0) in (1, 2, 130):  # rank 0 said why (non-finite loss, refusal, Ctrl-C)
+        return codes[0]
+    # The first to fail is the cause; the agent then stops the others (SIGTERM), and
+    # ranks that saw their peer go exit with PEER_EXIT.
+    rank, first = error.get_first_failure()
+    code = first.exitcode
+    if code == PEER_EXIT:
+        rank, code = next(
+            ((r, c) for r, c in sorted(codes.items()) if c != PEER_EXIT), (rank, code)
+        )
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    try:
+        kept = f"{out} keeps the checkpoint of epoch {RunDir(out).load_checkpoint(CHECKPOINT)['epoch']}"
+    except UserError:
+        kept = f"{out} holds no checkpoint yet"
+    print(f"ppl-ssvae: error: rank {rank} {how}, so every rank stopped; {kept}; continue "
+          "with the same command plus --resume", file=sys.stderr)  # fmt: skip
+    return 1
 
 
 def _without_devices(argv: list[str]) -> list[str]:
@@ -638,12 +678,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _report("ppl-ssvae: interrupted; continue with the same command plus --resume")
         return 130
-    except torch_distributed_errors() as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"ppl-ssvae: rank {os.environ.get('RANK', '?')}: another process of this "
-              f"data-parallel run failed ({first}); the run directory keeps the last good "
-              "checkpoint: continue with the same command plus --resume", file=sys.stderr)  # fmt: skip
-        return 1
+    except PeerFailure as e:
+        if LAUNCHER_ENV not in os.environ:  # under bare torchrun: say it here
+            print(f"ppl-ssvae: error: rank {os.environ.get('RANK', '?')}: {e}; another process "
+                  "of this data-parallel run stopped; the run directory keeps the last good "
+                  "checkpoint: continue with the same command plus --resume", file=sys.stderr)  # fmt: skip
+        return PEER_EXIT
     finally:
         warnings.showwarning = shown
         from .distributed import shutdown
@@ -656,13 +696,6 @@ def _report(line: str) -> None:
     the same refusal)."""
     if os.environ.get("RANK", "0") == "0":
         print(line, file=sys.stderr)
-
-
-def torch_distributed_errors() -> tuple[type[BaseException], ...]:
-    """What a collective raises when a peer is gone or silent past the timeout."""
-    import torch.distributed as dist
-
-    return (dist.DistError,)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ under ``torchrun`` the agent also stops every rank when one exits with an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -33,11 +34,35 @@ from .errors import UserError
 
 #: Seconds a collective may wait for the other ranks before it fails.
 DEFAULT_TIMEOUT_S = 600.0
+#: What gloo's and NCCL's errors about a lost or silent peer say.
+PEER_MARKS = ("gloo", "Connection closed", "Connection reset", "NCCL", "timed out", "Timed out")
+#: Set by ``ppl-ssvae train --devices``: its launcher reports a lost rank, not the ranks.
+LAUNCHER_ENV = "PPL_SSVAE_LAUNCHER"
+#: The exit code of a rank that lost a peer.
+PEER_EXIT = 75
 T = TypeVar("T")
 
 
 class ReportedOnMain(UserError):
     """A refusal rank 0 has already printed; the other ranks exit with it silently."""
+
+
+class PeerFailure(RuntimeError):
+    """A collective failed: another rank died, or was silent past the timeout."""
+
+
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as e:
+        # gloo reports a lost peer as a bare RuntimeError from its transport, NCCL and
+        # timeouts as DistError; other errors (in the model, say) pass through unchanged.
+        text = str(e)
+        if not (isinstance(e, dist.DistError) or any(m in text for m in PEER_MARKS)):
+            raise
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise PeerFailure(f"{what} failed: {first}") from e
 
 
 @dataclass(frozen=True)
@@ -61,19 +86,22 @@ class ProcessGroup:
     def broadcast(self, value: T) -> T:
         """Rank 0's ``value`` on every rank."""
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        with _collective("a broadcast from rank 0"):
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def gather(self, value: T) -> list[T]:
         """Every rank's ``value``, in rank order, on every rank."""
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, value)
+        with _collective("a gather"):
+            dist.all_gather_object(out, value)
         return out
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """The sum over ranks of a tensor (a copy; the input is left alone)."""
         total = value.detach().clone()
-        dist.all_reduce(total)
+        with _collective("an all-reduce"):
+            dist.all_reduce(total)
         return total
 
     def on_main(self, action: Callable[[], T]) -> T | None:
@@ -171,12 +199,14 @@ class DataParallelSteps:
         )
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        loss = self.ddp(x, y)
+        with _collective("DDP's forward pass"):
+            loss = self.ddp(x, y)
         # The global loss is known before any gradient exists, so a non-finite loss on any
         # rank stops every rank with the weights of the last good step.
         total = float(self.group.sum(loss))
         if not torch.isfinite(torch.tensor(total)):
             return total
-        (loss * self.group.world_size).backward()
+        with _collective("DDP's gradient all-reduce"):
+            (loss * self.group.world_size).backward()
         self.optim([p for p in self.model.parameters() if p.grad is not None])
         return total

@@ -292,6 +292,22 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": native_bf16(torch.device("cpu")),
+        **({"cuda": _cuda_environment()} if torch.cuda.is_available() else {}),
+    }
+
+
+def _cuda_environment() -> dict[str, Any]:
+    """The GPU and the float32 settings that change its numbers. The library leaves
+    torch's defaults: TF32 off for matrix products (float32 means float32; bf16 is asked
+    for with precision), cuDNN's TF32 on for convolutions, no cuDNN autotuning (the
+    pi-VAE's CNN would otherwise pick kernels per run, and resumes would not repeat)."""
+    return {
+        "device": torch.cuda.get_device_name(),
+        "cuda": torch.version.cuda,
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "bf16": torch.cuda.is_bf16_supported(),
     }
 
 
@@ -489,8 +505,12 @@ class _Loop:
         model.to(self.device)
         _forget_model_params(model)
         s = settings
+        # The training set goes to the GPU once; one too big for it stays in host memory
+        # and each batch is copied from pinned memory (``_device_batches``).
+        self.host_batches = self.device.type == "cuda" and not _fits_on(self.device, data.x_train)
+        where = torch.device("cpu") if self.host_batches else self.device
         self.batches = SemiSupervisedBatches(
-            data.x_train.to(self.device), data.y_train.to(self.device), s.batch_size * world,
+            data.x_train.to(where), data.y_train.to(where), s.batch_size * world,
             s.labelled_share, s.binarize, s.seed, shard=(rank, world),
         )  # fmt: skip
         self.optim = make_optimizer(s.optimizer, s.lr, s.lr_decay ** (1.0 / len(self.batches)),
@@ -592,7 +612,7 @@ class _Loop:
     def _train_steps(self, epoch: int) -> float:
         self.model.train()
         total, rows = 0.0, 0
-        bar = tqdm(self.batches.epoch(epoch), total=len(self.batches),
+        bar = tqdm(self._device_batches(epoch), total=len(self.batches),
                    desc=f"epoch {epoch}/{self.settings.epochs}",
                    disable=not (self.settings.progress and self.main),
                    leave=False, dynamic_ncols=True)  # fmt: skip
@@ -605,6 +625,13 @@ class _Loop:
                 bar.set_postfix(loss=f"{total / rows:.2f}")
         bar.close()
         return total / max(rows, 1)
+
+    def _device_batches(self, epoch: int) -> Any:
+        for x, y in self.batches.epoch(epoch):
+            if self.host_batches:
+                x = x.pin_memory().to(self.device, non_blocking=True)
+                y = y.pin_memory().to(self.device, non_blocking=True)
+            yield x, y
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
         try:
@@ -672,6 +699,13 @@ class _Loop:
             "history": self.result.history,
         })  # fmt: skip
         self.saved_epoch = epoch
+
+
+def _fits_on(device: torch.device, x: torch.Tensor) -> bool:
+    """Whether ``x`` takes at most a quarter of the GPU's free memory (the rest is for the
+    networks, the enumerated batch and the evaluation passes)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return x.element_size() * x.nelement() <= free // 4
 
 
 def _make_elbo(model: SemiSupervisedModel, settings: FitSettings) -> Any:
