@@ -15,18 +15,21 @@ self-training's repeated fits grow with them); the column ``unlabelled_rows`` sa
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
-from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import mean_and_sd, write_results
-from ppl_ssvae import SSVAEClassifier, data
+import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.neural_network import MLPClassifier  # noqa: E402
+from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier  # noqa: E402
+
+from experiments.common import mean_and_sd, write_results  # noqa: E402
+from ppl_ssvae import SSVAEClassifier, data  # noqa: E402
 
 BUDGETS = {
     "smoke": {"epochs": 2, "seeds": [0], "max_unlabelled": 500, "mlp_iter": 50},

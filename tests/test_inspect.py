@@ -202,17 +202,38 @@ def test_every_picture_returns_a_figure(trained_run):
     assert all(isinstance(f, Figure) for f in figures)
 
 
-def test_render_model_without_graphviz_is_one_clear_error(trained_run):
+def test_render_model_without_graphviz_is_one_clear_error(trained_run, monkeypatch):
+    import builtins
+
     from ppl_ssvae import inspect
 
     _, model, split = trained_run
-    try:
-        import graphviz  # noqa: F401
-    except ImportError:
-        with pytest.raises(UserError, match="needs graphviz"):
-            inspect.render_model_figure(model, split.x_test[:2], torch.tensor([0, -1]))
-    else:
-        assert inspect.render_model_figure(model, split.x_test[:2], torch.tensor([0, -1]))
+    real_import = builtins.__import__
+
+    def no_graphviz(name, *args, **kwargs):
+        if name == "graphviz":
+            raise ImportError("No module named 'graphviz'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_graphviz)
+    with pytest.raises(UserError, match="needs graphviz"):
+        inspect.render_model_figure(model, split.x_test[:2], torch.tensor([0, -1]))
+
+
+def test_render_model_draws_the_observed_and_enumerated_label_in_one_plate(trained_run):
+    import numpy as np
+    import pyro
+
+    from ppl_ssvae import inspect
+
+    _, model, split = trained_run
+    x, y = split.x_test[:2], torch.tensor([0, -1])
+    source = pyro.render_model(model.model, model_args=(x, y)).source
+    # obs_mask splits y into its observed and latent halves, inside the data plate
+    assert "y_observed" in source and "y_unobserved" in source and "cluster_data" in source
+    figure = inspect.render_model_figure(model, x, y)
+    image = np.asarray(figure.axes[0].images[0].get_array())
+    assert image.shape[0] > 50 and image.std() > 0  # a drawn graph, not a blank canvas
 
 
 def test_write_inspection_writes_pngs_and_netcdf(trained_run, tmp_path):
