@@ -10,6 +10,10 @@ accuracy after the last epoch.
     python benchmarks/ddp_speed.py --epochs 3 --processes 2 [--rounds 2]
 
 On a GPU machine ``--device cuda --processes <GPUs>`` compares one GPU with several.
+
+It also times the one collective a DDP step adds: an all-reduce of M2's gradients (one
+float32 tensor of its parameter count) between the processes over gloo, which gives the
+crossover: N ranks beat one when a step's compute t satisfies t / N + all-reduce < t.
 """
 
 from __future__ import annotations
@@ -52,6 +56,42 @@ def run_once(
     }
 
 
+def _allreduce_worker(rank: int, world: int, store: str, numel: int, repeats: int, out: str):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    grads = torch.randn(numel)
+    for _ in range(3):  # warm-up: connections, buffers
+        dist.all_reduce(grads)
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_reduce(grads)
+        times.append(time.perf_counter() - start)
+    if rank == 0:
+        Path(out).write_text(json.dumps(times))
+    dist.destroy_process_group()
+
+
+def allreduce_ms(processes: int, numel: int, repeats: int = 50) -> float:
+    """Median milliseconds of one gloo all-reduce of ``numel`` float32s on ``processes``."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "times.json"
+        mp.start_processes(_allreduce_worker, nprocs=processes, start_method="spawn",
+                           args=(processes, str(Path(scratch) / "store"), numel, repeats, str(out)))  # fmt: skip
+        return 1000 * statistics.median(json.loads(out.read_text()))
+
+
+def m2_parameters() -> int:
+    from ppl_ssvae.models import build
+
+    return sum(p.numel() for p in build("m2", input_dim=784, num_classes=10).parameters())
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3)
@@ -59,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--labels", type=int, default=3000)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--allreduce-only", action="store_true", help="time the all-reduce alone")
     args = p.parse_args(argv)
     n = args.processes
     names = {False: f"1 process x {n} threads", True: f"{n} processes x 1 thread (DDP, gloo)"}
@@ -67,6 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{os.cpu_count()} CPUs, device {args.device}; M2 on Fashion-MNIST, {args.labels} "
           f"labels, global batch 200, {args.epochs} epochs per run")  # fmt: skip
+    if not args.device.startswith("cuda"):
+        numel = m2_parameters()
+        ms = allreduce_ms(n, numel)
+        print(f"gloo all-reduce of M2's {numel:,} gradients ({4 * numel / 2**20:.1f} MiB) on {n} "
+              f"processes: {ms:.1f} ms (median of 50)")  # fmt: skip
+    if args.allreduce_only:
+        return
     results: dict[bool, list[dict]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as scratch:
         for r in range(args.rounds):
