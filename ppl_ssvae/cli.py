@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="run directory")
     a.add_argument("--resume", action="store_true",
                    help="continue the run in --out (only --iterations may change)")  # fmt: skip
+    a.add_argument("--overwrite", action="store_true",
+                   help="clear the run --out holds, its answers included, and start again")  # fmt: skip
 
     i = sub.add_parser("inspect", help="pictures and an arviz posterior of a run",
                        description="Write a run's pictures (confusion matrix, latent map, samples, "
@@ -640,6 +642,8 @@ def active(args: argparse.Namespace) -> int:
     from .active import ActiveConfig, run_active
 
     given = {k: getattr(args, k) for k in ACTIVE_OPTIONS if getattr(args, k) is not None}
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other; give one of them")
     if args.resume:
         stored = ActiveConfig.from_dict(RunDir(args.out).read_config()["active"])
         changed = sorted(
@@ -651,7 +655,7 @@ def active(args: argparse.Namespace) -> int:
     else:
         config = ActiveConfig(**given)
     config.validate()
-    for record in run_active(config, Path(args.out), resume=args.resume):
+    for record in run_active(config, Path(args.out), resume=args.resume, overwrite=args.overwrite):
         print(json.dumps(record))
     return 0
 

@@ -657,7 +657,9 @@ class _Loop:
         self, epoch: int, step: int | None, what: str, where: str | None = None
     ) -> NonFiniteLossError:
         at = f"epoch {epoch}, step {step}" if step is not None else f"epoch {epoch}, {where}"
-        if self.run is None:
+        if self.run is None and self.keeps_checkpoints:
+            kept = "rank 0 keeps the last good checkpoint in the run directory"
+        elif self.run is None:
             kept = "no checkpoint is kept (no run directory)"
         elif self.saved_epoch is None:
             kept = "no checkpoint was written (no epoch had finished)"

@@ -255,6 +255,20 @@ def test_simulated_run_writes_its_records_and_refuses_misuse(tmp_path):
         run_active(ActiveConfig(**{**TINY, "k": 5}), tmp_path / "run", resume=True)
     with pytest.raises(UserError, match="config.json missing"):
         run_active(ActiveConfig(**TINY), tmp_path / "none", resume=True)
+    with pytest.raises(UserError, match="exclude each other"):
+        run_active(ActiveConfig(**TINY), tmp_path / "run", resume=True, overwrite=True)
+
+
+def test_overwrite_clears_the_run_and_nothing_else(tmp_path):
+    run = tmp_path / "run"
+    first = run_active(ActiveConfig(**TINY), run)
+    (run / "notes.txt").write_text("mine")
+    (run / "iter-999").mkdir()  # not a run directory: kept
+    again = run_active(ActiveConfig(**{**TINY, "seed": 1}), run, overwrite=True)
+    assert again != first and len(again) == len(first)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "iter-999").is_dir()
+    log = [json.loads(line) for line in (run / "queries.jsonl").read_text().splitlines()]
+    assert len(log) == again[-1]["queries_total"]  # only the new run's answers
 
 
 @pytest.mark.parametrize(

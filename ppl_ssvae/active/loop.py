@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -389,6 +390,7 @@ def run_active(
     out: str | Path,
     resume: bool = False,
     oracle: Oracle | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the active-labelling loop into ``out``; the iteration records.
 
@@ -399,31 +401,55 @@ def run_active(
             continues from its checkpoints; ``config`` must equal the run's except
             ``iterations``.
         oracle: any ``Oracle``; None builds the one ``config.oracle`` names.
+        overwrite: clear the active-labelling run ``out`` holds (its answers included)
+            and start again; without it a directory that holds a run is refused.
 
     Returns:
         One dict per iteration (as ``iterations.jsonl``), iteration 0 first.
     """
     config.validate()
     run = RunDir(out)
-    _check_start(run, resume)
+    _check_start(run, resume, overwrite)
     data = load_unlabelled(config)
     model = build_model(config, data)
     with run.lock():
         run.remove_stale_temp_files()
+        if overwrite:
+            _clear(run)
         _write_config(run, config, model, resume)
         log = QueryLog(run)
         oracle = oracle or make_oracle(config, data, run, answered=len(log))
         return _iterate(config, data, model, run, log, oracle)
 
 
-def _check_start(run: RunDir, resume: bool) -> None:
+def _check_start(run: RunDir, resume: bool, overwrite: bool = False) -> None:
     run.check_usable()
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other; give one of them")
     exists = run.file(CONFIG).is_file()
     if resume and not exists:
         raise UserError(f"no active-labelling run in {run.path} (config.json missing); "
                         "start one without --resume")  # fmt: skip
-    if not resume and exists:
-        raise UserError(f"{run.path} already holds a run; use --resume to continue it")
+    if not resume and not overwrite and exists:
+        raise UserError(
+            f"{run.path} already holds a run; use --resume to continue it, or --overwrite "
+            "to clear it (its answers included) and start again"
+        )
+
+
+# What a run writes (module docstring); --overwrite removes these and nothing else.
+RUN_PATTERNS = (CONFIG, QUERIES, ITERATIONS, "labels-*.json", "centres-*.png")
+RUN_FOLDERS = ("pretrain", "iter-*")
+
+
+def _clear(run: RunDir) -> None:
+    for pattern in RUN_PATTERNS:
+        for path in run.path.glob(pattern):
+            path.unlink()
+    for pattern in RUN_FOLDERS:
+        for folder in run.path.glob(pattern):
+            if folder.is_dir() and RunDir(folder).holds_run():
+                shutil.rmtree(folder)
 
 
 def _write_config(run: RunDir, config: ActiveConfig, model: BetaVAEClassifier, resume: bool):
