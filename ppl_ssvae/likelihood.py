@@ -24,6 +24,13 @@ training devices, not part of p(x), and are left out.
 
 The pi-VAE's decoder reads pi(x), computed from x itself, so its estimate is of
 :math:`\log p(x \mid \pi(x))` — a conditional likelihood, reported as such.
+
+A model whose networks take a leading particle dimension (``model.vectorize_particles``,
+as for vectorised training particles) draws its K samples in a plate left of the data
+plate: model and guide run once on the items' own rows, so the parts that read only x (the
+classifier, the encoder's x-layer) run once per item and only the latents and what follows
+them carry the sample dimension. Other models run on each row repeated K times. Either way
+one pass holds at most ``max_rows`` (items x samples) rows, and the estimator is the same.
 """
 
 from __future__ import annotations
@@ -31,51 +38,92 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from .errors import UserError
 from .models.base import SemiSupervisedModel
+from .plates import MAX_PLATE_NESTING
 
 #: Rows (data rows x samples x summed classes) of one model/guide pass; bounds memory.
 MAX_ROWS = 16384
+#: The plate of the importance samples of a vectorised pass, left of the model's plates.
+SAMPLE_PLATE = "iwae_samples"
+SAMPLE_DIM = -(MAX_PLATE_NESTING + 1)
 
 
-def log_weights(model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``log p(x, h) - log q(h | x)`` per row, one draw of h per row (the rows of ``x``)."""
+def log_weights(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    samples: int | None = None,
+) -> torch.Tensor:
+    """``log p(x, h) - log q(h | x)``: one draw of h per row of ``x``, shape ``(rows,)``;
+    with ``samples=k``, k draws per row in a plate left of the data plate (model and guide
+    must take that leading dimension, ``vectorize_particles``), shape ``(k, rows)``."""
+    if samples is not None:
+        model, guide = _in_sample_plate(model, samples), _in_sample_plate(guide, samples)
     guide_trace = poutine.trace(guide).get_trace(x, y)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, y)
     sampled = {name for name, site in guide_trace.nodes.items() if _is_scored(site)}
     rows = x.shape[0]
+    shape = (rows,) if samples is None else (samples, rows)
     log_p = sum(
-        (_row_log_prob(site, rows) for name, site in model_trace.nodes.items()
+        (_row_log_prob(site, rows, samples) for name, site in model_trace.nodes.items()
          if _is_scored(site) and (site["is_observed"] or name in sampled)),
-        x.new_zeros(rows),
+        x.new_zeros(shape),
     )  # fmt: skip
-    log_q = sum(
-        (_row_log_prob(site, rows) for site in guide_trace.nodes.values()
-         if _is_scored(site) and not site["is_observed"]),
-        x.new_zeros(rows),
-    )  # fmt: skip
+    log_q = x.new_zeros(shape)
+    for name, site in guide_trace.nodes.items():
+        if _is_scored(site) and not site["is_observed"]:
+            log_q = log_q + _row_log_prob(site, rows, samples, drawn=name)
     return log_p - log_q
+
+
+def _in_sample_plate(fn: Callable, samples: int) -> Callable:
+    def in_plate(*args: torch.Tensor) -> object:
+        with pyro.plate(SAMPLE_PLATE, samples, dim=SAMPLE_DIM):
+            return fn(*args)
+
+    return in_plate
 
 
 def _is_scored(site: dict) -> bool:
     infer = site.get("infer") or {}
     return (
         site["type"] == "sample"
+        and not site_is_subsample(site)  # a plate's own site (log-density 0)
         and not infer.get("is_auxiliary")
         and not infer.get("_deterministic")
     )
 
 
-def _row_log_prob(site: dict, rows: int) -> torch.Tensor:
+def _row_log_prob(
+    site: dict, rows: int, samples: int | None = None, drawn: str | None = None
+) -> torch.Tensor:
+    """A site's log-density per row, ``(rows,)``, or per sample and row, ``(samples, rows)``
+    in a vectorised pass (``drawn``: the name of a guide latent, which must then hold one
+    draw per sample)."""
     log_prob = site["fn"].log_prob(site["value"])
     if site.get("mask") is not None:
         log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
-    if log_prob.dim() and log_prob.shape[-1] == rows:
-        log_prob = log_prob.reshape(-1, rows).sum(0)  # a site with a leading dim of its own
-    return log_prob.expand(rows)
+    if samples is None:
+        if log_prob.dim() and log_prob.shape[-1] == rows:
+            log_prob = log_prob.reshape(-1, rows).sum(0)  # a site with a leading dim of its own
+        return log_prob.expand(rows)
+    # Dims -2 and -1 are the sample and data plates; any dim left of them is the site's own.
+    if drawn is not None and (log_prob.dim() < 2 or log_prob.shape[-2] != samples):
+        raise ValueError(
+            f"guide site {drawn!r} has log_prob shape {tuple(log_prob.shape)}, not one draw "
+            f"per importance sample ({samples}, ...): its distribution does not broadcast "
+            "over a plate left of the data plate; set vectorize_particles = False on the model"
+        )
+    if log_prob.dim() > 2:
+        log_prob = log_prob.reshape(-1, *log_prob.shape[-2:]).sum(0)
+    return log_prob.expand(samples, rows)
 
 
 @torch.no_grad()
@@ -151,7 +199,10 @@ def _items_log_likelihood(
     num_samples: int,
     max_rows: int,
 ) -> torch.Tensor:
-    """``log (1/K) sum_k w_k`` per item, K draws per item, in passes of <= max_rows rows."""
+    """``log (1/K) sum_k w_k`` per item, K draws per item, in passes of <= max_rows rows
+    (items x samples): one model/guide pass in a sample plate where the model vectorises,
+    else on every item's row repeated once per sample."""
+    vectorised = model.vectorize_particles
     items = len(item_row)
     per_pass = max(1, max_rows // num_samples)  # items per pass when all K fit
     samples_per_pass = min(num_samples, max_rows)
@@ -161,9 +212,11 @@ def _items_log_likelihood(
         total = torch.full((len(rows),), -math.inf, device=x.device)
         for done in range(0, num_samples, samples_per_pass):
             k = min(samples_per_pass, num_samples - done)
-            xs = x[rows].repeat(k, 1)
-            ys = labels.repeat(k)
-            w = log_weights(model.model, model.guide, xs, ys).reshape(k, len(rows))
+            if vectorised:
+                w = log_weights(model.model, model.guide, x[rows], labels, samples=k)
+            else:
+                xs, ys = x[rows].repeat(k, 1), labels.repeat(k)
+                w = log_weights(model.model, model.guide, xs, ys).reshape(k, len(rows))
             total = torch.logaddexp(total, torch.logsumexp(w, 0))
         out.append(total - math.log(num_samples))
     return torch.cat(out)
