@@ -108,14 +108,21 @@ class ProcessGroup:
         """Run ``action`` on rank 0 only; a ``UserError`` it raises is raised on every rank
         (as ``ReportedOnMain`` off rank 0, so the message is printed once)."""
         outcome: tuple[str, Any] = ("ok", None)
+        failed: BaseException | None = None
         if self.is_main:
             try:
                 outcome = ("ok", action())
             except UserError as e:
-                outcome = ("error", str(e))
+                outcome, failed = ("refused", str(e)), e
+            except Exception as e:  # told to the others too, so that none waits for rank 0
+                outcome, failed = ("crashed", f"{type(e).__name__}: {e}"), e
         status, payload = self.broadcast(outcome)
-        if status == "error":
-            raise UserError(payload) if self.is_main else ReportedOnMain(payload)
+        if failed is not None:
+            raise failed
+        if status == "refused":
+            raise ReportedOnMain(payload)
+        if status == "crashed":
+            raise PeerFailure(f"rank 0 failed: {payload}")
         return payload if self.is_main else None
 
 

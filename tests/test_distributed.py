@@ -340,3 +340,28 @@ def _children_with(pid: int, text: str) -> list[int]:
         if int(stat[1]) == pid and text in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def _refusal_worker(rank: int, store: str, run: str, out: str) -> None:
+    from ppl_ssvae.errors import UserError
+
+    _join(rank, store)
+    try:
+        fit(_digits_m2(), _digits(), epochs=1, batch_size=50, out=run, progress=False, device="cpu")
+        outcome = "trained"
+    except UserError as e:
+        outcome = f"{type(e).__name__}: {e}"
+    torch.save(outcome, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_a_refusal_on_rank_0_is_raised_on_every_rank_and_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    fit(_digits_m2(), _digits(), epochs=1, batch_size=100, out=run, progress=False, device="cpu")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    _spawn(_refusal_worker, str(tmp_path / "store"), str(run), str(tmp_path / "outcome"))
+    main, other = (torch.load(f"{tmp_path / 'outcome'}.{r}", weights_only=False) for r in (0, 1))
+    assert main.startswith("UserError:") and "already holds a run" in main
+    # the other rank gets the same words, marked as already reported by rank 0
+    assert other == main.replace("UserError", "ReportedOnMain", 1)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
