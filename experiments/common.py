@@ -53,16 +53,16 @@ def _number(text: str) -> int | float | str:
 
 def paper_fit_arguments(model_class: type[SemiSupervisedModel]) -> dict[str, Any]:
     """``fit`` keyword arguments from a model's ``fit_defaults`` (its paper's training
-    settings): batch composition, binarisation, learning rate and its decay, optimizer."""
+    settings): batch composition, binarisation, learning rate and its decay, optimizer and
+    its options. A setting the model does not name keeps ``fit``'s default."""
     settings = model_class.fit_defaults
-    return {
-        "labelled_share": settings["labelled_share"],
-        "binarize": settings["binarize"],
-        "lr": settings["lr"],
-        "lr_decay": settings["lr_decay"],
-        "optimizer": settings["optimizer"],
-        "optimizer_args": optimizer_args(settings),
-    }
+    arguments = {key: settings[key] for key in PAPER_FIT_KEYS if key in settings}
+    if options := optimizer_args(settings):
+        arguments["optimizer_args"] = options
+    return arguments
+
+
+PAPER_FIT_KEYS = ("labelled_share", "binarize", "lr", "lr_decay", "optimizer")
 
 
 def selected_epoch_columns(

@@ -69,7 +69,7 @@ def run_one(
     labels = int(split.labelled_mask.sum())
     run = RunDir(Path(args.runs_dir) / f"{setting}-{guide}")
     model = build_for_data(name, split, args.seed, **_model_options(name, guide, args))
-    paper = paper_fit_arguments(MODELS[name]) if MODELS[name].fit_defaults else {}
+    paper = paper_fit_arguments(MODELS[name])
     settings = {**paper, **SETTINGS[setting][2], "epochs": args.epochs, "seed": args.seed,
                 "device": args.device}  # fmt: skip
     trained = _epochs_done(run)

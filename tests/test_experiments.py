@@ -16,7 +16,7 @@ SMOKE_ARGS = {
     "pi_vae_disentanglement": ["--budget", "smoke", "--labels", "0,30", "--labelled-only", "30"],
     "pi_vae_sequences": ["--budget", "smoke", "--labels", "100"],
     "guides_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--settings",
-                             "latent-100,m2-3000", "--guides", "gaussian,maf", "--z-dim", "3",
+                             "latent-100,m2-3000,gmdgm-3000", "--guides", "gaussian,maf", "--z-dim", "3",
                              "--hidden", "16", "--labels", "100", "--iwae-rows", "20",
                              "--runs-dir", "{tmp}/runs"],
     "active_labelling": ["--budget", "smoke", "--dataset", "digits"],
