@@ -163,7 +163,7 @@ def test_the_label_of_an_unlabelled_row_is_summed_exactly(trained, monkeypatch, 
     assert max(calls) <= max_rows and sum(calls) == 4 * (3 * 10 + 3)
 
 
-VECTORISED = ["m2", "gmdgm", "latent-simplified", "beta-vae-classifier"]
+VECTORISED = ["m2", "gmdgm", "latent", "latent-simplified", "beta-vae-classifier"]
 
 
 def _tiny(name):

@@ -307,7 +307,7 @@ def test_allowed_objectives_and_defaults(name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_particles_are_vectorised_where_the_model_takes_a_particle_dim(name):
     elbo = _model(name).make_elbo(objective="trace", num_particles=3)
-    vectorised = name in ("m2", "gmdgm", "latent-simplified", "beta-vae-classifier")
+    vectorised = name in ("m2", "gmdgm", "latent", "latent-simplified", "beta-vae-classifier")
     assert elbo.num_particles == 3 and elbo.vectorize_particles is vectorised
     # Pyro puts the particle plate left of the data plate.
     assert elbo.max_plate_nesting == (2 if vectorised else 1)

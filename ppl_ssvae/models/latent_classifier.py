@@ -92,11 +92,8 @@ class LatentClassifier(StandardNormalPrior, SemiSupervisedModel):
     """
 
     name = "latent"
-    # The guide is fully reparameterised, so every objective works. _observe_x scores every
-    # class with labels of shape (K, 1) and transposes a (K, B) result, which a leading
-    # particle dim breaks: particles run one after another.
+    # The guide is fully reparameterised, so every objective works.
     objective_family = REPARAMETERISED
-    vectorize_particles = False
     config_class = LatentClassifierConfig
 
     def __init__(self, config: LatentClassifierConfig, guide: GuideModules | None = None) -> None:
@@ -163,8 +160,10 @@ class LatentClassifier(StandardNormalPrior, SemiSupervisedModel):
             pyro.sample("x", self.p_x(z, y_filled), obs=x)
         if observed.all():
             return
-        labels = torch.arange(self.config.num_classes, device=x.device)[:, None]
-        log_px = self.p_x(z, labels).log_prob(x).T  # (B, K): log p(x|k, z) for every k
+        # Every class k in a dim left of z's batch dims (particles, rows), moved last.
+        labels = torch.arange(self.config.num_classes, device=x.device)
+        labels = labels.reshape(-1, *[1] * (z.dim() - 1))
+        log_px = self.p_x(z, labels).log_prob(x).movedim(0, -1)  # (..., B, K): log p(x|k, z)
         if self.config.unlabelled_bound == "thesis":
             # Prop. 2: E_p(y|z)[log p(x|y, z)], the looser bound Jurasiński trains on.
             unlabelled = (p_y.probs * log_px).sum(-1)
