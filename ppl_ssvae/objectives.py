@@ -46,9 +46,9 @@ renyi              refused: see below                yes: the Rényi bound of ea
 ``num_particles > 1`` is vectorised (``vectorize_particles=True``: Pyro wraps model and
 guide in a particle plate left of the data plate and raises ``max_plate_nesting`` by one)
 where the model's code takes that extra leading dimension. adgm and agmdgm (the guide's
-point mass at the observed label), latent (the per-class decoder pass) and pi-vae (the
-gather of log pi at the label, and the cnn / rnn nets' reshapes) do not yet, so they draw
-their particles one after another: the same estimator, ``num_particles`` times the passes.
+point mass at the observed label) and pi-vae (the gather of log pi at the label, and the
+cnn / rnn nets' reshapes) do not yet, so they draw their particles one after another: the
+same estimator, ``num_particles`` times the passes.
 """
 
 from __future__ import annotations
