@@ -28,6 +28,7 @@ from pyro import poutine
 from pyro.infer import config_enumerate, infer_discrete
 
 from .errors import UserError
+from .guides.sampling import seeded_rng
 from .models.base import LabelLatentModel, SemiSupervisedModel
 from .models.pi_vae import PiVAE
 from .plates import MAX_PLATE_NESTING
@@ -81,12 +82,10 @@ def generation_grid(
     if len(names) != k:
         raise UserError(f"class_names has {len(names)} names but the model has {k} classes")
 
-    devices = [model.device] if model.device.type == "cuda" else []
     was_training = model.training
     model.eval()  # not every model's sample() switches off dropout itself
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with seeded_rng(seed, model.device):
             rows = [model.sample(n_per_class, y=c, mean=mean).detach().cpu() for c in range(k)]
     finally:
         model.train(was_training)
@@ -204,12 +203,10 @@ def posterior(
             f"agmdgm); {model.name!r} is not one"
         )
     names = _class_names(model, class_names)
-    devices = [x.device] if x.device.type == "cuda" else []
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            torch.manual_seed(seed)
+        with seeded_rng(seed, x.device), torch.no_grad():
             pyro.set_rng_seed(seed)
             draws = _draws(model, x, y, num_samples, exact_y)
             recon, log_lik = _reconstruct(model, x, draws)

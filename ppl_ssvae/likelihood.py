@@ -44,6 +44,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from .errors import UserError
+from .guides.sampling import seeded_rng
 from .models.base import SemiSupervisedModel
 from .plates import MAX_PLATE_NESTING
 
@@ -153,10 +154,8 @@ def log_likelihood(
         return x.new_zeros(0)
     was_training = model.training
     model.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with seeded_rng(seed, x.device):
             return _estimate(model, x, y, num_samples, model.label_in_joint, max_rows)
     finally:
         model.train(was_training)
@@ -254,8 +253,10 @@ def likelihood_report(
         x = x[order[:rows].to(x.device)]
     inputs = evaluation_inputs(model, x, seed)
     log_p = log_likelihood(model, inputs, num_samples=num_samples, seed=seed).mean().item()
+    with seeded_rng(seed, x.device):  # its one z draw per row
+        elbo = mean_elbo(model, inputs)
     return {
-        "test_elbo": mean_elbo(model, inputs),
+        "test_elbo": elbo,
         "test_log_likelihood": log_p,
         "bits_per_dim": bits_per_dim(log_p, model.config.input_dim),
         "iwae_samples": num_samples,

@@ -1,6 +1,8 @@
 """Every experiment script runs end to end on a small budget (cf. Pyro's test_examples)."""
 
+import csv
 import importlib
+import io
 import json
 from pathlib import Path
 
@@ -302,3 +304,36 @@ def test_semi_unsupervised_script_passes_precision_to_every_run(tmp_path):
     assert len(configs) == 4  # gmdgm and m2, semi-unsupervised and unsupervised
     assert {json.loads(p.read_text())["fit"]["precision"] for p in configs} == {"bf16"}
     assert (out / "results.md").read_text().count("--precision bf16") == 4
+
+
+def test_guides_comparison_reads_finished_runs_scores_back(tmp_path, monkeypatch):
+    """Scoring a finished run again reuses its saved IWAE (the costly part at K = 5000);
+    another K, or other checkpoint bytes, computes it afresh."""
+    module = importlib.import_module("experiments.guides_fashion_mnist")
+    args = ["--budget", "smoke", "--dataset", "digits", "--settings", "m2-3000", "--guides",
+            "gaussian", "--z-dim", "3", "--hidden", "16", "--labels", "100", "--iwae-rows",
+            "20", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path)]  # fmt: skip
+    first = (module.main(args) / "results.csv").read_text()
+    calls = []
+    report = module.likelihood_report
+    monkeypatch.setattr(
+        module, "likelihood_report", lambda *a, **k: calls.append(a) or report(*a, **k)
+    )
+    assert (module.main(args) / "results.csv").read_text() == first
+    assert calls == []
+    module.main([*args, "--iwae", "7"])
+    assert len(calls) == 1 and calls[0][2] == 7
+    saved = tmp_path / "runs" / "m2-3000-gaussian" / "scores-k5-rows20.json"
+    stale = json.loads(saved.read_text())
+    stale["key"]["best"] = "0" * 64  # scores of other checkpoint bytes
+    saved.write_text(json.dumps(stale))
+    again = (module.main(args) / "results.csv").read_text()
+    assert len(calls) == 2 and calls[1][2] == 5
+    # The same numbers computed afresh (a seeded ELBO and IWAE), in another CPU time.
+    assert _without(again, "iwae_cpu_seconds") == _without(first, "iwae_cpu_seconds")
+
+
+def _without(csv_text: str, column: str) -> list[dict[str, str]]:
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert rows and all(column in row for row in rows)
+    return [{k: v for k, v in row.items() if k != column} for row in rows]

@@ -246,3 +246,17 @@ def test_evaluate_json_reports_the_log_likelihood(tmp_path, capsys):
     assert report["test_log_likelihood"] > report["test_elbo"]
     assert main(["evaluate", out, "--iwae", "0"]) == 2
     assert main(["evaluate", out, "--iwae-rows", "5"]) == 2
+
+
+def test_likelihood_report_is_a_function_of_its_seed():
+    """Its ELBO's z draws are seeded as the IWAE's are: the same report on every call, a
+    different one under another seed, and the caller's RNG stream left where it was."""
+    model, x, _ = _tiny("m2")
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    first = likelihood.likelihood_report(model, x, num_samples=20, seed=0)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert likelihood.likelihood_report(model, x, num_samples=20, seed=0) == first
+    other = likelihood.likelihood_report(model, x, num_samples=20, seed=1)
+    assert other["test_elbo"] != first["test_elbo"]
