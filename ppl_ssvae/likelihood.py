@@ -35,6 +35,8 @@ one pass holds at most ``max_rows`` (items x samples) rows, and the estimator is
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from collections.abc import Callable
 
@@ -217,8 +219,28 @@ def _items_log_likelihood(
                 xs, ys = x[rows].repeat(k, 1), labels.repeat(k)
                 w = log_weights(model.model, model.guide, xs, ys).reshape(k, len(rows))
             total = torch.logaddexp(total, torch.logsumexp(w, 0))
+            release_freed_memory()
         out.append(total - math.log(num_samples))
     return torch.cat(out)
+
+
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the OS (glibc's ``malloc_trim``). Thousands of
+    passes of the same large shapes fragment glibc's heap: at K = 5000 a GM-DGM on 1000
+    test images grew to 22 GB and was killed, though no tensor outlived its pass; trimmed
+    after every pass it stays at its first pass's size."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def bits_per_dim(nats_per_row: float, input_dim: int) -> float:
