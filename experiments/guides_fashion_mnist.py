@@ -48,6 +48,8 @@ SETTINGS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "gmdgm-3000": ("gmdgm", 3000, {}),
 }
 GUIDES = ("gaussian", "maf", "pyro-iaf")
+# The test subset, its binarisation and the IWAE's draws: one for every run and guide.
+SCORE_SEED = 0
 BUDGETS = {
     "smoke": {"epochs": 1, "iwae": 5, "iwae_rows": 50},
     "cpu": {"epochs": 10, "iwae": 1000, "iwae_rows": 1000},
@@ -110,12 +112,12 @@ def _scores(model: Any, run: RunDir, x_test: torch.Tensor, args: argparse.Namesp
     the finished runs' scores back. They count only for the same checkpoint bytes (its
     SHA-256 sidecar), K and test subset."""
     key = {"best": run.file(BEST + ".sha256").read_text(), "iwae": args.iwae,
-           "iwae_rows": args.iwae_rows, "seed": 0}  # fmt: skip
+           "iwae_rows": args.iwae_rows, "seed": SCORE_SEED}  # fmt: skip
     path = run.file(f"scores-k{args.iwae}-rows{args.iwae_rows}.json")
     if path.is_file() and (saved := json.loads(path.read_text()))["key"] == key:
         return saved["scores"]
     started = time.process_time()
-    scores = likelihood_report(model, x_test, args.iwae, args.iwae_rows, seed=0)
+    scores = likelihood_report(model, x_test, args.iwae, args.iwae_rows, seed=SCORE_SEED)
     scores["iwae_cpu_seconds"] = time.process_time() - started
     write_text_atomic(path, json.dumps({"key": key, "scores": scores}))
     return scores

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..guides.auxiliary import AuxiliaryGuide
 from ..guides.categorical_gaussian import CategoricalGaussianGuide
 from ..guides.registry import CUSTOM, DEFAULT, build_latent_guide, resolve_guide_args
-from ..guides.sampling import seeded_sample
+from ..guides.sampling import seeded_rng, seeded_sample
 from ..nets import (
     CategoricalHead,
     MultiInputCategorical,
@@ -311,8 +311,7 @@ class SemiSupervisedModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                torch.manual_seed(0)
+            with seeded_rng(0, x.device):
                 trace = pyro.poutine.trace(self.guide).get_trace(x, labels)
                 out: dict[str, Any] = {} if y_probs is None else {"y_probs": y_probs}
                 for name in ("z", "a"):
