@@ -37,10 +37,14 @@ LIKELIHOODS = ("auto", "bernoulli", "gaussian")
 class _SSVAEBase(BaseEstimator):
     """What the classifier and the clusterer share: data checks, the model, training."""
 
+    # A parameter of the classifier only: the clusterer has no labelled rows to share out.
+    labelled_share: str | float | None = None
+
     def _settings(self, seed: int) -> FitSettings:
         return FitSettings(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_decay=self.lr_decay,
-            seed=seed, device=self.device, progress=bool(self.verbose),
+            epochs=self.epochs, batch_size=self.batch_size,
+            labelled_share=self.labelled_share, lr=self.lr,
+            lr_decay=self.lr_decay, seed=seed, device=self.device, progress=bool(self.verbose),
         )  # fmt: skip
 
     def _likelihood(self, x: np.ndarray) -> str:
@@ -156,6 +160,10 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
         model: a name in :data:`ppl_ssvae.models.MODELS` (m2, adgm, gmdgm, ...).
         guide: the guide family of z (gaussian, maf, pyro-iaf...).
         epochs, batch_size, lr, lr_decay: as :class:`ppl_ssvae.train.FitSettings`.
+        labelled_share: the labelled rows' share of each batch: ``"natural"`` (the data's
+            own), ``"1:1"`` (Jurasiński's 100 + 100; the latent-classifier model needs it
+            with few labels), a number in [0, 1), or None for the library's protocol
+            default (:func:`ppl_ssvae.protocol.default_labelled_share`).
         validation_fraction: share of the labelled rows held out (0: none; then the last
             epoch is kept).
         validation_data: ``(X_val, y_val)`` to select on instead (no rows are held out).
@@ -181,6 +189,7 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
         batch_size: int = 200,
         lr: float = 1e-3,
         lr_decay: float = 0.9,
+        labelled_share: str | float | None = None,
         validation_fraction: float = 0.1,
         validation_data: tuple[Any, Any] | None = None,
         likelihood: str = "auto",
@@ -195,6 +204,7 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
         self.batch_size = batch_size
         self.lr = lr
         self.lr_decay = lr_decay
+        self.labelled_share = labelled_share
         self.validation_fraction = validation_fraction
         self.validation_data = validation_data
         self.likelihood = likelihood

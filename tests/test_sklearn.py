@@ -11,7 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from ppl_ssvae import SSVAEClassifier, SSVAEClusterer
+from ppl_ssvae import SSVAEClassifier, SSVAEClusterer, train
 
 TINY = {"hidden": [16], "z_dim": 2}
 # Checks this estimator fails by design, with the reason (check_estimator's mechanism in
@@ -85,6 +85,36 @@ def test_pipeline_with_minmax_scaler_uses_bernoulli_and_grid_search():
     search.fit(x, y)
     assert search.best_params_["ssvaeclassifier__lr"] in (1e-3, 1e-2)
     assert search.predict(x).shape == (len(x),)
+
+
+@pytest.mark.parametrize(
+    ("share", "labelled_per_step"), [(None, 8), ("natural", 8), ("1:1", 16), (0.75, 24)]
+)
+def test_labelled_share_sets_the_batches(monkeypatch, share, labelled_per_step):
+    made = []
+
+    class Recording(train.SemiSupervisedBatches):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train, "SemiSupervisedBatches", Recording)
+    x, y = _blobs()
+    y_semi = y.copy()
+    y_semi[::4] = -1
+    y_semi[1::4] = -1
+    y_semi[2::4] = -1  # a quarter labelled: 8 of a batch of 32 by the natural share
+    SSVAEClassifier(epochs=1, batch_size=32, labelled_share=share, validation_fraction=0,
+                    model_args=TINY).fit(x, y_semi)  # fmt: skip
+    assert made[0].labelled_per_step == labelled_per_step
+
+
+def test_a_bad_labelled_share_is_refused_in_one_line():
+    x, y = _blobs(30)
+    with pytest.raises(ValueError, match=r"labelled share 2.0 must be in \[0, 1\)"):
+        _small(labelled_share=2.0).fit(x, y)
+    with pytest.raises(ValueError, match="'half' not understood"):
+        _small(labelled_share="half").fit(x, y)
 
 
 def test_fit_refuses_no_labels():
