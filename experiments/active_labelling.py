@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from experiments.common import write_results  # noqa: E402
+from experiments.common import run_script, write_results  # noqa: E402
 from ppl_ssvae import protocol  # noqa: E402
 from ppl_ssvae.active import ActiveConfig, load_unlabelled, run_active, weighted_data  # noqa: E402
 from ppl_ssvae.active.loop import build_model, evaluate, fit_settings  # noqa: E402
@@ -224,4 +224,4 @@ def _plot(path: Path, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    print(main())
+    run_script(lambda: print(main()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,16 @@ from ppl_ssvae.train import FitResult, environment
 # Read when a script starts, so results name the code that produced them, not a commit
 # made while a long run was going.
 STARTED_FROM = environment()
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Run an experiment's ``main`` as a command: bad input (a ``UserError``) is one line
+    on stderr and exit code 2, argparse's code for a bad argument, not a traceback."""
+    try:
+        main()
+    except UserError as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def build_seeded(name: str, seed: int, **config: Any) -> SemiSupervisedModel:

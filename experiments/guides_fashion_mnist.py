@@ -29,9 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from experiments.common import STARTED_FROM, paper_fit_arguments, plot_curves, write_results  # noqa: E402
+from experiments.common import (  # noqa: E402
+    STARTED_FROM,
+    paper_fit_arguments,
+    plot_curves,
+    run_script,
+    write_results,
+)
 from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.checkpoint import write_text_atomic  # noqa: E402
+from ppl_ssvae.errors import UserError  # noqa: E402
 from ppl_ssvae.likelihood import likelihood_report  # noqa: E402
 from ppl_ssvae.models import MODELS  # noqa: E402
 from ppl_ssvae.protocol import build_for_data  # noqa: E402
@@ -61,7 +68,7 @@ def _names(text: str, known: Any, what: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = sorted(set(names) - set(known))
     if unknown:
-        raise SystemExit(f"unknown {what} {unknown}; choose from {', '.join(known)}")
+        raise UserError(f"unknown {what} {unknown}; choose from {', '.join(known)}")
     return names
 
 
@@ -192,4 +199,4 @@ def _guide_names() -> tuple[str, ...]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

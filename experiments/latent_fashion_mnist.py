@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyro  # noqa: E402
 
-from experiments.common import plot_curves, write_results  # noqa: E402
+from experiments.common import plot_curves, run_script, write_results  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.baselines import fit_labelled_only  # noqa: E402
 from ppl_ssvae.train import FitSettings, fit  # noqa: E402
@@ -131,4 +131,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import build_seeded, plot_curves, write_results  # noqa: E402
+from experiments.common import build_seeded, plot_curves, run_script, write_results  # noqa: E402
 from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.train import fit  # noqa: E402
 
@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -30,6 +30,7 @@ from experiments.common import (  # noqa: E402
     mean_and_sd,
     paper_fit_arguments,
     read_results,
+    run_script,
     write_results,
 )
 from ppl_ssvae import data  # noqa: E402
@@ -190,4 +191,4 @@ def train_one_class(
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -49,7 +49,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import build_seeded, paper_fit_arguments, whole_labels, write_results  # noqa: E402
+from experiments.common import (  # noqa: E402
+    build_seeded,
+    paper_fit_arguments,
+    run_script,
+    whole_labels,
+    write_results,
+)
 from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
 from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.data.shapes import SHAPE_FACTORS, FactorImages, load_shapes  # noqa: E402
@@ -223,4 +229,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

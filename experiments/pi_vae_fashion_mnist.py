@@ -39,6 +39,7 @@ from experiments.common import (  # noqa: E402
     paper_fit_arguments,
     plot_curves,
     read_results,
+    run_script,
     selected_epoch_columns,
     write_results,
 )
@@ -200,4 +201,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -35,6 +35,7 @@ from experiments.common import (  # noqa: E402
     build_seeded,
     paper_fit_arguments,
     plot_curves,
+    run_script,
     selected_epoch_columns,
     whole_labels,
     write_results,
@@ -130,4 +131,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import plot_curves, write_results  # noqa: E402
+from experiments.common import plot_curves, run_script, write_results  # noqa: E402
 from ppl_ssvae.train import FitResult  # noqa: E402
 
 # Extra columns of clustering runs, from their best-validation epoch's metrics.
@@ -186,4 +186,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments import report_runs  # noqa: E402
+from experiments.common import run_script  # noqa: E402
 from ppl_ssvae.cli import main as ppl_ssvae  # noqa: E402
 from ppl_ssvae.train import PRECISIONS  # noqa: E402
 
@@ -109,4 +110,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,4 +1,5 @@
-"""Ours (``SSVAEClassifier``, M2) against scikit-learn's semi-supervised baselines.
+"""Ours (``SSVAEClassifier``, M2 unless ``--model``) against scikit-learn's semi-supervised
+baselines.
 
 Baselines, on the same seeded split (labelled rows, unlabelled rows, validation rows):
 
@@ -10,6 +11,12 @@ Fashion-MNIST with 100 and 1000 labels, 3 seeds (``--budget cpu``); ``--budget s
 --dataset digits`` runs one seed on digits in seconds. The graph-based and self-training
 baselines see at most ``--max-unlabelled`` unlabelled rows (LabelSpreading's kernel and
 self-training's repeated fits grow with them); the column ``unlabelled_rows`` says how many.
+
+Ours can be any model, guide and batch composition of the library, e.g. the
+latent-classifier model on Jurasiński's 1:1 batches:
+
+    python experiments/sklearn_comparison.py --model latent --labelled-share 1:1 \
+        --model-arg likelihood=gaussian --model-arg sigma2=0.1 --epochs 8
 """
 
 from __future__ import annotations
@@ -23,13 +30,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from sklearn.base import clone  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.neural_network import MLPClassifier  # noqa: E402
 from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier  # noqa: E402
 
-from experiments.common import mean_and_sd, write_results  # noqa: E402
-from ppl_ssvae import SSVAEClassifier, data  # noqa: E402
+from experiments.common import mean_and_sd, run_script, write_results  # noqa: E402
+from ppl_ssvae import SSVAEClassifier, data, models  # noqa: E402
+from ppl_ssvae.cli import model_options  # noqa: E402
+from ppl_ssvae.data import parse_labelled_share  # noqa: E402
+from ppl_ssvae.errors import UserError  # noqa: E402
 
 BUDGETS = {
     "smoke": {"epochs": 2, "seeds": [0], "max_unlabelled": 500, "mlp_iter": 50},
@@ -49,7 +60,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seeds", default=None, help="comma-separated (default: the budget's)")
     parser.add_argument("--max-unlabelled", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
+    parser.add_argument("--model", default="m2", help=f"ours: one of {', '.join(models.MODELS)}")
+    parser.add_argument("--guide", default="gaussian", help="ours: a guide registry name")
+    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                        help="ours: a model config field (JSON value); repeatable")  # fmt: skip
+    parser.add_argument("--labelled-share", default=None,
+                        help="ours: natural, 1:1 or a number in [0, 1) [the protocol's]")  # fmt: skip
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--name", default=None, help="results folder [sklearn_comparison]")
     args = parser.parse_args(argv)
     budget = dict(BUDGETS[args.budget])
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
@@ -59,28 +77,47 @@ def main(argv: list[str] | None = None) -> Path:
         budget["epochs"] = args.epochs
 
     dataset = data.load(args.dataset, args.data_dir)
+    ours = _our_estimator(args, budget["epochs"], dataset)
     rows = []
     for labels in (int(n) for n in args.labels.split(",")):
         for seed in seeds:
             split = data.semi_supervised_split(dataset, labels=labels, seed=seed)
-            rows += _compare(split, labels, seed, budget)
+            rows += _compare(split, labels, seed, budget, ours)
     summary = mean_and_sd(rows, ("method", "labels"), ["test_accuracy", "cpu_seconds"])
-    name = "sklearn_comparison" if args.dataset == "fashion-mnist" else f"sklearn_{args.dataset}"
+    default = "sklearn_comparison" if args.dataset == "fashion-mnist" else f"sklearn_{args.dataset}"
+    name = args.name or default
     config = {"args": vars(args), "budget": budget, "pca_dims": PCA_DIMS}
     out = write_results(name, rows, config, args.results_dir, summary)
     print((out / "results.md").read_text())
     return out
 
 
-def _compare(split: Any, labels: int, seed: int, budget: dict[str, Any]) -> list[dict[str, Any]]:
+def _our_estimator(args: argparse.Namespace, epochs: int, dataset: Any) -> SSVAEClassifier:
+    """Ours as the options describe it, checked by building its model once, so a bad
+    option stops the script in one line before any training."""
+    if args.model not in models.MODELS:
+        raise UserError(f"--model {args.model!r} unknown; choose from {', '.join(models.MODELS)}")
+    if args.labelled_share is not None:
+        parse_labelled_share(args.labelled_share)
+    model_args = model_options({"model_arg": args.model_arg})
+    models.build(args.model, guide=args.guide, input_dim=dataset.x_train.shape[1],
+                 num_classes=dataset.num_classes, **model_args)  # fmt: skip
+    return SSVAEClassifier(model=args.model, guide=args.guide, epochs=epochs,
+                           labelled_share=args.labelled_share, model_args=model_args)  # fmt: skip
+
+
+def _compare(
+    split: Any, labels: int, seed: int, budget: dict[str, Any], ours: SSVAEClassifier
+) -> list[dict[str, Any]]:
     x, y = split.x_train.numpy(), split.y_train.numpy()
     x_val, y_val = split.x_val.numpy(), split.y_val.numpy()
     x_test, y_test = split.x_test.numpy(), split.y_test.numpy()
     small_x, small_y = _fewer_unlabelled(x, y, budget["max_unlabelled"], seed)
     pca = PCA(min(PCA_DIMS, x.shape[1]), random_state=seed).fit(x)
     feats = {k: pca.transform(v) for k, v in [("train", small_x), ("val", x_val), ("test", x_test)]}
+    ours_name = f"ssvae_{ours.model}"
     candidates = {
-        "ssvae_m2": lambda: _ours(x, y, x_val, y_val, budget["epochs"], seed),
+        ours_name: lambda: _ours(ours, x, y, x_val, y_val, seed),
         "label_spreading_pca": lambda: _label_spreading(feats, small_y, y_val, len(small_x)),
         "self_training_logreg": lambda: _fit_on(
             SelfTrainingClassifier(LogisticRegression(max_iter=500)), feats, small_y
@@ -98,7 +135,7 @@ def _compare(split: Any, labels: int, seed: int, budget: dict[str, Any]) -> list
         start = time.process_time()
         predict = train()
         cpu = time.process_time() - start
-        on_pca = method != "ssvae_m2"
+        on_pca = method != ours_name
         rows.append({
             "method": method, "labels": labels, "seed": seed,
             "unlabelled_rows": int((small_y < 0).sum() if on_pca else (y < 0).sum()),
@@ -120,9 +157,14 @@ def _fewer_unlabelled(
 
 
 def _ours(
-    x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, epochs: int, seed: int
+    ours: SSVAEClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    seed: int,
 ) -> Any:
-    clf = SSVAEClassifier(epochs=epochs, validation_data=(x_val, y_val), random_state=seed)
+    clf = clone(ours).set_params(validation_data=(x_val, y_val), random_state=seed)
     return clf.fit(x, y).predict
 
 
@@ -147,4 +189,4 @@ def _fit_on(model: Any, feats: dict[str, np.ndarray], y: np.ndarray) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

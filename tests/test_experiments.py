@@ -337,3 +337,38 @@ def _without(csv_text: str, column: str) -> list[dict[str, str]]:
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert rows and all(column in row for row in rows)
     return [{k: v for k, v in row.items() if k != column} for row in rows]
+
+
+def test_sklearn_comparison_runs_our_chosen_model_and_batches(tmp_path):
+    from experiments import sklearn_comparison
+
+    out = sklearn_comparison.main(["--budget", "smoke", "--dataset", "digits", "--labels", "100",
+                                   "--model", "latent", "--labelled-share", "1:1", "--model-arg",
+                                   "z_dim=3", "--model-arg", "hidden=[16]", "--name", "latent",
+                                   "--results-dir", str(tmp_path)])  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert out.name == "latent" and "ssvae_latent" in {r["method"] for r in rows}
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["labelled_share"] == "1:1" and config["args"]["model"] == "latent"
+
+
+@pytest.mark.parametrize(
+    ("script", "bad", "message"),
+    [
+        ("sklearn_comparison", ["--model", "nope"], "--model 'nope' unknown; choose from m2"),
+        ("sklearn_comparison", ["--labelled-share", "2"], "labelled share 2.0 must be in [0, 1)"),
+        ("sklearn_comparison", ["--model-arg", "zz=1"], "unknown M2Config fields ['zz']"),
+        ("guides_fashion_mnist", ["--guides", "nope"], "unknown guides ['nope']; choose from"),
+    ],
+)
+def test_bad_script_input_is_one_line_and_exit_2_before_writing(tmp_path, script, bad, message):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, str(EXPERIMENTS / f"{script}.py"), "--dataset", "digits",
+            "--results-dir", str(tmp_path / "results"), *bad]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"{script}.py: error: {message}")
+    assert done.stderr.count("\n") == 1
+    assert not (tmp_path / "results").exists()
