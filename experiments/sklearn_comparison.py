@@ -17,6 +17,11 @@ latent-classifier model on Jurasiński's 1:1 batches:
 
     python experiments/sklearn_comparison.py --model latent --labelled-share 1:1 \
         --model-arg likelihood=gaussian --model-arg sigma2=0.1 --epochs 8
+
+``--merge FOLDER ...`` trains nothing: it joins folders this script wrote (one per
+configuration of ours, the same splits) and adds ``ssvae_selected``, for each label count
+and seed the configuration of ours with the best validation accuracy, as a user choosing
+the model on the validation split would.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.neural_network import MLPClassifier  # noqa: E402
 from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier  # noqa: E402
 
-from experiments.common import mean_and_sd, run_script, write_results  # noqa: E402
+from experiments.common import mean_and_sd, read_results, run_script, write_results  # noqa: E402
 from ppl_ssvae import SSVAEClassifier, data, models  # noqa: E402
 from ppl_ssvae.cli import model_options  # noqa: E402
 from ppl_ssvae.data import parse_labelled_share  # noqa: E402
@@ -47,6 +52,7 @@ BUDGETS = {
     "cpu": {"epochs": 30, "seeds": [0, 1, 2], "max_unlabelled": 10_000, "mlp_iter": 200},
 }
 PCA_DIMS = 50
+OURS = "ssvae_"  # the prefix of our estimators' method names
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -67,8 +73,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--labelled-share", default=None,
                         help="ours: natural, 1:1 or a number in [0, 1) [the protocol's]")  # fmt: skip
     parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--name", default=None, help="results folder [sklearn_comparison]")
+    parser.add_argument("--name", default=None,
+                        help="results folder [sklearn_comparison, or ..._merged with --merge]")  # fmt: skip
+    parser.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
+                        help="join these results folders and select ours by validation")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.merge:
+        return _write(merged([Path(f) for f in args.merge]), args, {"args": vars(args)})
     budget = dict(BUDGETS[args.budget])
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
     if args.max_unlabelled is not None:
@@ -83,12 +94,43 @@ def main(argv: list[str] | None = None) -> Path:
         for seed in seeds:
             split = data.semi_supervised_split(dataset, labels=labels, seed=seed)
             rows += _compare(split, labels, seed, budget, ours)
+    return _write(rows, args, {"args": vars(args), "budget": budget, "pca_dims": PCA_DIMS})
+
+
+def _write(rows: list[dict[str, Any]], args: argparse.Namespace, config: dict[str, Any]) -> Path:
     summary = mean_and_sd(rows, ("method", "labels"), ["test_accuracy", "cpu_seconds"])
     default = "sklearn_comparison" if args.dataset == "fashion-mnist" else f"sklearn_{args.dataset}"
-    name = args.name or default
-    config = {"args": vars(args), "budget": budget, "pca_dims": PCA_DIMS}
-    out = write_results(name, rows, config, args.results_dir, summary)
+    default += "_merged" if args.merge else ""
+    out = write_results(args.name or default, rows, config, args.results_dir, summary)
     print((out / "results.md").read_text())
+    return out
+
+
+def merged(folders: list[Path]) -> list[dict[str, Any]]:
+    """The rows of ``folders``, each baseline run once, plus one ``ssvae_selected`` row per
+    label count and seed: the row of ours with the best validation accuracy, its method in
+    the column ``selected``. Ours are named by method and folder; a baseline that differs
+    between folders (not the same splits) is refused."""
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for folder in folders:
+        for row in read_results(folder):
+            if row["method"].startswith(OURS):  # two folders may each hold an ssvae_m2
+                row["method"] = f"{row['method']} ({folder.name})"
+            key = (row["method"], row["labels"], row["seed"])
+            kept = rows.setdefault(key, row)
+            if not row["method"].startswith(OURS) and kept["test_accuracy"] != row["test_accuracy"]:
+                raise UserError(f"--merge: {key} differs between folders ({kept['test_accuracy']}"
+                                f" vs {row['test_accuracy']}); merge runs of the same splits")  # fmt: skip
+    out = [{**r, "selected": ""} for r in rows.values()]
+    ours: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in out:
+        if r["method"].startswith(OURS):
+            ours.setdefault((r["labels"], r["seed"]), []).append(r)
+    for contenders in ours.values():
+        best = max(contenders, key=lambda r: r["val_accuracy"])
+        # The selection costs every contender's training.
+        out.append({**best, "method": f"{OURS}selected", "selected": best["method"],
+                    "cpu_seconds": sum(r["cpu_seconds"] for r in contenders)})  # fmt: skip
     return out
 
 
@@ -115,7 +157,7 @@ def _compare(
     small_x, small_y = _fewer_unlabelled(x, y, budget["max_unlabelled"], seed)
     pca = PCA(min(PCA_DIMS, x.shape[1]), random_state=seed).fit(x)
     feats = {k: pca.transform(v) for k, v in [("train", small_x), ("val", x_val), ("test", x_test)]}
-    ours_name = f"ssvae_{ours.model}"
+    ours_name = f"{OURS}{ours.model}"
     candidates = {
         ours_name: lambda: _ours(ours, x, y, x_val, y_val, seed),
         "label_spreading_pca": lambda: _label_spreading(feats, small_y, y_val, len(small_x)),

@@ -372,3 +372,39 @@ def test_bad_script_input_is_one_line_and_exit_2_before_writing(tmp_path, script
     assert done.stderr.startswith(f"{script}.py: error: {message}")
     assert done.stderr.count("\n") == 1
     assert not (tmp_path / "results").exists()
+
+
+def _comparison_folder(path, rows):
+    from experiments.common import write_results
+
+    keys = ("method", "labels", "seed", "val_accuracy", "test_accuracy", "cpu_seconds")
+    return write_results(path.name, [dict(zip(keys, r, strict=True)) for r in rows], {},
+                         path.parent)  # fmt: skip
+
+
+def test_sklearn_merge_selects_ours_by_validation_per_label_count_and_seed(tmp_path):
+    from experiments import sklearn_comparison
+
+    base = [("self_training_mlp", 100, 0, 0.70, 0.69, 30.0), ("self_training_mlp", 100, 1, 0.7, 0.68, 31.0)]  # fmt: skip
+    m2 = _comparison_folder(tmp_path / "m2", [*base, ("ssvae_m2", 100, 0, 0.73, 0.72, 900.0),
+                                              ("ssvae_m2", 100, 1, 0.60, 0.61, 800.0)])  # fmt: skip
+    latent = _comparison_folder(tmp_path / "lat", [*base, ("ssvae_latent", 100, 0, 0.72, 0.75, 400.0),
+                                                   ("ssvae_latent", 100, 1, 0.71, 0.70, 300.0)])  # fmt: skip
+    out = sklearn_comparison.main(["--merge", str(m2), str(latent), "--name", "both",
+                                   "--results-dir", str(tmp_path / "res")])  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert [r["method"] for r in rows].count("self_training_mlp") == 2  # each baseline once
+    selected = {int(r["seed"]): r for r in rows if r["method"] == "ssvae_selected"}
+    # Validation, not test accuracy, chooses: seed 0 keeps M2 (0.73 > 0.72) at 0.72 test.
+    assert (
+        selected[0]["selected"] == "ssvae_m2 (m2)" and float(selected[0]["test_accuracy"]) == 0.72
+    )
+    assert (
+        selected[1]["selected"] == "ssvae_latent (lat)"
+        and float(selected[1]["test_accuracy"]) == 0.70
+    )
+    assert float(selected[0]["cpu_seconds"]) == 1300.0  # the selection pays for both
+
+    other = _comparison_folder(tmp_path / "other", [("self_training_mlp", 100, 0, 0.70, 0.50, 1.0)])
+    with pytest.raises(ValueError, match="differs between folders"):
+        sklearn_comparison.merged([m2, other])
