@@ -161,8 +161,8 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
         guide: the guide family of z (gaussian, maf, pyro-iaf...).
         epochs, batch_size, lr, lr_decay: as :class:`ppl_ssvae.train.FitSettings`.
         labelled_share: the labelled rows' share of each batch: ``"natural"`` (the data's
-            own), ``"1:1"`` (Jurasiński's 100 + 100; the latent-classifier model needs it
-            with few labels), a number in [0, 1), or None for the library's protocol
+            own), ``"1:1"`` (Jurasiński's 100 + 100; with few labels it is what lets M2
+            and the latent-classifier model learn from them), a number in [0, 1), or None for the library's protocol
             default (:func:`ppl_ssvae.protocol.default_labelled_share`).
         validation_fraction: share of the labelled rows held out (0: none; then the last
             epoch is kept).
