@@ -141,8 +141,7 @@ def _our_estimator(args: argparse.Namespace, epochs: int, dataset: Any) -> SSVAE
     option stops the script in one line before any training."""
     if args.model not in models.MODELS:
         raise UserError(f"--model {args.model!r} unknown; choose from {', '.join(models.MODELS)}")
-    if args.labelled_share is not None:
-        parse_labelled_share(args.labelled_share)
+    parse_labelled_share(args.labelled_share)
     model_args = model_options({"model_arg": args.model_arg})
     models.build(args.model, guide=args.guide, input_dim=dataset.x_train.shape[1],
                  num_classes=dataset.num_classes, **model_args)  # fmt: skip
