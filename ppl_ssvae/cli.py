@@ -426,9 +426,10 @@ def _launch_data_parallel(devices: int, out: str) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from .distributed import LAUNCHER_ENV
+    from .distributed import LAUNCHER_ENV, use_loopback
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    use_loopback()  # every rank is on this machine
     os.environ[LAUNCHER_ENV] = "1"
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -124,6 +125,18 @@ class ProcessGroup:
         if status == "crashed":
             raise PeerFailure(f"rank 0 failed: {payload}")
         return payload if self.is_main else None
+
+
+def use_loopback() -> None:
+    """Point gloo at the loopback interface, for ranks that all run on this machine, unless
+    ``GLOO_SOCKET_IFNAME`` already names an interface. Without it gloo binds to the address
+    the host name resolves to, which nothing guarantees is reachable (a stale /etc/hosts, a
+    network that is down), and the ranks would wait out the timeout."""
+    if "GLOO_SOCKET_IFNAME" in os.environ:
+        return
+    loopback = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    if loopback:
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback[0]
 
 
 def current() -> ProcessGroup | None:

@@ -1,12 +1,17 @@
 """Data-parallel training (ppl_ssvae.distributed) against one process, on gloo/CPU.
 
 Ranks are real processes (torch.multiprocessing, one thread each) joined through a file
-store; the CLI tests launch ``torchrun`` itself.
+store over loopback; the CLI tests launch ``torchrun`` itself. Ranks start in fresh
+interpreters: a fork of pytest's process inherits whatever locks its threads (OpenMP's
+pool, tqdm's monitor) held at that instant, and one CI run hung there for its whole budget.
+A rank that is still running after ``RANK_DEADLINE_S`` prints its stack and exits, so a
+hang fails its test instead of the suite.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import math
 import os
@@ -15,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pyro
@@ -32,6 +38,7 @@ from ppl_ssvae.rundir import CHECKPOINT, RunDir
 from ppl_ssvae.train import fit
 
 WORLD = 2
+RANK_DEADLINE_S = 240
 D, K = 10, 3
 # Every model with its default guide, and flows from both libraries.
 CASES = [(name, "gaussian") for name in sorted(MODELS)] + [("m2", "maf"), ("adgm", "pyro-iaf")]
@@ -40,11 +47,25 @@ CASES = [(name, "gaussian") for name in sorted(MODELS)] + [("m2", "maf"), ("adgm
 # -- helpers run inside each rank -----------------------------------------------------------
 def _join(rank: int, store: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    distributed.use_loopback()
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=RANK_DEADLINE_S // 2))  # fmt: skip
+
+
+def _rank(rank: int, worker, *args) -> None:
+    faulthandler.dump_traceback_later(RANK_DEADLINE_S, exit=True)
+    worker(rank, *args)
 
 
 def _spawn(worker, *args) -> None:
-    mp.start_processes(worker, args=args, nprocs=WORLD, join=True, start_method="fork")
+    ranks = mp.start_processes(_rank, args=(worker, *args), nprocs=WORLD, join=False,
+                               start_method="spawn")  # fmt: skip
+    deadline = time.monotonic() + RANK_DEADLINE_S + 30
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the ranks of {worker.__name__} were still running after the deadline")
 
 
 @contextlib.contextmanager
