@@ -17,6 +17,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -178,6 +179,16 @@ def test_rank_shards_are_the_single_process_batches_split_by_part():
             assert all(abs(int((py >= 0).sum()) - int((yg >= 0).sum()) / 3) < 1 for _, py in parts)
             assert torch.equal(torch.cat([px for px, _ in parts]).sum(0), xg.sum(0))
             assert sum(len(px) for px, _ in parts) == len(xg)
+
+
+def test_use_loopback_picks_a_loopback_interface_and_keeps_a_users_choice(monkeypatch):
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    distributed.use_loopback()
+    chosen = os.environ["GLOO_SOCKET_IFNAME"]
+    assert chosen.startswith("lo") and chosen in {name for _, name in socket.if_nameindex()}
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    distributed.use_loopback()
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"
 
 
 # -- fit on two ranks ---------------------------------------------------------------------------
