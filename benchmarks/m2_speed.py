@@ -30,7 +30,7 @@ from ppl_ssvae.metrics import accuracy
 from ppl_ssvae.models import build
 from ppl_ssvae.nets import activation
 from ppl_ssvae.plates import split_labels
-from ppl_ssvae.train import make_optimizer
+from ppl_ssvae.training import make_optimizer
 
 
 class NaiveM2(nn.Module):

@@ -22,7 +22,7 @@ import torch
 from pyro.infer import SVI
 
 from ppl_ssvae.models import build
-from ppl_ssvae.train import (
+from ppl_ssvae.training import (
     PRECISIONS,
     make_optimizer,
     native_bf16,

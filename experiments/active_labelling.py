@@ -48,7 +48,7 @@ from ppl_ssvae.active import ActiveConfig, load_unlabelled, run_active, weighted
 from ppl_ssvae.active.loop import build_model, evaluate, fit_settings  # noqa: E402
 from ppl_ssvae.metrics import accuracy  # noqa: E402
 from ppl_ssvae.rundir import CHECKPOINT, RunDir  # noqa: E402
-from ppl_ssvae.train import fit  # noqa: E402
+from ppl_ssvae.training import fit  # noqa: E402
 
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": dict(iterations=2, queries=10, k=5, z_dim=5, hidden=(64,), pretrain_epochs=2,

@@ -19,7 +19,7 @@ from ppl_ssvae.data import SemiSupervisedData
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.models.base import SemiSupervisedModel
 from ppl_ssvae.optim import optimizer_args
-from ppl_ssvae.train import FitResult, environment
+from ppl_ssvae.training import FitResult, environment
 
 # Read when a script starts, so results name the code that produced them, not a commit
 # made while a long run was going.

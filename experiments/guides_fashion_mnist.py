@@ -43,7 +43,7 @@ from ppl_ssvae.likelihood import likelihood_report  # noqa: E402
 from ppl_ssvae.models import MODELS  # noqa: E402
 from ppl_ssvae.protocol import build_for_data  # noqa: E402
 from ppl_ssvae.rundir import BEST, CHECKPOINT, RunDir  # noqa: E402
-from ppl_ssvae.train import FitResult, fit  # noqa: E402
+from ppl_ssvae.training import FitResult, fit  # noqa: E402
 
 # name -> (registry model, labels, fit settings beyond the model's paper defaults). The
 # latent-classifier model trains on Jurasiński's 100 labelled + 100 unlabelled batches: at

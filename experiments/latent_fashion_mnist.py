@@ -7,7 +7,7 @@ Table 1 reports, on MNIST with 100 labels, M2 93.7%, the latent classifier ("our
 its simplified version 82.1% and a supervised network trained on the 100 labelled images
 alone 74.7%. Here all four are trained on one seeded split of Fashion-MNIST:
 
-- ``M2``, ``latent``, ``latent-simplified``: ``ppl_ssvae.train.fit`` with each model's
+- ``M2``, ``latent``, ``latent-simplified``: ``ppl_ssvae.training.fit`` with each model's
   defaults and the settings of ``ppl-ssvae train --model ...`` (``SETTINGS``);
 - ``labelled-only``: the latent model's own classifier path q(z|x) -> p(y|z), from the
   same initial weights, trained by cross-entropy on the labelled images alone
@@ -44,7 +44,7 @@ import pyro  # noqa: E402
 from experiments.common import plot_curves, run_script, write_results  # noqa: E402
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.baselines import fit_labelled_only  # noqa: E402
-from ppl_ssvae.train import FitSettings, fit  # noqa: E402
+from ppl_ssvae.training import FitSettings, fit  # noqa: E402
 
 # Epochs of (each generative model, the baseline) per budget. A baseline epoch is one step
 # over the 100 images; on Fashion-MNIST its validation accuracy levels off (~72%) by epoch

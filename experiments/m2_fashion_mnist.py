@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import build_seeded, plot_curves, run_script, write_results  # noqa: E402
 from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.train import fit  # noqa: E402
+from ppl_ssvae.training import fit  # noqa: E402
 
 BUDGETS = {"smoke": 1, "cpu": 30, "paper": 300}
 # The settings of `ppl-ssvae train --model m2` that this experiment reports.

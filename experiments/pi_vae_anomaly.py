@@ -41,7 +41,7 @@ from ppl_ssvae.anomaly import (  # noqa: E402
     reconstruction_log_prob,
 )
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.train import fit  # noqa: E402
+from ppl_ssvae.training import fit  # noqa: E402
 
 BUDGETS = {"smoke": 1, "cpu": 3, "paper": 10}
 

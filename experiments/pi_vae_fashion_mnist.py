@@ -46,7 +46,7 @@ from experiments.common import (  # noqa: E402
 from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.inspect import generation_grid  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.train import PRECISIONS, fit  # noqa: E402
+from ppl_ssvae.training import PRECISIONS, fit  # noqa: E402
 
 # Epochs of (SS, ES) per budget; sec 3.1.1 trains SS 10 and ES 20 epochs.
 BUDGETS = {"smoke": (1, 1), "cpu": (10, 20), "paper": (10, 20)}

@@ -43,7 +43,7 @@ from experiments.common import (  # noqa: E402
 from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
 from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.train import FitResult, fit  # noqa: E402
+from ppl_ssvae.training import FitResult, fit  # noqa: E402
 
 # Epochs of (SS, ES) per budget. ES on 100 labels is one step per epoch, hence its many
 # epochs on the cpu budget; SS is ~25 steps (~3 CPU-s) per epoch on the synthetic set.

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import plot_curves, run_script, write_results  # noqa: E402
-from ppl_ssvae.train import FitResult  # noqa: E402
+from ppl_ssvae.training import FitResult  # noqa: E402
 
 # Extra columns of clustering runs, from their best-validation epoch's metrics.
 CLUSTERING_COLUMNS = ("cluster_mapping", "test_accuracy_visible", "test_accuracy_hidden")

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments import report_runs  # noqa: E402
 from experiments.common import run_script  # noqa: E402
 from ppl_ssvae.cli import main as ppl_ssvae  # noqa: E402
-from ppl_ssvae.train import PRECISIONS  # noqa: E402
+from ppl_ssvae.training import PRECISIONS  # noqa: E402
 
 # Per budget: epochs, learning rate, CPU-minute cap per model.
 BUDGETS = {

@@ -21,7 +21,7 @@ from .data import SemiSupervisedData
 from .errors import UserError
 from .metrics import accuracy, log_loss
 from .models.latent_classifier import LatentClassifier
-from .train import FitResult, resolve_device
+from .training import FitResult, resolve_device
 
 
 def classifier_modules(model: LatentClassifier) -> nn.ModuleList:
@@ -72,7 +72,7 @@ def fit_labelled_only(
 
     After every epoch (one pass over the labelled rows) it records train, validation and
     test accuracy and test log loss; the epoch with the best validation accuracy is the
-    result's ``best``, as in ``ppl_ssvae.train.fit``, and its weights are loaded back into
+    result's ``best``, as in ``ppl_ssvae.training.fit``, and its weights are loaded back into
     ``model`` before returning.
 
     Args:

@@ -37,7 +37,7 @@ MODEL_OPTIONS = ("z_dim", "hidden", "alpha", "likelihood", "sigma2", "activation
 
 
 def _fit_defaults() -> dict[str, Any]:
-    from .train import FitSettings
+    from .training import FitSettings
 
     defaults = FitSettings().to_dict()
     del defaults["optimizer_args"]  # given as --momentum / --rho / --eps
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .guides import describe_guides, guide_names
     from .models import MODELS
     from .objectives import OBJECTIVES
-    from .train import PRECISION_CHOICES
+    from .training import PRECISION_CHOICES
 
     parser = OneLineParser(
         prog="ppl-ssvae", description="Semi-supervised deep generative models in Pyro."
@@ -266,7 +266,7 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
         saved |= resumed["changed"]
     # Options a resumed run may change (the budget, and the progress bar, which is not
     # saved); everything else must match the saved run.
-    from .train import RESUMABLE
+    from .training import RESUMABLE
 
     resumable = {*RESUMABLE, "progress"}
     changed = sorted(k for k, v in given.items() if k not in resumable and saved.get(k) != v)
@@ -311,7 +311,7 @@ def data_recipe(settings: dict[str, Any]) -> dict[str, Any]:
 def fit_settings(settings: dict[str, Any]):
     """The FitSettings the options describe (validated)."""
     from .optim import optimizer_args
-    from .train import FitSettings
+    from .training import FitSettings
 
     fields = {f.name for f in dataclasses.fields(FitSettings)} - {"optimizer_args"}
     values = {k: settings[k] for k in fields if k in settings}
@@ -363,7 +363,7 @@ def train(args: argparse.Namespace) -> int:
     from . import distributed, models
     from .data import load_recipe
     from .protocol import evaluators
-    from .train import check_run_start, fit
+    from .training import check_run_start, fit
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other; give one of them")
@@ -483,7 +483,7 @@ def _without_devices(argv: list[str]) -> list[str]:
 def _resumed_fit_settings(config: dict[str, Any], settings: dict[str, Any]):
     """The run's recorded FitSettings with the budget options given on this command."""
     from .rundir import current_budget
-    from .train import RESUMABLE, FitSettings
+    from .training import RESUMABLE, FitSettings
 
     saved = FitSettings.from_dict(current_budget(config))
     budget = {k: settings[k] for k in RESUMABLE}
@@ -502,7 +502,7 @@ def _recipe_of(config: dict[str, Any], run: RunDir) -> dict[str, Any]:
         return data_recipe({**train_defaults(), **config["cli"]})
     raise UserError(
         f"{run.path} was trained from Python on data that is not a named dataset; evaluate "
-        "or resume it from Python with the same data (ppl_ssvae.train.fit(..., resume=True))"
+        "or resume it from Python with the same data (ppl_ssvae.training.fit(..., resume=True))"
     )
 
 

@@ -21,10 +21,24 @@ from pyro.optim import PyroOptim
 
 from .errors import UserError
 
+# Every torch optimizer by its class name in lower case: "adam", "adamw", "rmsprop", "sgd"...
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "rmsprop": torch.optim.RMSprop,
-}
+    name.lower(): cls
+    for name, cls in vars(torch.optim).items()
+    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)
+    and cls is not torch.optim.Optimizer
+}  # fmt: skip
+# Every torch learning-rate scheduler by its class name ("CosineAnnealingLR", "StepLR"...);
+# those that wrap other schedulers or need a metric are left out (the loop steps each
+# once per epoch without arguments).
+SCHEDULERS: dict[str, type] = {
+    name: cls
+    for name, cls in vars(torch.optim.lr_scheduler).items()
+    if isinstance(cls, type) and issubclass(cls, torch.optim.lr_scheduler.LRScheduler)
+    and cls is not torch.optim.lr_scheduler.LRScheduler
+    and name not in ("SequentialLR", "ChainedScheduler", "ReduceLROnPlateau", "LambdaLR",
+                     "MultiplicativeLR")
+}  # fmt: skip
 # Training settings that are optimizer arguments: setting name -> torch keyword. ``rho`` is
 # RMSprop's squared-gradient decay, Keras's name for what torch calls ``alpha`` (and the
 # library's ``alpha`` is a model's classifier weight).
@@ -54,14 +68,35 @@ OPTION_RANGES: dict[str, dict[str, tuple[float, float, str]]] = {
 SETTING_NAMES = {torch_name: name for name, torch_name in OPTIMIZER_OPTIONS.items()}
 
 
+def check_scheduler(name: str | None, options: dict[str, Any]) -> None:
+    """Refuse an unknown scheduler or arguments its constructor does not take, before
+    training starts (torch checks values when it is built, on the first step)."""
+    if name is None:
+        if options:
+            raise UserError("lr_scheduler_args given without an lr_scheduler; name one")
+        return
+    if name not in SCHEDULERS:
+        raise UserError(
+            f"unknown lr_scheduler {name!r}; choose one of {', '.join(sorted(SCHEDULERS))}"
+        )
+    if not isinstance(options, dict):
+        raise UserError(f"lr_scheduler_args must be a dict, got {options!r}")
+    accepted = set(inspect.signature(SCHEDULERS[name]).parameters) - {"optimizer"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UserError(f"{name} takes no {', '.join(unknown)}; its arguments: "
+                        f"{', '.join(sorted(accepted - {'verbose'}))}")  # fmt: skip
+
+
 def check_optimizer(name: str, options: dict[str, Any]) -> None:
     """Refuse an unknown optimizer, an option it does not take (``momentum`` with Adam) or
     an option out of range (``rho`` 2), before training starts."""
+    name = name.lower() if isinstance(name, str) else name
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     if not isinstance(options, dict):
         raise UserError(f"optimizer_args must be a dict of {name} options, got {options!r}")
-    ranges = OPTION_RANGES[name]
+    ranges = OPTION_RANGES.get(name, {})
     for key, value in options.items():
         setting = SETTING_NAMES.get(key, key)
         if key not in _accepted(name) or key in ("params", "lr"):
@@ -91,7 +126,7 @@ class SingleOptimizer(PyroOptim):
     the optimizer's parameter groups, so ``get_state``/``set_state`` resume it exactly.
 
     Args:
-        name: a key of ``OPTIMIZERS`` (``"adam"``, ``"rmsprop"``).
+        name: a key of ``OPTIMIZERS`` (``"adam"``, ``"adamw"``, ``"rmsprop"``...).
         lr: initial learning rate.
         lr_decay_per_step: multiplicative decay applied after each step (1 = none).
         **options: further keyword arguments of the torch optimizer (``momentum``...).
@@ -107,7 +142,8 @@ class SingleOptimizer(PyroOptim):
         # PyroOptim.__init__ is not called: its per-parameter bookkeeping is what this
         # class replaces. SVI only needs __call__, get_state and set_state.
         self.optim_class = OPTIMIZERS[name]
-        self.options = {"lr": lr, "foreach": True, **options}
+        multi_tensor = {"foreach": True} if "foreach" in _accepted(name) else {}
+        self.options = {"lr": lr, **multi_tensor, **options}
         self.lr_decay_per_step = lr_decay_per_step
         self.optimizer: torch.optim.Optimizer | None = None
         self.param_names: list[str] = []

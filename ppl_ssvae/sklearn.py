@@ -3,7 +3,7 @@
 ``SSVAEClassifier`` is a semi-supervised classifier in the ``sklearn.semi_supervised``
 convention (``y = -1`` marks an unlabelled row), ``SSVAEClusterer`` a GM-DGM trained
 without labels. Both build a :class:`~ppl_ssvae.data.SemiSupervisedData` and call
-:func:`ppl_ssvae.train.fit`, so they train exactly as the library does; they work with
+:func:`ppl_ssvae.training.fit`, so they train exactly as the library does; they work with
 ``clone``, ``Pipeline`` and ``GridSearchCV``.
 
 ``ppl_ssvae.SSVAEClassifier`` / ``ppl_ssvae.SSVAEClusterer`` import this module lazily, so
@@ -28,7 +28,7 @@ from . import models
 from .data import SemiSupervisedData
 from .metrics import accuracy
 from .models.base import SemiSupervisedModel
-from .train import FitSettings, fit
+from .training import FitSettings, fit
 
 UNLABELLED = -1
 LIKELIHOODS = ("auto", "bernoulli", "gaussian")
@@ -159,7 +159,7 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
     Args:
         model: a name in :data:`ppl_ssvae.models.MODELS` (m2, adgm, gmdgm, ...).
         guide: the guide family of z (gaussian, maf, pyro-iaf...).
-        epochs, batch_size, lr, lr_decay: as :class:`ppl_ssvae.train.FitSettings`.
+        epochs, batch_size, lr, lr_decay: as :class:`ppl_ssvae.training.FitSettings`.
         labelled_share: the labelled rows' share of each batch: ``"natural"`` (the data's
             own), ``"1:1"`` (Jurasiński's 100 + 100; with few labels it is what lets M2
             and the latent-classifier model learn from them), a number in [0, 1), or None for the library's protocol

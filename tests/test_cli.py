@@ -131,7 +131,7 @@ def test_help_explains_every_option():
 
 
 def test_no_torchvision_at_import():
-    code = ("import sys, ppl_ssvae, ppl_ssvae.cli, ppl_ssvae.train, ppl_ssvae.models, ppl_ssvae.data, "
+    code = ("import sys, ppl_ssvae, ppl_ssvae.cli, ppl_ssvae.training, ppl_ssvae.models, ppl_ssvae.data, "
             "ppl_ssvae.metrics; assert 'torchvision' not in sys.modules")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

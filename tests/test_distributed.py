@@ -36,7 +36,7 @@ from ppl_ssvae.distributed import DataParallelSteps
 from ppl_ssvae.models import MODELS, build
 from ppl_ssvae.protocol import evaluators
 from ppl_ssvae.rundir import CHECKPOINT, RunDir
-from ppl_ssvae.train import fit
+from ppl_ssvae.training import fit
 
 WORLD = 2
 RANK_DEADLINE_S = 240

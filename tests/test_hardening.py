@@ -22,7 +22,7 @@ from ppl_ssvae.data import load, semi_supervised_split, write_idx
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.models import build
 from ppl_ssvae.rundir import RunDir, RunDirWarning
-from ppl_ssvae.train import fit
+from ppl_ssvae.training import fit
 
 TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "16",
         "--batch-size", "200", "--no-progress"]  # fmt: skip

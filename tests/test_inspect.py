@@ -171,7 +171,7 @@ def trained_run(tmp_path_factory):
     import pyro
 
     from ppl_ssvae import data
-    from ppl_ssvae.train import fit
+    from ppl_ssvae.training import fit
 
     pyro.set_rng_seed(0)
     split = data.semi_supervised_split(data.load("digits"), labels=50, seed=0)

@@ -21,7 +21,7 @@ from ppl_ssvae.metrics import mean_elbo
 from ppl_ssvae.models import build
 from ppl_ssvae.models.base import ModelConfig, SemiSupervisedModel
 from ppl_ssvae.plates import DATA_PLATE
-from ppl_ssvae.train import fit
+from ppl_ssvae.training import fit
 
 
 @dataclasses.dataclass

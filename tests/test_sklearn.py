@@ -11,7 +11,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from ppl_ssvae import SSVAEClassifier, SSVAEClusterer, train
+from ppl_ssvae import SSVAEClassifier, SSVAEClusterer
+from ppl_ssvae.training import loop as train
 
 TINY = {"hidden": [16], "z_dim": 2}
 # Checks this estimator fails by design, with the reason (check_estimator's mechanism in

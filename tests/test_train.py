@@ -10,7 +10,7 @@ from ppl_ssvae.errors import NonFiniteLossError, UserError
 from ppl_ssvae.metrics import classification_report
 from ppl_ssvae.models import build, from_config
 from ppl_ssvae.rundir import RunDir
-from ppl_ssvae.train import fit
+from ppl_ssvae.training import fit
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_max_cpu_minutes_never_starts_an_epoch_that_would_pass_it(digits, monkey
     # Every epoch costs 30 CPU-seconds on this clock: the first ends at 30 s, the third
     # at 90 s, and a fourth would end at 120 s > 96 s.
     clock = iter(range(0, 10_000, 30))
-    monkeypatch.setattr("ppl_ssvae.train.time.process_time", lambda: float(next(clock)))
+    monkeypatch.setattr("ppl_ssvae.training.loop.time.process_time", lambda: float(next(clock)))
     result = _fit(_model(digits), digits, epochs=10, max_cpu_minutes=1.6)
     assert [h["epoch_cpu_seconds"] for h in result.history] == [30.0] * 3
     assert result.stopped == "max_cpu_minutes"
@@ -261,7 +261,7 @@ def test_cuda_training(digits):
 def test_environment_names_the_commit_and_whether_the_tree_had_edits():
     import subprocess
 
-    from ppl_ssvae.train import environment
+    from ppl_ssvae.training import environment
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     env = environment()

@@ -32,7 +32,7 @@ from ..metrics import accuracy
 from ..models import build
 from ..models.beta_vae_classifier import BetaVAEClassifier
 from ..rundir import CHECKPOINT, CONFIG, RunDir
-from ..train import FitSettings, environment, fit
+from ..training import FitSettings, environment, fit
 from .clusters import CLUSTERINGS, Cluster, cluster
 from .confidence import DECAYS, DISTANCES, confidence, distance
 from .oracles import Answer, HumanOracle, Oracle, Query, SimulatedOracle, answer_lines

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UserError
+import pyro
+
+from ..errors import UserError, check_seed
 from ..guides.registry import DEFAULT
 from .adgm import ADGM, ADGMConfig
 from .agmdgm import AGMDGM, AGMDGMConfig
@@ -28,7 +30,9 @@ MODELS: dict[str, type[SemiSupervisedModel]] = {
 }
 
 
-def build(name: str, guide: str | GuideModules = DEFAULT, **config: Any) -> SemiSupervisedModel:
+def build(
+    name: str, guide: str | GuideModules = DEFAULT, *, seed: int | None = None, **config: Any
+) -> SemiSupervisedModel:
     """Build a model by registry name from its config fields.
 
     Args:
@@ -38,10 +42,15 @@ def build(name: str, guide: str | GuideModules = DEFAULT, **config: Any) -> Semi
             module used as q(z|.) (called as ``module(x=..., y=..., a=...)``), or for
             models with an auxiliary latent ``{"z": module, "a": module}``. A model built
             with modules records ``guide: "custom"`` in ``to_config()``.
+        seed: draw the initial weights from this seed (what ``ppl-ssvae train --seed``
+            does), so the same config and seed give the same weights from Python and the
+            CLI; None: from the global RNG as it stands.
         config: the model's config fields.
     """
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if seed is not None:
+        pyro.set_rng_seed(check_seed(seed))
     cls = MODELS[name]
     if isinstance(guide, str):
         return cls(cls.config_class.from_dict({**config, "guide": guide}))

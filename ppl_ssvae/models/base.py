@@ -276,6 +276,12 @@ class SemiSupervisedModel(nn.Module):
         """False for models without a classifier (the pi-VAE's EU sibling)."""
         return True
 
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the model generates inputs (``sample``, ``decode``); False for the
+        pi-VAE's supervised sibling, which has none."""
+        return True
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Most probable class id per row."""
         return self.classify(x).argmax(-1)

@@ -272,6 +272,10 @@ class PiVAE(StandardNormalPrior, SemiSupervisedModel):
     def can_classify(self) -> bool:
         return self.has_pi
 
+    @property
+    def has_decoder(self) -> bool:
+        return self.decoder is not None
+
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
         if not self.has_pi:
             raise UserError("the 'eu' variant has no pi layer and cannot classify")

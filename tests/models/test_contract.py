@@ -11,7 +11,7 @@ from pyro import poutine
 
 from ppl_ssvae.data import Dataset, semi_supervised_split
 from ppl_ssvae.models import MODELS, build, from_config
-from ppl_ssvae.train import fit
+from ppl_ssvae.training import fit
 
 D, K = 10, 3
 SMALL = {"z_dim": 3, "hidden": (8,)}

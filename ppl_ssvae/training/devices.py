@@ -1,0 +1,161 @@
+"""Where and how precisely a run computes: the device, the training-step precision, and
+the environment (versions, CPU capability, git commit) recorded with every run."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import warnings
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from .. import __version__
+from ..errors import UserError
+
+# Training-step precision: autocast dtype per name (None = off). bf16 autocast runs the
+# matrix products of the SVI steps in bfloat16 while parameters, optimiser state and every
+# distribution stay float32 (nets.full_precision). "auto" picks bf16 only where the device
+# multiplies bfloat16 matrices fast enough to gain (``native_bf16``).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+# What an explicit bf16 costs where it is emulated (measured by benchmarks/precision_speed.py
+# and a full epoch on an AVX2-only AMD EPYC).
+EMULATED_BF16 = (
+    "an M2 epoch was measured 7.6x slower (417 vs 55 CPU-s) on an AVX2 CPU, "
+    "and M2 steps 1.4x slower on an AVX512-BF16 CPU without AMX"
+)
+# Settings a resume may change; the others are the run's identity.
+
+
+class PrecisionWarning(UserWarning):
+    """bf16 was asked for where it is emulated, so it slows training down."""
+
+
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available; a device that is not here is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in DEVICE_TYPES:
+        raise UserError(f"device {dev.type!r} is not supported; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                "--device cuda requested but no CUDA device is available; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {dev} but only {torch.cuda.device_count()} CUDA devices exist"
+            )
+    return dev
+
+
+@cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def native_bf16(dev: torch.device) -> bool:
+    """Whether bf16 autocast speeds training up on ``dev``: a CUDA GPU with bfloat16, or a
+    CPU with AMX-BF16 tiles. AVX512-BF16 alone is not enough: on such a Xeon (no AMX)
+    benchmarks/precision_speed.py measured bf16 steps at 0.70x (M2) and 0.75x (GM-DGM)
+    the speed of fp32; on an AVX2-only EPYC an M2 epoch took 7.6x as long."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return "amx_bf16" in _cpu_flags()
+
+
+def resolve_precision(precision: str, dev: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"`` for ``precision`` on ``dev``; an explicit bf16 where it is
+    emulated warns (``PrecisionWarning``) with what it was measured to cost."""
+    if precision not in PRECISION_CHOICES:
+        raise UserError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}"
+        )
+    if precision == "auto":
+        return "bf16" if native_bf16(dev) else "fp32"
+    if precision == "bf16" and not native_bf16(dev):
+        if dev.type == "cuda":
+            raise UserError(
+                "precision='bf16' needs a GPU with bfloat16 support; use precision='fp32'"
+            )
+        warnings.warn(
+            f"bf16 on a CPU without AMX (capability {torch.backends.cpu.get_cpu_capability()}) "
+            f"is slower than fp32: {EMULATED_BF16}; use --precision auto or fp32",
+            PrecisionWarning,
+            stacklevel=3,
+        )
+    return precision
+
+
+def environment() -> dict[str, Any]:
+    """Versions, CPU capability and git commit recorded with every run."""
+    import numpy
+    import sklearn
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here,
+        ).stdout.strip() or None  # fmt: skip
+        # Edits to tracked files that the commit does not hold.
+        dirty = bool(subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+            text=True, timeout=5, cwd=here,
+        ).stdout.strip()) if commit else None  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = dirty = None
+    return {
+        "ppl_ssvae": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "numpy": numpy.__version__,
+        "sklearn": sklearn.__version__,
+        "threads": torch.get_num_threads(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": native_bf16(torch.device("cpu")),
+        **({"cuda": _cuda_environment()} if torch.cuda.is_available() else {}),
+    }
+
+
+def _cuda_environment() -> dict[str, Any]:
+    """The GPU and the float32 settings that change its numbers. The library leaves
+    torch's defaults: TF32 off for matrix products (float32 means float32; bf16 is asked
+    for with precision), cuDNN's TF32 on for convolutions, no cuDNN autotuning (the
+    pi-VAE's CNN would otherwise pick kernels per run, and resumes would not repeat)."""
+    return {
+        "device": torch.cuda.get_device_name(),
+        "cuda": torch.version.cuda,
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "bf16": torch.cuda.is_bf16_supported(),
+    }
+
+
+def precision_context(dev: torch.device, precision: str) -> torch.autocast:
+    """The autocast context a training step of ``precision`` (``"fp32"`` or ``"bf16"``)
+    runs in on ``dev`` (a disabled one for ``"fp32"``); reusable across steps."""
+    dtype = PRECISIONS[precision]
+    if dtype is torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("precision='bf16' needs a GPU with bfloat16 support; use precision='fp32'")
+    return torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None)
