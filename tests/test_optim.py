@@ -85,7 +85,7 @@ def test_lr_decays_per_step_and_resumes_exactly():
 
 
 def test_bad_arguments():
-    with pytest.raises(UserError, match="unknown optimizer 'sgd'"):
-        SingleOptimizer("sgd", 0.1)
+    with pytest.raises(UserError, match="unknown optimizer 'sgdd'"):
+        SingleOptimizer("sgdd", 0.1)
     with pytest.raises(UserError, match="lr_decay_per_step"):
         SingleOptimizer("adam", 0.1, lr_decay_per_step=1.5)
