@@ -193,7 +193,7 @@ def latent_maps(base: ActiveConfig, runs: Path, path: Path, rows: int = 2000) ->
     for ax, (title, run) in zip(axes, panels, strict=True):
         model = build_model(base, data)
         RunDir(run).load_weights(model, CHECKPOINT)
-        points = embed_2d(model.encode(x).cpu().numpy(), "tsne", base.seed)
+        points = embed_2d(model.encode(x)["z_mean"].cpu().numpy(), "tsne", base.seed)
         scatter_by_class(ax, points, y, names)
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])

@@ -113,15 +113,14 @@ def reconstruction_log_prob(
 
 
 def _scorer(model: SemiSupervisedModel) -> Scorer:
-    if isinstance(model, PiVAE):
-        if model.decoder is None:
-            raise UserError(
-                "the pi-VAE 'es' variant has no decoder, so it has no reconstruction "
-                "probability; score with an 'ss' or 'eu' model"
-            )
-        return _pi_vae_draws
-    if isinstance(model, LabelLatentModel):
-        return _label_latent_draws
+    scorer = SCORERS.get(model.reconstruction_scorer)
+    if scorer is not None:
+        return scorer
+    if not model.has_decoder:
+        raise UserError(
+            f"this {model.name!r} model has no decoder (the pi-VAE 'es' variant), so it has "
+            "no reconstruction probability; score with an 'ss' or 'eu' model"
+        )
     raise UserError(
         f"reconstruction_log_prob does not support model {model.name!r}; use a pi-VAE "
         "('ss' or 'eu') or a label-latent model (m2, adgm, gmdgm, agmdgm)"
@@ -165,6 +164,10 @@ def _label_latent_draws(
 
 
 # -- the metric ---------------------------------------------------------------------------------
+
+
+# How each kind of model scores reconstructions, by its ``reconstruction_scorer``.
+SCORERS: dict[str | None, Scorer] = {"pi_vae": _pi_vae_draws, "label_latent": _label_latent_draws}
 
 
 def anomaly_auc(scores: torch.Tensor | np.ndarray, is_anomaly: torch.Tensor | np.ndarray) -> float:

@@ -93,7 +93,7 @@ def fit_labelled_only(
         ``train_accuracy``, ``val_accuracy``, ``test_accuracy``, ``test_log_loss``,
         ``epoch_cpu_seconds``, ``elapsed_seconds``, ``elapsed_cpu_seconds``.
     """
-    if not isinstance(model, LatentClassifier):
+    if not model.classifier_on_latent:
         raise UserError(
             f"fit_labelled_only trains the p(y|z) classifier of a latent-classifier model "
             f"('latent', 'latent-simplified'); got {type(model).__name__}"

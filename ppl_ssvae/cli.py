@@ -669,6 +669,13 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .models import load_plugins
+
+    try:
+        load_plugins()  # installed packages' models and callbacks become choices
+    except UserError as e:
+        _report(f"ppl-ssvae: error: {e}")
+        return 2
     args = build_parser().parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning

@@ -29,8 +29,7 @@ from pyro.infer import config_enumerate, infer_discrete
 
 from .errors import UserError
 from .guides.sampling import seeded_rng
-from .models.base import LabelLatentModel, SemiSupervisedModel
-from .models.pi_vae import PiVAE
+from .models.base import SemiSupervisedModel
 from .plates import MAX_PLATE_NESTING
 
 
@@ -95,14 +94,16 @@ def generation_grid(
 
 
 def _check_conditional(model: SemiSupervisedModel) -> None:
-    if isinstance(model, PiVAE) and model.decoder is None:
+    if not model.has_decoder:
         raise UserError(
-            "the pi-VAE 'es' variant has no decoder and cannot generate; use an 'ss' model"
+            f"this {model.name!r} model has no decoder and cannot generate (the pi-VAE 'es' "
+            "variant); use a model with one (an 'ss' pi-VAE)"
         )
-    if isinstance(model, PiVAE) and not model.pi_to_decoder:
+    if not model.generates_by_class:
         raise UserError(
-            "this pi-VAE's decoder does not read pi (variant 'eu' or pi_to_decoder=False), so "
-            "it cannot generate a given class; use an 'ss' model with pi_to_decoder=True"
+            f"this {model.name!r} model's decoder does not read pi or the class (a pi-VAE of variant "
+            "'eu' or pi_to_decoder=False), so it cannot generate a given class; use an 'ss' "
+            "model with pi_to_decoder=True"
         )
 
 
@@ -197,7 +198,7 @@ def posterior(
     y = model.check_y(y, len(x))
     if not isinstance(num_samples, int) or num_samples < 1:
         raise UserError(f"num_samples={num_samples!r} must be an integer >= 1")
-    if exact_y and not isinstance(model, LabelLatentModel):
+    if exact_y and not model.label_is_latent:
         raise UserError(
             f"exact_y needs a model whose label is a latent of the model (m2, adgm, gmdgm, "
             f"agmdgm); {model.name!r} is not one"

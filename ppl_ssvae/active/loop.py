@@ -306,7 +306,7 @@ def _ask_batch(
     pending = [n for n in batch if log.answer(_qid(iteration, n)) is None]
     if not pending:
         return
-    images = model.decode(torch.as_tensor(np.stack([n.centre for n in pending]))).cpu().numpy()
+    images = model.decode(torch.as_tensor(np.stack([n.centre for n in pending]))).mean.cpu().numpy()
     queries = [Query(_qid(iteration, n), images[i], n.centre, data.image_shape,
                      _nearest(z, n.centre)) for i, n in enumerate(pending)]  # fmt: skip
     answers = 0
@@ -519,7 +519,7 @@ def _labels(
         saved = json.loads(path.read_text())
         asked = [q for q in log.records.values() if q["id"].startswith(f"{i}/")]
         return asked, (np.array(saved["labels"], dtype=np.int64), np.array(saved["weights"]))
-    z = model.encode(data.x_train).cpu().numpy().astype(np.float64)
+    z = model.encode(data.x_train)["z_mean"].cpu().numpy().astype(np.float64)
     asked = ask_tree(i, z, model, data, config, oracle, log)
     labels, weights = merge(previous, propagate(asked, z, config))
     text = json.dumps({"labels": labels.tolist(), "weights": weights.tolist()})

@@ -58,6 +58,18 @@ GUIDES: dict[str, GuideFamily] = {
 }
 
 
+def register_guide(name: str, head: Callable[..., nn.Module], summary: str) -> None:
+    """Add a guide family: ``head(features, out_dim, **guide_args)`` returns a module
+    mapping context features to a distribution over ``out_dim`` units (see the module
+    docstring); its keyword defaults are its ``guide_args``. The family is then a
+    ``--guide`` choice and every model with continuous latents takes it."""
+    if name in GUIDES and GUIDES[name].head is not head:
+        raise UserError(f"a guide family named {name!r} is already registered")
+    if not callable(head):
+        raise UserError(f"register_guide({name!r}) needs a head function, got {head!r}")
+    GUIDES[name] = GuideFamily(head, summary)
+
+
 def guide_names() -> list[str]:
     """Every registered family name, for ``--guide`` choices."""
     return list(GUIDES)

@@ -30,6 +30,45 @@ MODELS: dict[str, type[SemiSupervisedModel]] = {
 }
 
 
+def register_model(cls: type[SemiSupervisedModel]) -> type[SemiSupervisedModel]:
+    """Class decorator: add a researcher's model (a ``SemiSupervisedModel`` subclass with
+    ``name`` and ``config_class``) to :data:`MODELS`, so ``build``, ``from_config``,
+    ``ppl-ssvae train --model NAME`` and ``ppl_ssvae.testing.check_model`` know it. An
+    installed package can also register models through the ``ppl_ssvae.models`` entry
+    point group (``name = "package.module:Class"``)."""
+    if not (isinstance(cls, type) and issubclass(cls, SemiSupervisedModel)):
+        raise UserError(f"register_model takes a SemiSupervisedModel subclass, got {cls!r}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or not hasattr(cls, "config_class"):
+        raise UserError(f"{cls.__name__} needs a class attribute 'name' and a 'config_class'")
+    if MODELS.get(name, cls) is not cls:
+        raise UserError(f"a model named {name!r} is already registered ({MODELS[name].__name__})")
+    MODELS[name] = cls
+    return cls
+
+
+def load_plugins() -> list[str]:
+    """Register the models and callbacks that installed packages declare under the entry
+    point groups ``ppl_ssvae.models`` and ``ppl_ssvae.callbacks``; their names. Importing
+    them runs their code, as installing them allowed; nothing read from a run directory
+    is ever imported."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for group in ("ppl_ssvae.models", "ppl_ssvae.callbacks"):
+        for point in entry_points(group=group):
+            try:
+                target = point.load()
+            except Exception as e:  # noqa: BLE001 - a broken plugin is named, not fatal
+                raise UserError(
+                    f"plugin {point.name!r} ({point.value}) failed to load: {e}"
+                ) from None
+            if group == "ppl_ssvae.models" and target.name not in MODELS:
+                register_model(target)
+            loaded.append(point.name)
+    return loaded
+
+
 def build(
     name: str, guide: str | GuideModules = DEFAULT, *, seed: int | None = None, **config: Any
 ) -> SemiSupervisedModel:
@@ -87,4 +126,6 @@ __all__ = [
     "SemiSupervisedModel",
     "build",
     "from_config",
+    "load_plugins",
+    "register_model",
 ]

@@ -158,6 +158,13 @@ class SemiSupervisedModel(nn.Module):
     # p(x): then the log-likelihood of an unlabelled row sums its label exactly
     # (ppl_ssvae.likelihood). False for the pi-VAE, whose label only enters a loss term.
     label_in_joint: ClassVar[bool] = True
+    # Capabilities that callers ask for instead of testing the class: the label is a
+    # categorical latent of the generative model (enumerated; M2, ADGM, GM-DGM, AGM-DGM);
+    # the model's own p(y|z) classifier on a latent z (the latent-classifier models); how
+    # ppl_ssvae.anomaly scores reconstructions (a key of its SCORERS, None: it cannot).
+    label_is_latent: ClassVar[bool] = False
+    classifier_on_latent: ClassVar[bool] = False
+    reconstruction_scorer: ClassVar[str | None] = None
 
     # The guide's continuous latents, which take the config's guide family; () for a model
     # whose guide is fixed (the pi-VAE), which then refuses every family but the default.
@@ -281,6 +288,12 @@ class SemiSupervisedModel(nn.Module):
         """Whether the model generates inputs (``sample``, ``decode``); False for the
         pi-VAE's supervised sibling, which has none."""
         return True
+
+    @property
+    def generates_by_class(self) -> bool:
+        """Whether ``sample(n, y=c)`` draws inputs of class ``c`` (the pi-VAE only when its
+        decoder reads pi)."""
+        return self.has_decoder
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Most probable class id per row."""
@@ -439,6 +452,8 @@ class LabelLatentModel(SemiSupervisedModel):
     """
 
     q: nn.Module
+    label_is_latent = True
+    reconstruction_scorer = "label_latent"
 
     def __init__(self, config: ModelConfig, guide: GuideModules | None = None) -> None:
         super().__init__(config, guide)

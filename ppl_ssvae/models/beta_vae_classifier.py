@@ -155,11 +155,15 @@ class BetaVAEClassifier(StandardNormalPrior, SemiSupervisedModel):
 
     # -- the latent space (what the active loop clusters and decodes) ------------------------
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-        """Latent means ``E_q[z|x]`` of shape ``(N, z_dim)`` (seeded draws averaged for
-        guide families without a closed-form mean)."""
+    def encode(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, mean_samples: int = _MEAN_SAMPLES
+    ) -> dict[str, Any]:
+        """The base contract's view of ``x``: ``"y_probs"`` (the latent classifier's),
+        ``"z"`` (q(z|x); y does not enter it) and ``"z_mean"`` (``(N, z_dim)``, seeded draws
+        averaged for guide families without a closed-form mean)."""
         x = self.check_x(x)
-        return torch.cat([self._latent_mean(chunk) for chunk in x.split(batch_size)])
+        z_mean = torch.cat([self._latent_mean(chunk) for chunk in x.split(2048)])
+        return {"y_probs": self.classify(x), "z": self.q.q_z(x=x), "z_mean": z_mean}
 
     def _latent_mean(self, x: torch.Tensor) -> torch.Tensor:
         q_z = self.q.q_z(x=x)
@@ -169,10 +173,11 @@ class BetaVAEClassifier(StandardNormalPrior, SemiSupervisedModel):
             return seeded_sample(q_z, _MEAN_SAMPLES, x.device).mean(0)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Mean images ``E[x|z]`` of latent codes ``(N, z_dim)`` (pixel probabilities)."""
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
+        """``p(x|z)`` for latent codes ``(N, z_dim)``; y does not enter the decoder (the
+        base contract's signature). Its ``.mean`` is the images' pixel probabilities."""
         z = torch.as_tensor(z, dtype=self.prior.dtype, device=self.device)
-        return self.p_x(z).mean
+        return self.p_x(z)
 
     @torch.no_grad()
     def reconstruction_loss(self, x: torch.Tensor, batch_size: int = 2048) -> float:

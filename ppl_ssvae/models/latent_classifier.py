@@ -91,6 +91,8 @@ class LatentClassifier(StandardNormalPrior, SemiSupervisedModel):
     ``N = classify_samples``, drawn with a fixed seed so predictions are repeatable.
     """
 
+    classifier_on_latent = True
+
     name = "latent"
     # The guide is fully reparameterised, so every objective works.
     objective_family = REPARAMETERISED

@@ -276,6 +276,14 @@ class PiVAE(StandardNormalPrior, SemiSupervisedModel):
     def has_decoder(self) -> bool:
         return self.decoder is not None
 
+    @property
+    def generates_by_class(self) -> bool:
+        return self.pi_to_decoder
+
+    @property
+    def reconstruction_scorer(self) -> str | None:  # type: ignore[override]
+        return "pi_vae" if self.decoder is not None else None
+
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
         if not self.has_pi:
             raise UserError("the 'eu' variant has no pi layer and cannot classify")

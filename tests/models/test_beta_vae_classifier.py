@@ -115,7 +115,8 @@ def test_plain_labels_have_weight_one_and_encode_decode_shapes():
     torch.manual_seed(1)
     b, _ = _pyro_loss_and_z(model, x, weighted)
     assert torch.allclose(a, b)
-    assert model.encode(x).shape == (6, Z) and model.decode(model.encode(x)).shape == (6, D)
+    z = model.encode(x)["z_mean"]
+    assert z.shape == (6, Z) and model.decode(z).mean.shape == (6, D)
     probs = model.classify(x)
     assert torch.allclose(probs, model.classify(x)) and torch.allclose(probs.sum(-1),
                                                                        torch.ones(6))  # fmt: skip

@@ -46,7 +46,9 @@ def test_python_resume_continues_with_the_runs_settings_bit_for_bit(digits, tmp_
 def test_python_resume_refuses_settings_of_another_run(digits, tmp_path):
     fit(_m2(digits), digits, epochs=1, out=tmp_path, batch_size=100, lr=3e-3, progress=False)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(UserError, match=r"batch_size=200 \(recorded 100\).*lr=0.001 \(recorded 0.003\)"):
+    with pytest.raises(
+        UserError, match=r"batch_size=200 \(recorded 100\).*lr=0.001 \(recorded 0.003\)"
+    ):
         fit(_m2(digits), digits, epochs=2, out=tmp_path, resume=True, batch_size=200, lr=1e-3)
     with pytest.raises(UserError, match="not the one .* trained"):
         other = build("m2", input_dim=digits.input_dim, num_classes=10, z_dim=5, hidden=(16,))
@@ -55,7 +57,9 @@ def test_python_resume_refuses_settings_of_another_run(digits, tmp_path):
 
 
 def test_the_models_recommended_settings_apply_from_python_and_are_recorded(digits, tmp_path):
-    model = build("gmdgm", input_dim=digits.input_dim, num_classes=10, z_dim=4, hidden=(16,), seed=0)
+    model = build(
+        "gmdgm", input_dim=digits.input_dim, num_classes=10, z_dim=4, hidden=(16,), seed=0
+    )
     result = fit(model, digits, epochs=1, out=tmp_path, progress=False)
     assert result.applied_defaults == {"lr": 3e-4, "lr_decay": 1.0, "labelled_share": "1:1"}
     config = json.loads((tmp_path / "config.json").read_text())
@@ -85,11 +89,16 @@ def test_python_and_cli_give_the_same_weights_for_the_same_spec_and_seed(digits,
 def test_csv_and_tensorboard_loggers_write_every_epochs_scalars(digits, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    loggers = [CSVLogger(str(tmp_path / "m.csv")), TensorBoardLogger(str(tmp_path / "tb"), images=True)]
+    loggers = [
+        CSVLogger(str(tmp_path / "m.csv")),
+        TensorBoardLogger(str(tmp_path / "tb"), images=True),
+    ]
     result = fit(_m2(digits), digits, epochs=2, callbacks=loggers, batch_size=100, progress=False)
     with open(tmp_path / "m.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [float(r["train_loss"]) for r in rows] == pytest.approx([h["train_loss"] for h in result.history])
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx(
+        [h["train_loss"] for h in result.history]
+    )
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
     losses = [(e.step, e.value) for e in events.Scalars("train_loss")]
     assert losses == [(h["epoch"], pytest.approx(h["train_loss"])) for h in result.history]
