@@ -13,7 +13,6 @@ without labels. Both build a :class:`~ppl_ssvae.data.SemiSupervisedData` and cal
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ from . import models
 from .data import SemiSupervisedData
 from .metrics import accuracy
 from .models.base import SemiSupervisedModel
-from .training import FitSettings, fit
+from .training import FitSettings, RestoreBestWeights, fit
 
 UNLABELLED = -1
 LIKELIHOODS = ("auto", "bernoulli", "gaussian")
@@ -45,6 +44,10 @@ class _SSVAEBase(BaseEstimator):
             epochs=self.epochs, batch_size=self.batch_size,
             labelled_share=self.labelled_share, lr=self.lr,
             lr_decay=self.lr_decay, seed=seed, device=self.device, progress=bool(self.verbose),
+            optimizer=getattr(self, "optimizer", None),
+            optimizer_args=getattr(self, "optimizer_args", None),
+            lr_scheduler=getattr(self, "lr_scheduler", None),
+            lr_scheduler_args=dict(getattr(self, "lr_scheduler_args", None) or {}),
         )  # fmt: skip
 
     def _likelihood(self, x: np.ndarray) -> str:
@@ -72,14 +75,18 @@ class _SSVAEBase(BaseEstimator):
     def _train(
         self, build: Callable[[], SemiSupervisedModel], data: SemiSupervisedData, seed: int
     ) -> None:
-        best = _BestWeights()
         # The initial weights come from the seed too (two fits give the same model), and the
         # caller's torch RNG is left as it was.
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = build()
-            self.history_ = fit(model, data, self._settings(seed), evaluate=best).history
-        best.restore(model)
+            # The user's callbacks are copied: an estimator's parameters stay as given.
+            callbacks = [
+                RestoreBestWeights(),
+                *copy.deepcopy(list(getattr(self, "callbacks", None) or [])),
+            ]
+            self.history_ = fit(model, data, self._settings(seed), evaluate=_validation_accuracy,
+                                callbacks=callbacks).history  # fmt: skip
         model.eval()
         # The batch-check cache holds weak references, which cannot be pickled.
         model._last_checked_batch = None
@@ -103,24 +110,12 @@ class _SSVAEBase(BaseEstimator):
             self.model_.eval()
 
 
-class _BestWeights:
-    """An evaluator for ``fit`` that keeps the weights of the best validation accuracy in
-    memory (``fit`` keeps best.pt only in a run directory, and these estimators have none)."""
-
-    def __init__(self) -> None:
-        self.best, self.state = -math.inf, None
-
-    def __call__(self, model: SemiSupervisedModel, data: SemiSupervisedData) -> dict[str, float]:
-        if not len(data.x_val) or not model.can_classify:
-            return {"val_accuracy": float("nan")}  # fit keeps the last epoch
-        score = accuracy(model.classify(data.x_val), data.y_val)
-        if score > self.best:
-            self.best, self.state = score, copy.deepcopy(model.state_dict())
-        return {"val_accuracy": score}
-
-    def restore(self, model: SemiSupervisedModel) -> None:
-        if self.state is not None:
-            model.load_state_dict(self.state)
+def _validation_accuracy(model: SemiSupervisedModel, data: SemiSupervisedData) -> dict[str, float]:
+    """The estimators' evaluation: validation accuracy only (NaN without validation rows,
+    so the last epoch counts as the best)."""
+    if not len(data.x_val) or not model.can_classify:
+        return {"val_accuracy": float("nan")}
+    return {"val_accuracy": accuracy(model.classify(data.x_val), data.y_val)}
 
 
 def _data(
@@ -159,7 +154,11 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
     Args:
         model: a name in :data:`ppl_ssvae.models.MODELS` (m2, adgm, gmdgm, ...).
         guide: the guide family of z (gaussian, maf, pyro-iaf...).
-        epochs, batch_size, lr, lr_decay: as :class:`ppl_ssvae.training.FitSettings`.
+        epochs, batch_size, lr, lr_decay, optimizer, optimizer_args, lr_scheduler,
+            lr_scheduler_args: as :class:`ppl_ssvae.training.FitSettings` (None: the
+            model's recommendation, else the library's default).
+        callbacks: training callbacks (``ppl_ssvae.training``), e.g. ``[KLWarmup(10)]``;
+            each fit uses fresh copies.
         labelled_share: the labelled rows' share of each batch: ``"natural"`` (the data's
             own), ``"1:1"`` (Jurasiński's 100 + 100; with few labels it is what lets M2
             and the latent-classifier model learn from them), a number in [0, 1), or None for the library's protocol
@@ -187,8 +186,8 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
         guide: str = "gaussian",
         epochs: int = 30,
         batch_size: int = 200,
-        lr: float = 1e-3,
-        lr_decay: float = 0.9,
+        lr: float | None = None,
+        lr_decay: float | None = None,
         labelled_share: str | float | None = None,
         validation_fraction: float = 0.1,
         validation_data: tuple[Any, Any] | None = None,
@@ -197,6 +196,11 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
         model_args: dict[str, Any] | None = None,
         device: str = "cpu",
         verbose: bool = False,
+        optimizer: str | None = None,
+        optimizer_args: dict[str, Any] | None = None,
+        lr_scheduler: str | None = None,
+        lr_scheduler_args: dict[str, Any] | None = None,
+        callbacks: list[Any] | None = None,
     ) -> None:
         self.model = model
         self.guide = guide
@@ -212,6 +216,11 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
         self.model_args = model_args
         self.device = device
         self.verbose = verbose
+        self.optimizer = optimizer
+        self.optimizer_args = optimizer_args
+        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_args = lr_scheduler_args
+        self.callbacks = callbacks
 
     def fit(self, X: Any, y: Any) -> SSVAEClassifier:
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=False)

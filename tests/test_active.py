@@ -69,7 +69,9 @@ def _blobs(seed=0, per=40):
     return z, np.repeat(np.arange(4), per)
 
 
-FAKE_MODEL = SimpleNamespace(decode=lambda z: torch.as_tensor(z, dtype=torch.float32))
+FAKE_MODEL = SimpleNamespace(
+    decode=lambda z: SimpleNamespace(mean=torch.as_tensor(z, dtype=torch.float32))
+)
 FAKE_DATA = SimpleNamespace(image_shape=None, num_classes=4)
 
 

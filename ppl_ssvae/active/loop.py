@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..metrics import accuracy
 from ..models import build
 from ..models.beta_vae_classifier import BetaVAEClassifier
 from ..rundir import CHECKPOINT, CONFIG, RunDir
-from ..training import FitSettings, environment, fit
+from ..training import EarlyStopping, FitSettings, environment, fit
 from .clusters import CLUSTERINGS, Cluster, cluster
 from .confidence import DECAYS, DISTANCES, confidence, distance
 from .oracles import Answer, HumanOracle, Oracle, Query, SimulatedOracle, answer_lines
@@ -202,21 +201,24 @@ def pretrain(
     model: BetaVAEClassifier, data: SemiSupervisedData, out: Path, config: ActiveConfig
 ) -> int:
     """Step (1): the VAE alone (no labels yet, so eq. 4 is eq. 1) until the reconstruction
-    loss has not improved for ``patience`` epochs; the epochs trained."""
-    settings = fit_settings(config, config.seed)
+    loss has not improved (by ``min_improvement`` of its best) for ``patience`` epochs; the
+    epochs trained. A killed pretraining resumes from its checkpoint, patience included."""
+    stop = EarlyStopping("reconstruction_loss", patience=config.patience,
+                         min_delta=config.min_improvement, mode="min", relative=True)  # fmt: skip
     run = RunDir(out)
-    done = run.load_checkpoint(CHECKPOINT)["history"] if run.file(CHECKPOINT).is_file() else []
-    best, since, epoch = math.inf, 0, 0
-    for epoch in range(1, config.pretrain_epochs + 1):
-        if epoch > len(done):
-            done = fit_to(model, data, out, epoch, settings)
-        loss = done[epoch - 1]["reconstruction_loss"]
-        improved = loss < best - config.min_improvement * abs(best) if best < math.inf else True
-        best, since = (loss, 0) if improved else (best, since + 1)
-        if since >= config.patience:
-            break
-    fit_to(model, data, out, epoch, settings)  # loads the weights when nothing was trained
-    return epoch
+    settings = fit_settings(config, config.seed)
+    if run.file(CHECKPOINT).is_file():
+        state = run.load_checkpoint(CHECKPOINT)
+        if state["epoch"] >= config.pretrain_epochs:
+            run.load_weights(model, CHECKPOINT)
+            return int(state["epoch"])
+        result = fit(model, data, settings, out=run, resume=True, evaluate=evaluate,
+                     callbacks=[stop], epochs=config.pretrain_epochs)  # fmt: skip
+    else:
+        # A run killed before its first epoch ended left a config only: start it again.
+        result = fit(model, data, settings, out=run, overwrite=run.holds_run(), evaluate=evaluate,
+                     callbacks=[stop], epochs=config.pretrain_epochs)  # fmt: skip
+    return len(result.history)
 
 
 def fit_settings(config: ActiveConfig, seed: int) -> FitSettings:

@@ -24,11 +24,12 @@ from .loggers import CSVLogger, MLflowLogger, TensorBoardLogger
 from .loop import FitResult, Trainer
 from .schedules import AlphaSchedule, KLWarmup, LRScheduler, warmup_weight
 from .settings import RESUMABLE, FitSettings, make_optimizer
+from .standard import RestoreBestWeights
 
 __all__ = [
     "CALLBACKS", "PRECISIONS", "PRECISION_CHOICES", "RESUMABLE", "AlphaSchedule", "CSVLogger",
     "Callback", "EarlyStopping", "FitResult", "FitSettings", "KLWarmup", "LRScheduler",
-    "MLflowLogger", "PrecisionWarning", "TensorBoardLogger", "Trainer", "build_callback",
+    "MLflowLogger", "PrecisionWarning", "RestoreBestWeights", "TensorBoardLogger", "Trainer", "build_callback",
     "check_run_start", "environment", "fit", "make_optimizer", "native_bf16",
     "precision_context", "register_callback", "resolve_device", "resolve_precision",
     "warmup_weight",

@@ -162,14 +162,15 @@ def state_keys(callbacks: list[Callback]) -> list[str]:
 # -- early stopping -----------------------------------------------------------------------
 @register_callback("early_stopping")
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
-    epochs. ``mode``: ``"max"`` (accuracies, ELBOs) or ``"min"`` (losses). The epoch that
-    triggers the stop is kept (recorded and checkpointed) like any other; the best
-    checkpoint stays what the run's selection chose."""
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` (times the best
+    value's magnitude with ``relative``) for ``patience`` epochs. ``mode``: ``"max"``
+    (accuracies, ELBOs) or ``"min"`` (losses). The epoch that triggers the stop is kept
+    (recorded and checkpointed) like any other; the best checkpoint stays what the run's
+    selection chose. A resumed run that had stopped trains no further epoch."""
 
     def __init__(
         self, monitor: str = "val_accuracy", patience: int = 5, min_delta: float = 0.0,
-        mode: str = "max",
+        mode: str = "max", relative: bool = False,
     ) -> None:  # fmt: skip
         require(isinstance(monitor, str) and monitor, f"monitor={monitor!r} must be a name")
         require(
@@ -178,9 +179,15 @@ class EarlyStopping(Callback):
         require(is_finite_number(min_delta) and min_delta >= 0,
                 f"min_delta={min_delta!r} must be a number >= 0")  # fmt: skip
         require(mode in ("max", "min"), f"mode={mode!r} must be 'max' or 'min'")
+        require(relative in (True, False), f"relative={relative!r} must be true or false")
         self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
+        self.relative = relative
         self.best: float | None = None
         self.wait = 0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.wait >= self.patience:
+            trainer.stop("early_stopping")
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         if self.monitor not in record:
@@ -190,7 +197,10 @@ class EarlyStopping(Callback):
             )
         value = float(record[self.monitor])
         sign = 1.0 if self.mode == "max" else -1.0
-        if self.best is None or sign * (value - self.best) > self.min_delta:
+        margin = self.min_delta * (
+            abs(self.best) if self.relative and self.best is not None else 1.0
+        )
+        if self.best is None or sign * (value - self.best) > margin:
             self.best, self.wait = value, 0
             return
         self.wait += 1

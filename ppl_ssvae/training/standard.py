@@ -3,6 +3,7 @@ time budgets and the progress bar (``fit`` adds them; a user passes only their o
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -49,6 +50,24 @@ class BestEpoch(Callback):
             self.improved = True
         else:
             self.improved = False
+
+
+class RestoreBestWeights(Callback):
+    """Keeps the best epoch's weights in memory and loads them back into the model at the
+    end: best.pt for a run without a run directory (the scikit-learn estimators)."""
+
+    order = PERSIST
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if trainer.result.best_epoch == record["epoch"]:
+            self.state = copy.deepcopy(trainer.model.state_dict())
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.state is not None:
+            trainer.model.load_state_dict(self.state)
 
 
 class NonFiniteGuard(Callback):
