@@ -11,12 +11,26 @@ row enumerated as in the one-plate model) through the same objective written in 
 PyTorch: the gap between it and ``ours`` is what Pyro's per-step machinery costs.
 
     python benchmarks/m2_speed.py --epochs 3
+
+``--fit-against OTHER_CHECKOUT`` times something else: one epoch of the library's own
+``fit`` (M2 784-500-50, 3000 labels, a run directory written) in this checkout and in
+another, each in a fresh process, the two taking turns for ``--rounds`` rounds; it prints
+each round's training-step and whole-epoch seconds, the medians and the ratios
+(this / other), and whether both computed the same validation accuracy.
+
+    python benchmarks/m2_speed.py --fit-against /path/to/older/checkout --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -116,6 +130,55 @@ def _time_epochs(
     return seconds
 
 
+FIT_EPOCH = """
+import json, sys, tempfile
+import pyro
+try:
+    from ppl_ssvae.training import fit
+except ImportError:  # a checkout from before ppl_ssvae.training
+    from ppl_ssvae.train import fit
+from ppl_ssvae.data import load, semi_supervised_split
+from ppl_ssvae.models import build
+data = semi_supervised_split(load("fashion-mnist", sys.argv[1] or None), labels=3000, seed=0)
+pyro.set_rng_seed(0)
+model = build("m2", input_dim=784, num_classes=10, z_dim=50, hidden=(500,))
+with tempfile.TemporaryDirectory() as out:
+    result = fit(model, data, epochs=1, batch_size=200, lr=1e-3, lr_decay=0.9,
+                 labelled_share="natural", progress=False, out=out)
+record = result.history[-1]
+keys = ("train_seconds", "epoch_seconds", "epoch_cpu_seconds", "val_accuracy")
+print(json.dumps({k: record[k] for k in keys}))
+"""
+
+
+def fit_against(other: Path, rounds: int, data_dir: str | None) -> None:
+    """One ``fit`` epoch here and in ``other`` per round, alternating which goes first."""
+    here = Path(__file__).resolve().parent.parent
+    checkouts = {"this": here, "other": other.resolve()}
+    seen: dict[str, list[dict]] = {name: [] for name in checkouts}
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")  # fmt: skip
+    for r in range(rounds):
+        order = list(checkouts) if r % 2 == 0 else list(checkouts)[::-1]
+        for name in order:
+            env = {**os.environ, "PYTHONPATH": str(checkouts[name])}
+            done = subprocess.run([sys.executable, "-c", FIT_EPOCH, data_dir or ""], env=env,
+                                  capture_output=True, text=True, check=True)  # fmt: skip
+            seen[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"  round {r + 1}: " + ", ".join(
+            f"{n} steps {seen[n][-1]['train_seconds']:.1f} s / epoch {seen[n][-1]['epoch_seconds']:.1f} s"
+            for n in checkouts), flush=True)  # fmt: skip
+    for key in ("train_seconds", "epoch_seconds", "epoch_cpu_seconds"):
+        med = {n: statistics.median(v[key] for v in seen[n]) for n in checkouts}
+        ratios = [a[key] / b[key] for a, b in zip(seen["this"], seen["other"], strict=True)]
+        print(f"{key} median: this {med['this']:.2f}, other {med['other']:.2f}; ratio this/other "
+              f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")  # fmt: skip
+    same = {v["val_accuracy"] for n in checkouts for v in seen[n]}
+    print(
+        f"validation accuracy after the epoch: {sorted(same)} ({'identical' if len(same) == 1 else 'DIFFERENT'})"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -132,7 +195,13 @@ def main(argv: list[str] | None = None) -> None:
         "--no-factored", dest="factored", action="store_false",
         help="skip the plain-PyTorch run of our factored modules",
     )  # fmt: skip
+    parser.add_argument("--fit-against", type=Path, metavar="CHECKOUT",
+                        help="time fit's epoch here against another checkout instead")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --fit-against [5]")
     args = parser.parse_args(argv)
+    if args.fit_against is not None:
+        fit_against(args.fit_against, args.rounds, args.data_dir)
+        return
 
     data = semi_supervised_split(load("fashion-mnist", args.data_dir), labels=args.labels, seed=0)
     # As `ppl-ssvae train` does for a Bernoulli likelihood: dynamic binarisation.
