@@ -43,9 +43,9 @@ from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier  # no
 
 from experiments.common import mean_and_sd, read_results, run_script, write_results  # noqa: E402
 from ppl_ssvae import SSVAEClassifier, data, models  # noqa: E402
-from ppl_ssvae.cli import model_options  # noqa: E402
 from ppl_ssvae.data import parse_labelled_share  # noqa: E402
 from ppl_ssvae.errors import UserError  # noqa: E402
+from ppl_ssvae.runs import key_values  # noqa: E402
 
 BUDGETS = {
     "smoke": {"epochs": 2, "seeds": [0], "max_unlabelled": 500, "mlp_iter": 50},
@@ -142,7 +142,7 @@ def _our_estimator(args: argparse.Namespace, epochs: int, dataset: Any) -> SSVAE
     if args.model not in models.MODELS:
         raise UserError(f"--model {args.model!r} unknown; choose from {', '.join(models.MODELS)}")
     parse_labelled_share(args.labelled_share)
-    model_args = model_options({"model_arg": args.model_arg})
+    model_args = key_values(args.model_arg, "--model-arg")
     models.build(args.model, guide=args.guide, input_dim=dataset.x_train.shape[1],
                  num_classes=dataset.num_classes, **model_args)  # fmt: skip
     return SSVAEClassifier(model=args.model, guide=args.guide, epochs=epochs,

@@ -614,18 +614,12 @@ def write_inspection(
     Returns ``{name: path}`` for each file written and ``{name: reason}`` for each picture
     that does not apply (no image shape, no graphviz, a model that cannot classify...).
     """
-    from . import data, models
-    from .rundir import RunDir
+    from .runs import load_run
 
-    run = RunDir(run_dir)
-    config = run.read_config()
-    model = models.from_config(config["model"])
-    run.load_weights(model, "best.pt")
+    loaded = load_run(run_dir)
+    run, model, split = loaded.directory, loaded.model, loaded.data
+    loaded.load_weights("best")
     model.eval()
-    recipe = config.get("data", {}).get("recipe")
-    if recipe is None:
-        raise UserError(f"{run_dir}: config.json has no data recipe to load the data from")
-    split = data.load_recipe(recipe)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | str] = {}

@@ -42,7 +42,7 @@ def test_train_evaluate_resume(tmp_path, capsys):
             "does not exist",
         ),
         (["train", "--out", "nowhere", "--resume"], "no run in nowhere"),
-        (["train", *TINY, "--hidden", "5,a", "--out", "x"], "comma-separated integers"),
+        (["train", *TINY, "--hidden", "5,a", "--out", "x"], "comma-separated ints"),
         (["train", *TINY, "--labelled-share", "lots", "--out", "x"], "labelled share"),
         (["evaluate", "/no/run"], "not a run directory"),
     ],
@@ -65,7 +65,7 @@ def test_precision_is_recorded_and_kept_on_resume(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", *TINY, "--epochs", "1", "--precision", "bf16", "--out", out]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["cli"]["precision"] == config["fit"]["precision"] == "bf16"
+    assert config["spec"]["fit"]["precision"] == config["fit"]["precision"] == "bf16"
     assert main(["train", "--out", out, "--resume", "--precision", "fp32"]) == 2
     assert "cannot change precision" in capsys.readouterr().err
     assert main(["train", "--out", out, "--resume", "--epochs", "2"]) == 0
@@ -97,9 +97,26 @@ def test_resume_a_run_started_before_an_option_existed(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    del config["cli"]["optimizer"], config["cli"]["momentum"]
+    for section in (config["spec"]["fit"], config["fit"]):
+        del section["lr_scheduler"], section["lr_scheduler_args"]
     (out / "config.json").write_text(json.dumps(config))
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+
+
+def test_resume_a_run_written_before_run_specs(tmp_path, capsys):
+    """A config.json of 0.1 (the CLI's options under "cli", no spec) resumes with its
+    recorded settings; only the budget may be given."""
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    config["cli"] = {**config.pop("spec")["data"], "model": "m2", "z_dim": 4, "hidden": "16"}
+    for key in ("lr_scheduler", "lr_scheduler_args"):
+        del config["fit"][key]
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2
+    assert "takes only epochs" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert main(["evaluate", str(out)]) == 0
 
 
 def test_pi_vae_trains_with_keras_rmsprop_unless_told_otherwise(tmp_path):

@@ -101,7 +101,7 @@ def test_semi_unsupervised_run_records_cluster_metrics(tmp_path, capsys):
     for key in ("test_accuracy", "test_accuracy_visible", "test_accuracy_hidden", "val_accuracy"):
         assert 0.0 <= record[key] <= 1.0
     config = json.loads((run / "config.json").read_text())
-    assert config["cli"]["extra_classes"] == 2
+    assert config["spec"]["model"]["extra_classes"] == 2
     assert config["model"]["num_classes"] == 12
     assert config["fit"]["labelled_share"] == "1:1"  # Willetts App. B batches under the protocol
     # Eq. 34-35 prior: 1/N_gt for the 8 labelled classes, the rest shared by 2 + 2.

@@ -58,7 +58,20 @@ __all__ = [
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Fields shared by every model; subclasses add their own."""
+    """Fields shared by every model; subclasses add their own.
+
+    Attributes:
+        input_dim: size of a flattened input row.
+        num_classes: |y|, the classes of the model (the data's K plus any extra ones).
+        likelihood: p(x|.): ``"bernoulli"`` (pixels in [0, 1]) or ``"gaussian"`` [by the
+            data's support].
+        init_std: None keeps torch's initialisation; a number draws kernels from
+            N(0, init_std^2) with zero biases (Willetts et al. App. B: 0.001).
+        init_layers: ``"all"`` kernels (App. B's text) or ``"heads"``, the output layers
+            only (the authors' code; the other kernels Glorot-normal).
+        guide: the guide family of every continuous latent (``ppl_ssvae.guides.GUIDES``).
+        guide_args: that family's arguments.
+    """
 
     input_dim: int
     num_classes: int

@@ -35,11 +35,13 @@ class FitSettings:
 
     Attributes:
         epochs: passes over the unlabelled training rows.
-        batch_size, labelled_share, binarize: see ``SemiSupervisedBatches``.
-            ``labelled_share=None`` takes the protocol's (``protocol.default_labelled_share``:
-            1:1 under hidden or extra classes, else the data's natural share);
-            ``binarize=None`` binarises exactly when the likelihood is Bernoulli, so grey
-            levels become the binary data it describes (Willetts et al. App. B).
+        batch_size: rows per step, labelled and unlabelled together.
+        labelled_share: the labelled rows' share of each batch: ``"natural"``, ``"1:1"`` or
+            a number in [0, 1); None takes the protocol's (1:1 under hidden or extra
+            classes, else the data's natural share; ``protocol.default_labelled_share``).
+        binarize: dynamic binarisation, a fresh Bernoulli draw per batch; None binarises
+            exactly when the likelihood is Bernoulli, so grey levels become the binary
+            data it describes (Willetts et al. App. B).
         lr: learning rate. None (as ``lr_decay``, ``optimizer`` and ``optimizer_args``):
             the model's recommendation (``fit_defaults``), else 1e-3.
         lr_decay: the learning rate is multiplied by this once per epoch (spread evenly
@@ -124,7 +126,8 @@ class FitSettings:
         )
         require(self.lr_decay is None or (is_finite_number(self.lr_decay) and 0.0 < self.lr_decay <= 1.0),
                  f"lr_decay={self.lr_decay!r} must be in (0, 1]")  # fmt: skip
-        check_optimizer(self.optimizer or LIBRARY_DEFAULTS["optimizer"], self.optimizer_args or {})
+        if self.optimizer is not None:  # else checked once the model's choice is known
+            check_optimizer(self.optimizer, self.optimizer_args or {})
         check_scheduler(self.lr_scheduler, self.lr_scheduler_args)
         require(is_int(self.seed), f"seed={self.seed!r} must be an integer")
         resolve_device(self.device)

@@ -1,0 +1,93 @@
+"""The ``ppl-ssvae`` command: ``train``, ``evaluate``, ``inspect`` and ``active``.
+
+A thin shell over the Python API: ``train``'s options are generated from the run spec's
+fields (``ppl_ssvae.runs.RunSpec``). User errors exit 2 with one line on stderr and no
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from ..distributed import LAUNCHER_ENV, PEER_EXIT, PeerFailure
+from ..errors import NonFiniteLossError, UserError
+from . import commands
+from . import train as train_command
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports errors on a single line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="ppl-ssvae", description="Semi-supervised deep generative models in Pyro."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    train_command.add_parser(sub)
+    commands.add_parsers(sub)
+    return parser
+
+
+COMMANDS = {
+    "train": train_command.train, "evaluate": commands.evaluate, "inspect": commands.inspect,
+    "active": commands.active,
+}  # fmt: skip
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"ppl-ssvae: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..models import load_plugins
+
+    try:
+        load_plugins()  # installed packages' models and callbacks become choices
+    except UserError as e:
+        _report(f"ppl-ssvae: error: {e}")
+        return 2
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse said it in one line (or printed --help)
+        return e.code if isinstance(e.code, int) else 2
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        _report(f"ppl-ssvae: error: {e}")
+        return 2
+    except NonFiniteLossError as e:
+        _report(f"ppl-ssvae: {e}")
+        return 1
+    except KeyboardInterrupt:
+        _report("ppl-ssvae: interrupted; continue with the same command plus --resume")
+        return 130
+    except PeerFailure as e:
+        if LAUNCHER_ENV not in os.environ:  # under bare torchrun: say it here
+            print(f"ppl-ssvae: error: rank {os.environ.get('RANK', '?')}: {e}; another process "
+                  "of this data-parallel run stopped; the run directory keeps the last good "
+                  "checkpoint: continue with the same command plus --resume", file=sys.stderr)  # fmt: skip
+        return PEER_EXIT
+    finally:
+        warnings.showwarning = shown
+        from ..distributed import shutdown
+
+        shutdown()
+
+
+def _report(line: str) -> None:
+    """Print a one-line error once: under torchrun only rank 0 does (every rank raises
+    the same refusal)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+
+
+__all__ = ["build_parser", "main"]

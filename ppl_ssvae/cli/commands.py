@@ -1,0 +1,174 @@
+"""``ppl-ssvae evaluate``, ``inspect`` and ``active``: thin shells over ``load_run``,
+``ppl_ssvae.inspect.write_inspection`` and ``ppl_ssvae.active.run_active``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..rundir import RunDir
+from .options import number_text
+
+
+def add_parsers(sub: Any) -> None:
+    from ..data import DATASETS
+
+    e = sub.add_parser("evaluate", help="test accuracy of a run's best checkpoint",
+                       description="Print the test accuracy of the best-validation checkpoint of a run.")  # fmt: skip
+    e.add_argument("run_dir", help="a run directory written by `ppl-ssvae train`")
+    e.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="which checkpoint to evaluate",
+    )
+    e.add_argument("--data-dir", help="override the data directory recorded in the run")
+    e.add_argument("--iwae", type=int, metavar="K",
+                   help="also estimate the test log-likelihood with K importance samples per "
+                   "row (the IWAE bound; labels summed exactly), in nats and bits per dimension")  # fmt: skip
+    e.add_argument("--iwae-rows", type=int, metavar="N",
+                   help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    a = sub.add_parser("active", help="cluster-then-label active labelling (Vengalil & Sinha)",
+                       description="Label a dataset from nothing: cluster the latent space, ask an "
+                       "oracle about decoded cluster centres, propagate the answers, retrain.")  # fmt: skip
+    a.add_argument("--dataset", help=f"{', '.join(DATASETS)} [digits]")
+    a.add_argument("--data-dir", help="directory with the dataset files")
+    a.add_argument("--iterations", type=int, help="cluster-ask-train rounds [5]")
+    a.add_argument("--queries", type=int, help="oracle queries per iteration [20]")
+    a.add_argument("--k", type=int, help="clusters per round [10]")
+    a.add_argument("--clustering", choices=["kmeans", "gmm"], help="[kmeans]")
+    a.add_argument("--distance", choices=["euclidean", "mahalanobis"], help="[euclidean]")
+    a.add_argument("--decay", choices=["exponential", "gaussian"],
+                   help="confidence decay with distance, eq. 2 / eq. 3 [gaussian]")  # fmt: skip
+    a.add_argument("--rate", type=float, help="decay rate a of eq. 2-3 [0.1]")
+    a.add_argument("--gamma", type=float, help="weight of the propagated labels' loss, eq. 4 [10]")
+    a.add_argument("--oracle", choices=["simulated", "human"], help="[simulated]")
+    a.add_argument("--answers-file", help="human oracle: answers, one line per centre "
+                   "('LABEL CONFIDENCE' or 'invalid') [stdin]")  # fmt: skip
+    a.add_argument("--seed", type=int, help="[0]")
+    a.add_argument("--out", required=True, help="run directory")
+    a.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (only --iterations may change)")  # fmt: skip
+    a.add_argument("--overwrite", action="store_true",
+                   help="clear the run --out holds, its answers included, and start again")  # fmt: skip
+
+    i = sub.add_parser("inspect", help="pictures and an arviz posterior of a run",
+                       description="Write a run's pictures (confusion matrix, latent map, samples, "
+                       "analogies, training curves...) and its posterior as arviz netCDF.")  # fmt: skip
+    i.add_argument("run_dir", help="a run directory written by `ppl-ssvae train`")
+    i.add_argument("--out", required=True, help="directory for the pictures and posterior.nc")
+    i.add_argument("--rows", type=int, default=16, help="test rows in the posterior [16]")
+    i.add_argument("--num-samples", type=int, default=100, help="posterior draws per row [100]")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from ..runs import load_run
+
+    if args.iwae is not None and args.iwae < 1:
+        raise UserError(f"--iwae {args.iwae} must be >= 1 importance samples")
+    if args.iwae_rows is not None and (args.iwae is None or args.iwae_rows < 1):
+        raise UserError("--iwae-rows N needs --iwae K and N >= 1")
+    loaded = load_run(args.run_dir, data_dir=args.data_dir)
+    model, split = loaded.model, loaded.data
+    state = loaded.load_weights(args.checkpoint)
+    report = {"run": str(loaded.path), "checkpoint": args.checkpoint, "epoch": state["epoch"],
+              "test_rows": len(split.x_test), **_test_report(model, split, args)}  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(_report_line(report))
+    return 0
+
+
+def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
+    """Test accuracy (cluster-and-label where the protocol says so; None for a model that
+    cannot classify), log loss, ELBO and, with --iwae, the IWAE log-likelihood."""
+    from ..likelihood import evaluation_inputs, likelihood_report
+    from ..metrics import accuracy, log_loss, mean_elbo
+    from ..protocol import is_clustering
+
+    report: dict[str, Any] = {"test_accuracy": None}
+    if model.can_classify and is_clustering(model.config.num_classes, split):
+        from ..clustering import clustering_report
+
+        clusters = clustering_report(model, split)
+        keys = ("test_accuracy", "cluster_mapping", "test_accuracy_visible", "test_accuracy_hidden")
+        report |= {k: clusters[k] for k in keys}
+    elif model.can_classify:
+        probs = model.classify(split.x_test)
+        report |= {"test_accuracy": accuracy(probs, split.y_test),
+                   "test_log_loss": log_loss(probs, split.y_test)}  # fmt: skip
+    report["test_elbo"] = mean_elbo(model, evaluation_inputs(model, split.x_test))
+    if args.iwae is not None:
+        report |= likelihood_report(model, split.x_test, args.iwae, args.iwae_rows)
+    return report
+
+
+def _report_line(report: dict[str, Any]) -> str:
+    parts = [f"test accuracy {number_text(report['test_accuracy'])}"]
+    if "test_log_loss" in report:
+        parts.append(f"log loss {number_text(report['test_log_loss'])}")
+    if "cluster_mapping" in report:
+        parts.append(
+            f"({report['cluster_mapping']} mapping; visible classes "
+            f"{number_text(report['test_accuracy_visible'])}, hidden classes "
+            f"{number_text(report['test_accuracy_hidden'])})"
+        )
+    parts.append(f"test ELBO {report['test_elbo']:.2f}")
+    if "test_log_likelihood" in report:
+        parts.append(
+            f"log-likelihood {report['test_log_likelihood']:.2f} nats "
+            f"({report['bits_per_dim']:.4f} bits/dim; IWAE K={report['iwae_samples']}, "
+            f"{report['iwae_rows']} rows)"
+        )
+    return "  ".join(parts) + (
+        f"  ({report['checkpoint']} checkpoint, epoch {report['epoch']}, "
+        f"{report['test_rows']} test rows)"
+    )
+
+
+def inspect(args: argparse.Namespace) -> int:
+    from ..inspect import write_inspection
+
+    if args.rows < 1 or args.num_samples < 1:
+        raise UserError("--rows and --num-samples must be >= 1")
+    RunDir(args.run_dir).read_config()  # one line if it is not a run, before writing
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a directory")
+    written = write_inspection(args.run_dir, out, rows=args.rows, num_samples=args.num_samples)
+    for name, where in written.items():
+        print(f"{name}: {where}")
+    return 0
+
+
+ACTIVE_OPTIONS = ("dataset", "data_dir", "iterations", "queries", "k", "clustering", "distance",
+                  "decay", "rate", "gamma", "oracle", "answers_file", "seed")  # fmt: skip
+
+
+def active(args: argparse.Namespace) -> int:
+    from ..active import ActiveConfig, run_active
+
+    given = {k: getattr(args, k) for k in ACTIVE_OPTIONS if getattr(args, k) is not None}
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other; give one of them")
+    if args.resume:
+        stored = ActiveConfig.from_dict(RunDir(args.out).read_config()["active"])
+        changed = sorted(
+            k for k, v in given.items() if k != "iterations" and getattr(stored, k) != v
+        )
+        if changed:
+            raise UserError(f"--resume cannot change {', '.join(changed)}; start a new --out")
+        config = dataclasses.replace(stored, iterations=given.get("iterations", stored.iterations))
+    else:
+        config = ActiveConfig(**given)
+    config.validate()
+    for record in run_active(config, Path(args.out), resume=args.resume, overwrite=args.overwrite):
+        print(json.dumps(record))
+    return 0
