@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from .data.datasets import Dataset
+from .data.dataset import Dataset
 from .data.split import SemiSupervisedData
 from .errors import UserError
 from .models.base import LabelLatentModel, SemiSupervisedModel

@@ -26,12 +26,10 @@ across channels (an LSTM does; per-channel features do not).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # datasets.py imports this module to register it by name
-    from .datasets import Dataset
+from .dataset import Dataset
 
 NAME = "sequences"
 SEQUENCE_LENGTH = 48
@@ -107,8 +105,6 @@ def load_sequences(data_dir: str | Path | None = None, *, seed: int = 0) -> Data
         seed: the dataset is a pure function of it; keep the default so numbers from
             different runs are comparable.
     """
-    from .datasets import Dataset
-
     # Independent streams for train and test, so changing one size never changes the other.
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     x_train, y_train = _split(TRAIN_PER_CLASS, train_rng)

@@ -29,14 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import UserError
-
-if TYPE_CHECKING:  # datasets.py imports this module to register load_shapes
-    from .datasets import Dataset
+from .dataset import Dataset
 
 SHAPE_NAMES = ("square", "ellipse", "triangle")
 SHAPE_FACTORS = ("shape", "scale", "rotation", "x", "y")
@@ -262,8 +259,6 @@ def load_shapes(
     :func:`ppl_ssvae.metrics.beta_vae_score`). The train/test split is stratified by the
     label and fixed by ``seed``.
     """
-    from .datasets import Dataset
-
     if label not in SHAPE_FACTORS:
         raise UserError(f"unknown shapes label {label!r}; choose one of {', '.join(SHAPE_FACTORS)}")
     if not 0 < test_size < 1:

@@ -22,14 +22,11 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataNotFoundError, UserError
-
-if TYPE_CHECKING:  # datasets.py imports this module to register load_smallnorb
-    from .datasets import Dataset
+from .dataset import DATA_ENV, Dataset
 
 # magic number -> element type (little-endian on disk)
 NORB_DTYPES = {
@@ -115,8 +112,6 @@ def write_norb_matrix(path: str | Path, array: np.ndarray) -> None:
 
 
 def _candidates(data_dir: str | Path | None) -> list[Path]:
-    from .datasets import DATA_ENV
-
     candidates = [Path(data_dir)] if data_dir is not None else []
     if os.environ.get(DATA_ENV):
         root = Path(os.environ[DATA_ENV])
@@ -199,8 +194,6 @@ def load_smallnorb(
     Raises:
         DataNotFoundError: files missing or corrupt (the message says where we looked).
     """
-    from .datasets import Dataset
-
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise UserError(f"image_size must be a positive integer or None, got {image_size!r}")
     searched = _candidates(data_dir)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .datasets import Dataset
+from .dataset import Dataset
 
 UNLABELLED = -1
 

@@ -15,14 +15,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataNotFoundError, UserError
-
-if TYPE_CHECKING:  # datasets.py imports this module to register it by name
-    from .datasets import Dataset
+from .dataset import Dataset
 
 DATA_ENV = "PPL_SSVAE_DATA"  # same variable as datasets.DATA_ENV
 
@@ -155,8 +152,6 @@ def load_uci_har(
         DataNotFoundError: a file is missing, a row does not have 128 values, the label
             and signal files disagree in length, or a label is outside 1..K.
     """
-    from .datasets import Dataset
-
     channels = list(channels)
     unknown = [c for c in channels if c not in CHANNELS]
     if unknown or not channels:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,7 +151,7 @@ class FitSettings:
         recs = model_recommendations(model)
         applied = {k: recs[k] for k in ("labelled_share", "binarize", "lr", "lr_decay",
                                          "optimizer") if getattr(self, k) is None and k in recs}  # fmt: skip
-        values = {**{k: v for k, v in LIBRARY_DEFAULTS.items() if getattr(self, k) is None},
+        values = {**{k: copy.deepcopy(v) for k, v in LIBRARY_DEFAULTS.items() if getattr(self, k) is None},
                   **applied}  # fmt: skip
         if self.lr_decay is None and "lr_decay" not in applied and self.lr_scheduler:
             values["lr_decay"] = 1.0  # a scheduler replaces the per-epoch decay
