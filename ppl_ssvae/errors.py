@@ -29,3 +29,15 @@ def is_finite_number(value: object) -> bool:
     import math
 
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+SEED_LIMIT = 2**32
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """A seed numpy and torch both accept: an integer with 0 <= seed < 2**32."""
+    require(
+        is_int(value) and 0 <= int(value) < SEED_LIMIT,
+        f"{name}={value!r} must be an integer with 0 <= {name} < 2**32",
+    )
+    return int(value)
