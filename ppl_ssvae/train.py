@@ -322,6 +322,11 @@ def _forget_model_params(model: SemiSupervisedModel) -> None:
 def _check_training_data(model: SemiSupervisedModel, data: SemiSupervisedData) -> None:
     model.check_x(data.x_train)
     model.check_y(data.y_train, len(data.x_train))
+    if model.can_classify and model.config.num_classes < 2:  # its evaluation would fail
+        raise UserError(
+            f"{model.name} has {model.config.num_classes} class; a classifier needs at least 2 "
+            "(data with two or more classes, or extra classes to cluster into)"
+        )
     if data.num_classes > model.config.num_classes:
         raise UserError(
             f"the data has {data.num_classes} classes but the model only {model.config.num_classes}"
@@ -334,6 +339,17 @@ def _check_training_data(model: SemiSupervisedModel, data: SemiSupervisedData) -
             raise UserError(
                 f"x_{split} has {len(x)} rows but y_{split} {len(y)}; give one label per row"
             )
+
+
+def _check_binarize(settings: FitSettings, data: SemiSupervisedData) -> None:
+    """Binarisation draws each input as a Bernoulli probability: refused, before anything
+    is written, for data outside [0, 1] (real-valued features such as moons)."""
+    x = data.x_train
+    if settings.binarize and len(x) and (x.min() < 0 or x.max() > 1):
+        raise UserError(
+            f"binarize needs inputs in [0, 1], but the {data.name} training rows lie in "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}]; drop --binarize (binarize=False)"
+        )
 
 
 def fit(
@@ -378,6 +394,7 @@ def fit(
     settings.validate()
     _check_training_data(model, data)
     settings = settings.resolved(model, data)
+    _check_binarize(settings, data)
     evaluate = evaluate or protocol.evaluators()[protocol.default_evaluator_name(model, data)]
     run = out if isinstance(out, RunDir) else (RunDir(out) if out is not None else None)
     if resume and run is None:
