@@ -16,7 +16,9 @@ PyTorch: the gap between it and ``ours`` is what Pyro's per-step machinery costs
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -31,6 +33,16 @@ from ppl_ssvae.models import build
 from ppl_ssvae.nets import activation
 from ppl_ssvae.plates import split_labels
 from ppl_ssvae.train import make_optimizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experiments.common
+
+from experiments.common import (  # noqa: E402
+    ScriptParser,
+    labelled_share,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 
 
 class NaiveM2(nn.Module):
@@ -117,15 +129,13 @@ def _time_epochs(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--labels", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--labelled-share", default="natural")
-    parser.add_argument("--alpha", type=float, default=100.0)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--labels", type=positive_int, default=3000)
+    parser.add_argument("--batch-size", type=positive_int, default=200)
+    parser.add_argument("--labelled-share", type=labelled_share, default="natural")
+    parser.add_argument("--alpha", type=non_negative_float, default=100.0)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--activation", default="relu")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument(
