@@ -18,7 +18,6 @@ crossover: N ranks beat one when a step's compute t satisfies t / N + all-reduce
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -29,6 +28,10 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experiments.common
+
+from experiments.common import ScriptParser, positive_int  # noqa: E402
 
 
 def run_once(
@@ -93,11 +96,11 @@ def m2_parameters() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--labels", type=int, default=3000)
+    p = ScriptParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=positive_int, default=3)
+    p.add_argument("--processes", type=positive_int, default=2)
+    p.add_argument("--rounds", type=positive_int, default=1)
+    p.add_argument("--labels", type=positive_int, default=3000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--allreduce-only", action="store_true", help="time the all-reduce alone")
     args = p.parse_args(argv)

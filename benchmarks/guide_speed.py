@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pyro
 import torch
 
 from ppl_ssvae.guides import guide_names
 from ppl_ssvae.models import build
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experiments.common
+
+from experiments.common import ScriptParser, name_list, positive_int  # noqa: E402
 
 
 def stepper(guide: str, seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -53,14 +59,12 @@ def batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--guides", default="gaussian,maf,pyro-iaf",
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--guides", type=name_list, default="gaussian,maf,pyro-iaf",
                         help=f"comma-separated, from {', '.join(guide_names())}")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per guide")
+    parser.add_argument("--steps", type=positive_int, default=20, help="timed steps per guide")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.guides.split(",") if n.strip()]
+    names = args.guides
     unknown = sorted(set(names) - set(guide_names()))
     if unknown:
         parser.error(f"unknown guides {unknown}; choose from {', '.join(guide_names())}")

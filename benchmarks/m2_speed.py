@@ -46,6 +46,16 @@ from ppl_ssvae.nets import activation
 from ppl_ssvae.plates import split_labels
 from ppl_ssvae.training import make_optimizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experiments.common
+
+from experiments.common import (  # noqa: E402
+    ScriptParser,
+    labelled_share,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+
 
 class NaiveM2(nn.Module):
     """Plain-PyTorch M2 with concatenated-label encoders, as most reference code has it."""
@@ -180,15 +190,13 @@ def fit_against(other: Path, rounds: int, data_dir: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--labels", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--labelled-share", default="natural")
-    parser.add_argument("--alpha", type=float, default=100.0)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--labels", type=positive_int, default=3000)
+    parser.add_argument("--batch-size", type=positive_int, default=200)
+    parser.add_argument("--labelled-share", type=labelled_share, default="natural")
+    parser.add_argument("--alpha", type=non_negative_float, default=100.0)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--activation", default="relu")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument(
@@ -197,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--fit-against", type=Path, metavar="CHECKOUT",
                         help="time fit's epoch here against another checkout instead")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of --fit-against [5]")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5, help="rounds of --fit-against [5]"
+    )
     args = parser.parse_args(argv)
     if args.fit_against is not None:
         fit_against(args.fit_against, args.rounds, args.data_dir)

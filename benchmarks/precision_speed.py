@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -29,6 +31,10 @@ from ppl_ssvae.training import (
     precision_context,
     resolve_precision,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experiments.common
+
+from experiments.common import ScriptParser, name_list, positive_int  # noqa: E402
 
 # name -> (registry model, config, batch rows, labelled rows, classes): the semi-unsupervised
 # protocol of Willetts et al. (|y| = 30, |z| = 200, 500-500, 100 + 100 rows) and the pi-VAE
@@ -66,15 +72,13 @@ def step_times(name: str, steps: int, seed: int = 0) -> dict[str, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--models", default=",".join(SETUPS),
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=name_list, default=",".join(SETUPS),
                         help=f"comma-separated, from {', '.join(SETUPS)} [all]")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per precision")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per precision")
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    names = args.models
     unknown = sorted(set(names) - set(SETUPS))
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(SETUPS)}")

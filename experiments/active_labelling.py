@@ -42,7 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from experiments.common import run_script, write_results  # noqa: E402
+from experiments.common import (  # noqa: E402
+    ScriptParser,
+    non_negative_float,
+    positive_float,
+    random_seed,
+    run_script,
+    write_results,
+)
 from ppl_ssvae import protocol  # noqa: E402
 from ppl_ssvae.active import ActiveConfig, load_unlabelled, run_active, weighted_data  # noqa: E402
 from ppl_ssvae.active.loop import build_model, evaluate, fit_settings  # noqa: E402
@@ -64,12 +71,12 @@ VARIANTS = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     p.add_argument("--dataset", default="mnist-5k", help="fashion-mnist, mnist-5k, digits...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rate", type=float, default=0.1, help="a in eq. 2-3")
-    p.add_argument("--gamma", type=float, default=10.0, help="gamma in eq. 4")
+    p.add_argument("--seed", type=random_seed, default=0)
+    p.add_argument("--rate", type=positive_float, default=0.1, help="a in eq. 2-3")
+    p.add_argument("--gamma", type=non_negative_float, default=10.0, help="gamma in eq. 4")
     p.add_argument("--runs-dir", default=None, help="keep the run directories here")
     p.add_argument("--results-dir", default="results")
     return p.parse_args(argv)

@@ -1,22 +1,25 @@
-"""Shared pieces of the experiment scripts: budgets and the results directory."""
+"""Shared pieces of the experiment scripts: their command-line values, budgets and the
+results directory."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import pyro
 
 from ppl_ssvae import models
 from ppl_ssvae.checkpoint import write_text_atomic
-from ppl_ssvae.data import SemiSupervisedData
-from ppl_ssvae.errors import UserError
+from ppl_ssvae.data import SemiSupervisedData, parse_labelled_share
+from ppl_ssvae.errors import UserError, check_seed
 from ppl_ssvae.models.base import SemiSupervisedModel
 from ppl_ssvae.optim import optimizer_args
 from ppl_ssvae.training import FitResult, environment
@@ -34,6 +37,123 @@ def run_script(main: Callable[[], Any]) -> None:
     except UserError as error:
         print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# -- command-line values ------------------------------------------------------------------------
+# The scripts' argparse ``type=`` functions (the benchmarks' too): a bad value is one line and
+# exit code 2 before anything is loaded or written, as `ppl-ssvae` reports its options.
+T = TypeVar("T")
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as ``run_script`` prints a UserError (argparse
+    itself prints its usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _integer(text: str, minimum: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+    return value
+
+
+def _checked(check: Callable[[Any], T], value: Any) -> T:
+    """``check(value)``, its UserError turned into argparse's error for the option."""
+    try:
+        return check(value)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1: epochs, labels, rows, steps, sizes."""
+    return _integer(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0, where 0 means none."""
+    return _integer(text, 0)
+
+
+def random_seed(text: str) -> int:
+    """A seed numpy and torch both accept (``ppl_ssvae.errors.check_seed``)."""
+    return _checked(check_seed, _integer(text))
+
+
+def _real(text: str, ok: Callable[[float], bool], what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"{text} must be {what}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0: learning rates, weights, minutes."""
+    return _real(text, lambda v: v > 0, "a finite number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _real(text, lambda v: v >= 0, "a finite number >= 0")
+
+
+def unit_fraction(text: str) -> float:
+    """A share of rows in (0, 1]."""
+    return _real(text, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def labels_or_all(text: str) -> str:
+    """A number of labels >= 1, or ``all``; as text, since results folders are named by it."""
+    return text if text == "all" else str(positive_int(text))
+
+
+def labelled_share(text: str) -> str:
+    """``natural``, ``1:1`` or a share in [0, 1) (``ppl_ssvae.data.parse_labelled_share``),
+    kept as given."""
+    _checked(parse_labelled_share, text)
+    return text
+
+
+def folder_name(text: str) -> str:
+    """A results folder's name (``check_name``)."""
+    return _checked(check_name, text)
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is one folder name: ``--name ../../x`` would write outside
+    ``--results-dir``."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise UserError(f"results name {name!r} must be a folder name, not a path (no '/', '..')")
+    return name
+
+
+def comma_list(item: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """``item`` values separated by commas, at least one and none empty."""
+
+    def parse(text: str) -> list[T]:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has an empty item; give values separated by commas, e.g. 1,2"
+            )
+        return [item(part) for part in parts]
+
+    parse.__name__ = f"{item.__name__} list"
+    return parse
+
+
+name_list, positive_int_list, non_negative_int_list, random_seed_list, unit_fraction_list = map(
+    comma_list, (str, positive_int, non_negative_int, random_seed, unit_fraction)
+)
 
 
 def build_seeded(name: str, seed: int, **config: Any) -> SemiSupervisedModel:
@@ -138,7 +258,7 @@ def write_results(
 ) -> Path:
     """Write ``results/<name>/`` with results.md, results.csv and config.json; a
     ``summary`` (e.g. ``mean_and_sd`` over seeds) goes to summary.csv and under the table."""
-    out = Path(results_dir) / name
+    out = Path(results_dir) / check_name(name)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "results.csv", rows)
     lines = _markdown_table(rows)

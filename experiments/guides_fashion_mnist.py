@@ -31,8 +31,14 @@ import torch  # noqa: E402
 
 from experiments.common import (  # noqa: E402
     STARTED_FROM,
+    ScriptParser,
+    folder_name,
+    name_list,
     paper_fit_arguments,
     plot_curves,
+    positive_int,
+    positive_int_list,
+    random_seed,
     run_script,
     write_results,
 )
@@ -64,8 +70,7 @@ BUDGETS = {
 }
 
 
-def _names(text: str, known: Any, what: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+def _names(names: list[str], known: Any, what: str) -> list[str]:
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise UserError(f"unknown {what} {unknown}; choose from {', '.join(known)}")
@@ -135,7 +140,7 @@ def _model_options(name: str, guide: str, args: argparse.Namespace) -> dict[str,
     if args.z_dim is not None:
         options["z_dim"] = args.z_dim
     if args.hidden is not None:
-        options["hidden"] = tuple(int(h) for h in args.hidden.split(","))
+        options["hidden"] = tuple(args.hidden)
     return options
 
 
@@ -146,27 +151,30 @@ def _epochs_done(run: RunDir) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument(
-        "--settings", default=",".join(SETTINGS), help=f"from {', '.join(SETTINGS)}"
+        "--settings", type=name_list, default=",".join(SETTINGS), help=f"from {', '.join(SETTINGS)}"
     )
-    parser.add_argument("--guides", default=",".join(GUIDES), help="guide registry names")
-    parser.add_argument("--epochs", type=int, help="override the budget's epochs")
-    parser.add_argument("--iwae", type=int, help="override the budget's K")
-    parser.add_argument("--iwae-rows", type=int, help="override the budget's test subset")
-    parser.add_argument("--labels", type=int, help="override every setting's labels (quick checks)")
-    parser.add_argument("--z-dim", type=int, help="override the models' z size (quick checks)")
-    parser.add_argument("--hidden", help="override the models' hidden widths (quick checks)")
+    parser.add_argument(
+        "--guides", type=name_list, default=",".join(GUIDES), help="guide registry names"
+    )
+    parser.add_argument("--epochs", type=positive_int, help="override the budget's epochs")
+    parser.add_argument("--iwae", type=positive_int, help="override the budget's K")
+    parser.add_argument("--iwae-rows", type=positive_int, help="override the budget's test subset")
+    parser.add_argument("--labels", type=positive_int,
+                        help="override every setting's labels (quick checks)")  # fmt: skip
+    parser.add_argument("--z-dim", type=positive_int,
+                        help="override the models' z size (quick checks)")  # fmt: skip
+    parser.add_argument("--hidden", type=positive_int_list,
+                        help="override the models' hidden widths (quick checks)")  # fmt: skip
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when present)")
     parser.add_argument("--runs-dir", default="runs/guides")
     parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--name", default=None, help="results folder [guides_<dataset>]")
+    parser.add_argument("--name", type=folder_name, help="results folder [guides_<dataset>]")
     args = parser.parse_args(argv)
     for key, value in BUDGETS[args.budget].items():
         if getattr(args, key) is None:

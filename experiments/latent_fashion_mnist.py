@@ -41,7 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyro  # noqa: E402
 
-from experiments.common import plot_curves, run_script, write_results  # noqa: E402
+from experiments.common import (  # noqa: E402
+    ScriptParser,
+    labelled_share,
+    plot_curves,
+    positive_int,
+    random_seed,
+    run_script,
+    write_results,
+)
 from ppl_ssvae import data, models  # noqa: E402
 from ppl_ssvae.baselines import fit_labelled_only  # noqa: E402
 from ppl_ssvae.training import FitSettings, fit  # noqa: E402
@@ -59,23 +67,21 @@ GENERATIVE = {"M2": "m2", "latent": "latent", "latent-simplified": "latent-simpl
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="epochs per generative model [the budget's]"
+        "--epochs", type=positive_int, help="epochs per generative model [the budget's]"
     )
     parser.add_argument(
         "--baseline-epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="epochs of the labelled-only baseline [the budget's]",
     )
-    parser.add_argument("--labels", type=int, default=100)
-    parser.add_argument("--labelled-share", default="1:1",
+    parser.add_argument("--labels", type=positive_int, default=100)
+    parser.add_argument("--labelled-share", type=labelled_share, default="1:1",
                         help="labelled share of each batch [the thesis's 1:1]")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--results-dir", default="results")

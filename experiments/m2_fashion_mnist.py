@@ -16,7 +16,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import build_seeded, plot_curves, run_script, write_results  # noqa: E402
+from experiments.common import (  # noqa: E402
+    ScriptParser,
+    build_seeded,
+    plot_curves,
+    positive_int,
+    random_seed,
+    run_script,
+    write_results,
+)
 from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.training import fit  # noqa: E402
 
@@ -26,15 +34,13 @@ SETTINGS = {"labels": 3000, "batch_size": 200, "lr": 1e-3, "lr_decay": 0.93, "se
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--labels", type=int, default=SETTINGS["labels"])
-    parser.add_argument("--seed", type=int, default=SETTINGS["seed"])
+    parser.add_argument("--labels", type=positive_int, default=SETTINGS["labels"])
+    parser.add_argument("--seed", type=random_seed, default=SETTINGS["seed"])
     args = parser.parse_args(argv)
 
     dataset = data.load(args.dataset, args.data_dir)

@@ -26,11 +26,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import (  # noqa: E402
+    ScriptParser,
     build_seeded,
+    folder_name,
     mean_and_sd,
+    name_list,
+    non_negative_float,
     paper_fit_arguments,
+    positive_int,
+    random_seed_list,
     read_results,
     run_script,
+    unit_fraction_list,
     write_results,
 )
 from ppl_ssvae import data  # noqa: E402
@@ -96,26 +103,28 @@ def read_rows(folder: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument(
-        "--classes", default=None, help="anomalous classes, ids or names, e.g. 0,7 [all]"
+        "--classes", type=name_list, help="anomalous classes, ids or names, e.g. 0,7 [all]"
     )
-    parser.add_argument("--label-fractions", default="1.0",
+    parser.add_argument("--label-fractions", type=unit_fraction_list, default="1.0",
                         help="labelled fraction of the normal classes for SS, comma-separated")  # fmt: skip
-    parser.add_argument("--samples", type=int, default=10, help="L, samples of z per score")
     parser.add_argument(
-        "--alpha", type=float, default=None, help="SS's alpha of eq. 5 [model default]"
+        "--samples", type=positive_int, default=10, help="L, samples of z per score"
     )
-    parser.add_argument("--seeds", "--seed", default="0",
+    parser.add_argument(
+        "--alpha", type=non_negative_float, help="SS's alpha of eq. 5 [model default]"
+    )
+    parser.add_argument("--seeds", "--seed", type=random_seed_list, default="0",
                         help="comma-separated seeds; each draws its own labelled subset and "
                         "initialisation, and the summary gives mean ± sd over them")  # fmt: skip
     parser.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
                         help="train nothing: summarise the results.csv of earlier runs of this "
                         "script together (e.g. one process per seed)")  # fmt: skip
-    parser.add_argument("--name", default=None, help="results folder [pi_vae_anomaly_<dataset>]")
+    parser.add_argument(
+        "--name", type=folder_name, help="results folder [pi_vae_anomaly_<dataset>]"
+    )
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--results-dir", default="results")
@@ -143,12 +152,12 @@ def train_all(args: argparse.Namespace) -> list[dict]:
     classes = (
         range(dataset.num_classes)
         if args.classes is None
-        else [class_id(dataset, c.strip()) for c in args.classes.split(",")]
+        else [class_id(dataset, c) for c in args.classes]
     )
-    fractions = [float(f) for f in args.label_fractions.split(",")]
+    fractions = args.label_fractions
     epochs = BUDGETS[args.budget]
     rows = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in args.seeds:
         for anomalous in classes:
             rows += train_one_class(args, dataset, anomalous, fractions, epochs, seed)
     return rows

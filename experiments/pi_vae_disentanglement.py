@@ -50,8 +50,15 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import (  # noqa: E402
+    ScriptParser,
     build_seeded,
+    non_negative_float,
+    non_negative_int,
+    non_negative_int_list,
     paper_fit_arguments,
+    positive_float,
+    positive_int,
+    random_seed,
     run_script,
     whole_labels,
     write_results,
@@ -145,23 +152,23 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
-    parser.add_argument("--labels", default="0,100,300,1000",
+    parser.add_argument("--labels", type=non_negative_int_list, default="0,100,300,1000",
                         help="comma-separated numbers of labels, one SS run each")  # fmt: skip
-    parser.add_argument("--labelled-only", type=int, default=0,
+    parser.add_argument("--labelled-only", type=non_negative_int, default=0,
                         help="also train on this many labelled images alone (0: no such run)")  # fmt: skip
     parser.add_argument("--label-factor", choices=SHAPE_FACTORS, default=None,
                         help="the shapes factor the labels are for [shape]")  # fmt: skip
     parser.add_argument("--net", choices=("dense", "cnn"), default="dense")
-    parser.add_argument("--z-dim", type=int, default=10)
-    parser.add_argument("--beta", type=float, default=0.25, help="beta_norm, the KL weight")
-    parser.add_argument("--alpha", type=float, default=100.0,
+    parser.add_argument("--z-dim", type=positive_int, default=10)
+    parser.add_argument(
+        "--beta", type=positive_float, default=0.25, help="beta_norm, the KL weight"
+    )
+    parser.add_argument("--alpha", type=non_negative_float, default=100.0,
                         help="weight of the pi cross-entropy (eq. 5)")  # fmt: skip
-    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-minutes", type=positive_float, help="wall-clock cap per run")
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="shapes",
                         help="a dataset with known factors (shapes, smallnorb)")  # fmt: skip
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> Path:
     budget = BUDGETS[args.budget]
     k = dataset.num_classes
 
-    runs = [("SS", whole_labels(int(n), k)) for n in args.labels.split(",")]
+    runs = [("SS", whole_labels(n, k)) for n in args.labels]
     if args.labelled_only:
         runs.append(("labelled-only", whole_labels(args.labelled_only, k)))
     rows = []

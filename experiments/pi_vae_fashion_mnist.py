@@ -34,10 +34,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import (  # noqa: E402
+    ScriptParser,
     build_seeded,
+    folder_name,
+    labels_or_all,
     mean_and_sd,
+    non_negative_float,
+    non_negative_int,
     paper_fit_arguments,
     plot_curves,
+    positive_float,
+    positive_int,
+    random_seed_list,
     read_results,
     run_script,
     selected_epoch_columns,
@@ -119,24 +127,24 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
-    parser.add_argument("--labels", default="1000", help="number of labels, or 'all'")
+    parser.add_argument(
+        "--labels", type=labels_or_all, default="1000", help="number of labels, or 'all'"
+    )
     parser.add_argument("--net", choices=("dense", "cnn"), default="dense")
-    parser.add_argument("--ss-epochs", type=int, default=None, help="SS epochs [budget's]")
-    parser.add_argument("--es-epochs", type=int, default=None, help="ES epochs [budget's]")
-    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per run")
-    parser.add_argument("--alpha", type=float, default=None, help="alpha of eq. 5 [model default]")
-    parser.add_argument("--batch-size", type=int, default=200,
+    parser.add_argument("--ss-epochs", type=positive_int, help="SS epochs [budget's]")
+    parser.add_argument("--es-epochs", type=positive_int, help="ES epochs [budget's]")
+    parser.add_argument("--max-minutes", type=positive_float, help="wall-clock cap per run")
+    parser.add_argument("--alpha", type=non_negative_float, help="alpha of eq. 5 [model default]")
+    parser.add_argument("--batch-size", type=positive_int, default=200,
                         help="rows per step, labelled + unlabelled (the paper does not say; "
                         "Keras's default is 32)")  # fmt: skip
-    parser.add_argument("--validation-size", type=int, default=None,
+    parser.add_argument("--validation-size", type=non_negative_int, default=None,
                         help="labelled validation rows carved from training [dataset's, 10,000 "
                         "for Fashion-MNIST]; 0 trains on all 60,000 as the paper, and the "
                         "best-validation columns then repeat the last epoch")  # fmt: skip
-    parser.add_argument("--seeds", "--seed", default="0",
+    parser.add_argument("--seeds", "--seed", type=random_seed_list, default="0",
                         help="comma-separated; each seed draws its own labelled subset and the "
                         "table adds mean and sd over them")  # fmt: skip
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="train nothing: put the results.csv of earlier runs of this script "
                         "into one table with mean and sd per model and alpha (e.g. one process "
                         "per seed)")  # fmt: skip
-    parser.add_argument("--name", default=None,
+    parser.add_argument("--name", type=folder_name,
                         help="results folder [pi_vae_<dataset>_<labels>_<net>]")  # fmt: skip
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> Path:
     ss_epochs, es_epochs = BUDGETS[args.budget]
     ss_epochs = ss_epochs if args.ss_epochs is None else args.ss_epochs
     es_epochs = es_epochs if args.es_epochs is None else args.es_epochs
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     kept_labels = {"label_fraction": 1.0} if args.labels == "all" else {"labels": int(args.labels)}
     rows, curves = [], {}
     ss_model = None

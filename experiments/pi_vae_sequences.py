@@ -32,9 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import (  # noqa: E402
+    ScriptParser,
     build_seeded,
+    labels_or_all,
     paper_fit_arguments,
     plot_curves,
+    positive_float,
+    positive_int,
+    random_seed,
     run_script,
     selected_epoch_columns,
     whole_labels,
@@ -86,14 +91,14 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
-    parser.add_argument("--labels", default="100", help="number of labels, or 'all'")
-    parser.add_argument("--z-dim", type=int, default=2, help="latent size (2 in Table 15)")
-    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--labels", type=labels_or_all, default="100", help="number of labels, or 'all'"
+    )
+    parser.add_argument("--z-dim", type=positive_int, default=2, help="latent size (2 in Table 15)")
+    parser.add_argument("--max-minutes", type=positive_float, help="wall-clock cap per run")
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="sequences", help="sequences or uci-har")
     parser.add_argument("--results-dir", default="results")

@@ -22,7 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import plot_curves, run_script, write_results  # noqa: E402
+from experiments.common import (  # noqa: E402
+    ScriptParser,
+    folder_name,
+    plot_curves,
+    run_script,
+    write_results,
+)
+from ppl_ssvae.errors import UserError  # noqa: E402
+from ppl_ssvae.rundir import RunDir  # noqa: E402
 from ppl_ssvae.training import FitResult  # noqa: E402
 
 # Extra columns of clustering runs, from their best-validation epoch's metrics.
@@ -130,22 +138,26 @@ def _other_model_args(model: dict) -> list[str]:
     return args
 
 
+def _read_run(run: Path) -> tuple[dict, list[dict]]:
+    """A run's config and history; a one-line error for a folder that is not a run or has
+    no finished epoch to report."""
+    rundir = RunDir(run)
+    config = rundir.read_config()
+    history = rundir.read_history()
+    if not history:
+        raise UserError(f"{run} has no finished epoch (metrics.jsonl is empty); train it "
+                        "first or leave it out")  # fmt: skip
+    return config, history
+
+
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", type=folder_name, required=True)
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
 
-    runs = {}
-    for run in args.runs:
-        config = json.loads((run / "config.json").read_text())
-        history = [
-            json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line
-        ]
-        runs[run] = (config, history)
+    runs = {run: _read_run(run) for run in args.runs}  # all of them before anything is written
     clustering = any("cluster_mapping" in h for _, history in runs.values() for h in history)
     rows, curves = [], {}
     for run, (config, history) in runs.items():

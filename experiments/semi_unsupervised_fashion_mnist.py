@@ -34,7 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments import report_runs  # noqa: E402
-from experiments.common import run_script  # noqa: E402
+from experiments.common import (  # noqa: E402
+    ScriptParser,
+    folder_name,
+    name_list,
+    positive_int,
+    positive_int_list,
+    random_seed,
+    run_script,
+)
 from ppl_ssvae.cli import main as ppl_ssvae  # noqa: E402
 from ppl_ssvae.training import PRECISIONS  # noqa: E402
 
@@ -61,7 +69,8 @@ def train_arguments(
     b = BUDGETS[budget]
     argv = ["train", "--model", model, "--dataset", args.dataset, *PROTOCOL,
             "--epochs", str(b["epochs"]), "--lr", str(b["lr"]), "--seed", str(args.seed),
-            "--z-dim", str(args.z_dim), "--hidden", args.hidden, "--precision", args.precision,
+            "--z-dim", str(args.z_dim), "--hidden", ",".join(map(str, args.hidden)),
+            "--precision", args.precision,
             "--no-progress"]  # fmt: skip
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
@@ -71,28 +80,27 @@ def train_arguments(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
-    parser.add_argument("--models", default=",".join(MODELS),
+    parser.add_argument("--models", type=name_list, default=",".join(MODELS),
                         help=f"comma-separated, from {', '.join(MODELS)} [all]")  # fmt: skip
     parser.add_argument("--unsupervised", action="store_true",
                         help="also train each model with no labels (|y| = 30, uniform prior)")  # fmt: skip
-    parser.add_argument("--z-dim", type=int, default=200)
-    parser.add_argument("--hidden", default="500,500", help="hidden widths [App. B: 500,500]")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--z-dim", type=positive_int, default=200)
+    parser.add_argument("--hidden", type=positive_int_list, default="500,500",
+                        help="hidden widths [App. B: 500,500]")  # fmt: skip
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="training-step precision; bf16 autocast halves the CPU time of a step "
                         "on a CPU with AMX")  # fmt: skip
-    parser.add_argument("--name", default=None,
+    parser.add_argument("--name", type=folder_name,
                         help="results folder [semi_unsupervised_<dataset>]")  # fmt: skip
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--runs-dir", default="runs/semi_unsupervised")
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
-    chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+    chosen = args.models
     unknown = sorted(set(chosen) - set(MODELS))
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")

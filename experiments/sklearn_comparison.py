@@ -41,7 +41,19 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.neural_network import MLPClassifier  # noqa: E402
 from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier  # noqa: E402
 
-from experiments.common import mean_and_sd, read_results, run_script, write_results  # noqa: E402
+from experiments.common import (  # noqa: E402
+    ScriptParser,
+    folder_name,
+    labelled_share,
+    mean_and_sd,
+    non_negative_int,
+    positive_int,
+    positive_int_list,
+    random_seed_list,
+    read_results,
+    run_script,
+    write_results,
+)
 from ppl_ssvae import SSVAEClassifier, data, models  # noqa: E402
 from ppl_ssvae.data import parse_labelled_share  # noqa: E402
 from ppl_ssvae.errors import UserError  # noqa: E402
@@ -56,26 +68,26 @@ OURS = "ssvae_"  # the prefix of our estimators' method names
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument("--dataset", default="fashion-mnist", help="digits for quick checks")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--labels", default="100,1000", help="comma-separated label counts")
-    parser.add_argument("--seeds", default=None, help="comma-separated (default: the budget's)")
-    parser.add_argument("--max-unlabelled", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
+    parser.add_argument("--labels", type=positive_int_list, default="100,1000",
+                        help="comma-separated label counts")  # fmt: skip
+    parser.add_argument("--seeds", type=random_seed_list,
+                        help="comma-separated (default: the budget's)")  # fmt: skip
+    parser.add_argument("--max-unlabelled", type=non_negative_int, default=None)
+    parser.add_argument("--epochs", type=positive_int, help="override the budget's epochs")
     parser.add_argument("--model", default="m2", help=f"ours: one of {', '.join(models.MODELS)}")
     parser.add_argument("--guide", default="gaussian", help="ours: a guide registry name")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                         help="ours: a model config field (JSON value); repeatable")  # fmt: skip
     # 1:1 batches: at the natural share a batch of 200 holds 0.4 of 100 labelled rows, and
     # M2 falls behind the baselines (results/README.md, scikit-learn section).
-    parser.add_argument("--labelled-share", default="1:1",
+    parser.add_argument("--labelled-share", type=labelled_share, default="1:1",
                         help="ours: natural, 1:1 or a number in [0, 1) [1:1]")  # fmt: skip
     parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--name", default=None,
+    parser.add_argument("--name", type=folder_name,
                         help="results folder [sklearn_comparison, or ..._merged with --merge]")  # fmt: skip
     parser.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
                         help="join these results folders and select ours by validation")  # fmt: skip
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.merge:
         return _write(merged([Path(f) for f in args.merge]), args, {"args": vars(args)})
     budget = dict(BUDGETS[args.budget])
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
+    seeds = args.seeds or budget["seeds"]
     if args.max_unlabelled is not None:
         budget["max_unlabelled"] = args.max_unlabelled
     if args.epochs is not None:
@@ -92,7 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
     dataset = data.load(args.dataset, args.data_dir)
     ours = _our_estimator(args, budget["epochs"], dataset)
     rows = []
-    for labels in (int(n) for n in args.labels.split(",")):
+    for labels in args.labels:
         for seed in seeds:
             split = data.semi_supervised_split(dataset, labels=labels, seed=seed)
             rows += _compare(split, labels, seed, budget, ours)

@@ -31,7 +31,7 @@ from pyro import poutine
 
 from .data.dataset import Dataset
 from .data.split import SemiSupervisedData
-from .errors import UserError
+from .errors import UserError, is_int
 from .models.base import LabelLatentModel, SemiSupervisedModel
 from .models.pi_vae import PiVAE
 from .plates import MAX_PLATE_NESTING
@@ -87,10 +87,10 @@ def reconstruction_log_prob(
     Returns:
         ``(N,)`` tensor of log reconstruction probabilities (nats), on the CPU.
     """
-    if samples < 1:
-        raise UserError(f"samples={samples} must be at least 1")
-    if batch_size < 1:
-        raise UserError(f"batch_size={batch_size} must be at least 1")
+    if not is_int(samples) or samples < 1:
+        raise UserError(f"samples={samples!r} must be an integer >= 1")
+    if not is_int(batch_size) or batch_size < 1:
+        raise UserError(f"batch_size={batch_size!r} must be an integer >= 1")
     if average not in AVERAGES:
         raise UserError(f"unknown average {average!r}; choose one of {', '.join(AVERAGES)}")
     scorer = _scorer(model)
@@ -316,6 +316,9 @@ def class_id(dataset: Dataset, anomaly_class: int | str) -> int:
                 f"{', '.join(dataset.class_names)} (or its id 0..{k - 1})"
             )
         return dataset.class_names.index(anomaly_class)
+    # An id or its text (numpy's ints too), but not 2.7 or True.
+    if not (isinstance(anomaly_class, (str, np.integer)) or is_int(anomaly_class)):
+        raise UserError(f"anomaly_class={anomaly_class!r} must be a class id or name")
     c = int(anomaly_class)
     if not 0 <= c < k:
         raise UserError(f"anomaly_class={c} is out of range; {dataset.name} has ids 0..{k - 1}")

@@ -27,7 +27,7 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate, infer_discrete
 
-from .errors import UserError
+from .errors import UserError, is_int
 from .guides.sampling import seeded_rng
 from .models.base import SemiSupervisedModel
 from .plates import MAX_PLATE_NESTING
@@ -67,8 +67,8 @@ def generation_grid(
     """
     k, d = model.config.num_classes, model.config.input_dim
     _check_conditional(model)
-    if n_per_class < 1:
-        raise UserError(f"n_per_class={n_per_class} must be at least 1")
+    if not is_int(n_per_class) or n_per_class < 1:
+        raise UserError(f"n_per_class={n_per_class!r} must be an integer >= 1")
     shape = tuple(int(s) for s in image_shape)
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[0] not in (1, 3)):
         raise UserError(f"image_shape={shape} must be (H, W) or (C, H, W) with C = 1 or 3")
@@ -196,8 +196,10 @@ def posterior(
     x = model.check_x(x)
     y = torch.full((len(x),), -1, dtype=torch.long) if y is None else torch.as_tensor(y)
     y = model.check_y(y, len(x))
-    if not isinstance(num_samples, int) or num_samples < 1:
+    if not is_int(num_samples) or num_samples < 1:
         raise UserError(f"num_samples={num_samples!r} must be an integer >= 1")
+    if not is_int(iwae_samples) or iwae_samples < 0:
+        raise UserError(f"iwae_samples={iwae_samples!r} must be an integer >= 0 (0: none)")
     if exact_y and not model.label_is_latent:
         raise UserError(
             f"exact_y needs a model whose label is a latent of the model (m2, adgm, gmdgm, "

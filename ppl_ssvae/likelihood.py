@@ -45,7 +45,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from .errors import UserError
+from .errors import UserError, is_int
 from .guides.sampling import seeded_rng
 from .models.base import SemiSupervisedModel
 from .plates import MAX_PLATE_NESTING
@@ -147,8 +147,10 @@ def log_likelihood(
         max_rows: rows of one model/guide pass (data rows x samples x classes), so that
             memory stays bounded for any K.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise UserError(f"num_samples={num_samples!r} must be an integer >= 1")
+    # is_int, not isinstance(int): a bool is an int to Python, not a sample count.
+    for name, value in (("num_samples", num_samples), ("max_rows", max_rows)):
+        if not is_int(value) or value < 1:
+            raise UserError(f"{name}={value!r} must be an integer >= 1")
     x = model.check_x(x)
     y = torch.full((len(x),), -1, dtype=torch.long) if y is None else y
     y = model.check_y(torch.as_tensor(y), len(x))
@@ -268,7 +270,7 @@ def likelihood_report(
     test rows (a fixed, seeded subset; all when None), for ``ppl-ssvae evaluate --iwae``."""
     from .metrics import mean_elbo
 
-    if rows is not None and not (isinstance(rows, int) and rows > 0):
+    if rows is not None and not (is_int(rows) and rows > 0):
         raise UserError(f"rows={rows!r} must be a positive number of test rows")
     if rows is not None and rows < len(x):
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))

@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import models
 from .data import SemiSupervisedData
+from .errors import UserError
 from .metrics import accuracy
 from .models.base import SemiSupervisedModel
 from .training import FitSettings, RestoreBestWeights, fit
@@ -136,18 +137,46 @@ def _seed(random_state: Any) -> int:
 
 
 def _unlabelled(y: np.ndarray) -> np.ndarray:
-    """``y == -1`` element-wise, for numeric and for object/string label arrays."""
+    """The unlabelled rows: ``y == -1`` for numeric labels; for other labels ``-1``,
+    ``"-1"`` and ``None``, since numpy turns the -1 of a plain list ``["cat", -1]`` into
+    the string ``"-1"``, which would otherwise become a class that ``predict`` returns."""
     if y.dtype.kind in "iuf":
         return y == UNLABELLED
-    return np.array([isinstance(v, (int, np.integer)) and v == UNLABELLED for v in y])
+    return np.array([_is_unlabelled(v) for v in y], dtype=bool)
+
+
+def _is_unlabelled(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value == str(UNLABELLED)
+    return isinstance(value, (int, float, np.number)) and value == UNLABELLED
+
+
+def _check_one_kind(labels: np.ndarray) -> None:
+    """Text beside numbers (``"cat"`` and ``3``) has no order to sort classes by (sklearn
+    fails with a TypeError), and a typo is the likelier cause: refused in one line."""
+    if labels.dtype != object:  # one numpy dtype: one kind
+        return
+    kinds = {
+        "text" if isinstance(v, str) else "numbers" if isinstance(v, (int, float, np.number))
+        else type(v).__name__
+        for v in labels
+    }  # fmt: skip
+    if len(kinds) > 1:
+        raise UserError(
+            f"y mixes labels of kinds {', '.join(sorted(kinds))}; give every label the same "
+            "kind, and -1 (or None) for an unlabelled row"
+        )
 
 
 class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
     """A semi-supervised VAE as a scikit-learn classifier.
 
-    ``fit(X, y)`` takes ``y = -1`` for unlabelled rows (as ``sklearn.semi_supervised``);
-    the other labels may be any sortable values (strings, non-contiguous ints): they are
-    mapped to class ids and back (``classes_``). For model selection it holds out
+    ``fit(X, y)`` takes ``y = -1`` for unlabelled rows (as ``sklearn.semi_supervised``;
+    beside text labels ``"-1"`` and ``None`` too); the other labels may be any sortable
+    values of one kind (strings, non-contiguous ints): they are mapped to class ids and
+    back (``classes_``). For model selection it holds out
     ``validation_fraction`` of the labelled rows (or takes ``validation_data=(X, y)``) and
     keeps the epoch with the best validation accuracy.
 
@@ -228,6 +257,7 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
         labels = y[~unlabelled]
         if not len(labels):
             raise ValueError("fit needs at least one labelled row (y != -1)")
+        _check_one_kind(labels)
         check_classification_targets(labels)
         self.classes_ = np.unique(labels)
         ids = np.full(len(y), UNLABELLED, dtype=np.int64)
@@ -315,7 +345,8 @@ class SSVAEClusterer(ClusterMixin, _SSVAEBase):
 
     def fit(self, X: Any, y: Any = None) -> SSVAEClusterer:
         X = validate_data(self, X, dtype=np.float64)
-        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 1:
+        n = self.n_clusters  # True is an int to Python, not a number of clusters
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n_clusters={self.n_clusters!r} must be an integer >= 1")
         seed = _seed(self.random_state)
         none = np.full(len(X), UNLABELLED)

@@ -356,7 +356,11 @@ def test_sklearn_comparison_runs_our_chosen_model_and_batches(tmp_path):
     ("script", "bad", "message"),
     [
         ("sklearn_comparison", ["--model", "nope"], "--model 'nope' unknown; choose from m2"),
-        ("sklearn_comparison", ["--labelled-share", "2"], "labelled share 2.0 must be in [0, 1)"),
+        (
+            "sklearn_comparison",
+            ["--labelled-share", "2"],
+            "argument --labelled-share: labelled share 2.0 must be in [0, 1)",
+        ),
         ("sklearn_comparison", ["--model-arg", "zz=1"], "unknown M2Config fields ['zz']"),
         ("guides_fashion_mnist", ["--guides", "nope"], "unknown guides ['nope']; choose from"),
     ],

@@ -34,7 +34,7 @@ from ..rundir import CHECKPOINT, CONFIG, RunDir
 from ..training import EarlyStopping, FitSettings, environment, fit
 from .clusters import CLUSTERINGS, Cluster, cluster
 from .confidence import DECAYS, DISTANCES, confidence, distance
-from .oracles import Answer, HumanOracle, Oracle, Query, SimulatedOracle, answer_lines
+from .oracles import Answer, HumanOracle, Oracle, Query, SimulatedOracle, answer_lines, read_answers
 
 QUERIES = "queries.jsonl"
 ITERATIONS = "iterations.jsonl"
@@ -412,6 +412,8 @@ def run_active(
     config.validate()
     run = RunDir(out)
     _check_start(run, resume, overwrite)
+    if oracle is None and config.answers_file is not None:
+        read_answers(config.answers_file)  # refused now, not after the unsupervised phase
     data = load_unlabelled(config)
     model = build_model(config, data)
     with run.lock():

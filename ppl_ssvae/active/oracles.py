@@ -118,13 +118,27 @@ def parse_answer(line: str, num_classes: int | None = None) -> Answer:
     return Answer(label, confidence)
 
 
+def read_answers(path: str | Path) -> list[str]:
+    """The non-empty lines of an answers file; a UserError when it is missing or cannot be
+    read as text (``run_active`` calls it before anything is written, so a typo in the
+    path does not surface only after the unsupervised phase)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"answers file {path} not found; give an existing file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = "not text" if isinstance(e, UnicodeDecodeError) else e.strerror or e
+        raise UserError(f"answers file {path} cannot be read ({reason}); give a text file "
+                        "with one answer per line") from None  # fmt: skip
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
 def answer_lines(path: str | Path, skip: int = 0) -> Iterator[str]:
     """The non-empty lines of an answers file after the first ``skip`` (answered already
     in an earlier session); at its end, a UserError saying what to add."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"answers file {path} not found")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    lines = read_answers(path)
     yield from lines[skip:]
     raise UserError(f"{path} has {len(lines)} answers and the next query needs one more; "
                     "look at the centres' PNG in the run directory, append a line "

@@ -5,6 +5,8 @@ Unlabelled rows carry ``y = -1`` (scikit-learn's ``semi_supervised`` convention)
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +124,17 @@ def _class_id(item: object, k: int, names: Sequence[str] | None) -> int:
     return class_id
 
 
+def _is_count(value: object) -> bool:
+    """An integer (numpy's too) that is not a bool: 20.0 would reach numpy as a size, and
+    True would be 1."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """A finite real number (numpy's too) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _per_class_counts(
     y: np.ndarray,
     visible: list[int],
@@ -133,16 +146,16 @@ def _per_class_counts(
     if labels is None and label_fraction is None:
         return {c: int((y == c).sum()) for c in visible}  # every visible label is kept
     if label_fraction is not None:
-        if not 0.0 <= label_fraction <= 1.0:
-            raise UserError(f"label_fraction={label_fraction} must lie in [0, 1]")
+        if not (_is_number(label_fraction) and 0.0 <= label_fraction <= 1.0):
+            raise UserError(f"label_fraction={label_fraction!r} must be a number in [0, 1]")
         if label_fraction > 0 and not visible:
             raise UserError(
                 f"label_fraction={label_fraction} requested but every class is hidden; "
                 "drop label_fraction or hide fewer classes"
             )
         return {c: int(round(label_fraction * (y == c).sum())) for c in visible}
-    if labels < 0:
-        raise UserError(f"labels={labels} must be >= 0")
+    if not _is_count(labels) or labels < 0:
+        raise UserError(f"labels={labels!r} must be an integer >= 0")
     if labels == 0:
         return {c: 0 for c in visible}
     if not visible:
@@ -193,9 +206,11 @@ def semi_supervised_split(
     hidden = parse_class_ids(hidden_classes, k, dataset.class_names)
     rng = np.random.default_rng(seed)
     n = len(dataset.x_train)
-    n_val = dataset.default_validation_size if validation_size is None else int(validation_size)
-    if not 0 <= n_val < n:
-        raise UserError(f"validation_size={n_val} must be in [0, {n - 1}] for {dataset.name}")
+    n_val = dataset.default_validation_size if validation_size is None else validation_size
+    if not (_is_count(n_val) and 0 <= n_val < n):
+        raise UserError(
+            f"validation_size={n_val!r} must be an integer in [0, {n - 1}] for {dataset.name}"
+        )
     order = rng.permutation(n)
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     x_tr, y_true = dataset.x_train[train_idx], dataset.y_train[train_idx]
@@ -211,6 +226,8 @@ def semi_supervised_split(
     feature_mask = None
     x_val, x_te = dataset.x_train[val_idx], dataset.x_test
     if std_threshold is not None:
+        if not _is_number(std_threshold):
+            raise UserError(f"std_threshold={std_threshold!r} must be a number")
         feature_mask = x_tr.std(axis=0) > std_threshold
         if not feature_mask.any():
             raise UserError(f"std_threshold={std_threshold} removes every feature; lower it")

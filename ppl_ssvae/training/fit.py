@@ -137,6 +137,7 @@ def _settle(
     settings, applied = settings.recommended(model)
     settings = settings.resolved(model, data)
     settings.validate()
+    _check_binarize(settings, data)
     if recorded is not None:
         settings.resume_changes(recorded)
         applied = {}
@@ -246,6 +247,11 @@ def _check_epochs_left(trained: int, epochs: int, run: RunDir) -> None:
 def _check_training_data(model: SemiSupervisedModel, data: SemiSupervisedData) -> None:
     model.check_x(data.x_train)
     model.check_y(data.y_train, len(data.x_train))
+    if model.can_classify and model.config.num_classes < 2:  # its evaluation would fail
+        raise UserError(
+            f"{model.name} has {model.config.num_classes} class; a classifier needs at least 2 "
+            "(data with two or more classes, or extra classes to cluster into)"
+        )
     if data.num_classes > model.config.num_classes:
         raise UserError(
             f"the data has {data.num_classes} classes but the model only {model.config.num_classes}"
@@ -258,6 +264,17 @@ def _check_training_data(model: SemiSupervisedModel, data: SemiSupervisedData) -
             raise UserError(
                 f"x_{split} has {len(x)} rows but y_{split} {len(y)}; give one label per row"
             )
+
+
+def _check_binarize(settings: FitSettings, data: SemiSupervisedData) -> None:
+    """Binarisation draws each input as a Bernoulli probability: refused, before anything
+    is written, for data outside [0, 1] (real-valued features such as moons)."""
+    x = data.x_train
+    if settings.binarize and len(x) and (x.min() < 0 or x.max() > 1):
+        raise UserError(
+            f"binarize needs inputs in [0, 1], but the {data.name} training rows lie in "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}]; drop --binarize (binarize=False)"
+        )
 
 
 def _data_record(data: SemiSupervisedData) -> dict[str, Any]:
