@@ -125,13 +125,13 @@ def train(args: argparse.Namespace) -> int:
     if args.devices < 1:
         raise UserError(f"--devices {args.devices} must be >= 1")
     if args.print_config:
-        print(to_toml(_new_spec(args).to_dict()), end="")
+        print(to_toml(spec_from_args(args).to_dict()), end="")
         return 0
     if not args.out:
         raise UserError("train needs --out DIR, the run directory")
     run = RunDir(args.out)
     run.check_start(args.resume, args.overwrite)
-    spec = _resumed_spec(args, run) if args.resume else _new_spec(args)
+    spec = _resumed_spec(args, run) if args.resume else spec_from_args(args)
     if args.devices > 1 and not distributed.launched():
         # Refusals (a run to keep, nothing left, another N) before launching.
         check_run_start(run, args.resume, args.overwrite, spec.fit.epochs, args.devices)
@@ -154,7 +154,8 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_spec(args: argparse.Namespace) -> RunSpec:
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """The run spec of a new run: the ``--config`` file's, with the flags laid over it."""
     base = read_spec_file(args.config) if args.config else {}
     return RunSpec.from_dict(spec_values(args, base))
 
