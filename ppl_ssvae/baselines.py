@@ -10,10 +10,11 @@ prediction rule (``model.classify``) as the semi-supervised model it is compared
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
-import time
+from typing import Any
 
+import pyro
 import torch
 from torch import nn
 
@@ -21,7 +22,8 @@ from .data import SemiSupervisedData
 from .errors import UserError
 from .metrics import accuracy, log_loss
 from .models.latent_classifier import LatentClassifier
-from .training import FitResult, resolve_device
+from .training import FitResult, FitSettings, RestoreBestWeights, Trainer
+from .training.standard import BestEpoch, Evaluation, NonFiniteGuard
 
 
 def classifier_modules(model: LatentClassifier) -> nn.ModuleList:
@@ -59,7 +61,7 @@ def fit_labelled_only(
 
     The supervised baseline of Jurasiński sec 5.1 / Table 1, built from the model itself:
     only the parameters ``model.classify`` uses (:func:`classifier_modules`: q(z|x) and
-    p(y|z)) are trained, with torch Adam, on cross-entropy only, i.e. minimising
+    p(y|z)) are trained, by the library's loop (``Trainer``, Adam), on cross-entropy only: minimising
     ``-log p(y|x)`` of :func:`classifier_log_prob` over ``data.x_train[labelled_mask]``.
     Unlabelled rows are never read, and the decoder is left as it was built.
 
@@ -115,51 +117,40 @@ def fit_labelled_only(
     x_l, y_l = data.x_train[keep], data.y_train[keep]
     model.check_x(x_l)
     model.check_y(y_l, len(x_l))
-    dev = resolve_device(device)
-    model.to(dev)
-    x_l, y_l = x_l.cpu(), y_l.to(dev)
     if binarize is None:
         binarize = model.config.likelihood == "bernoulli"
+    labelled = dataclasses.replace(data, x_train=x_l, y_train=y_l, y_train_true=y_l)
+    # A fully labelled split: an epoch is one pass over the labelled rows, plain Adam at lr.
+    settings = FitSettings(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=1.0,
+                           optimizer="adam", binarize=binarize, seed=seed, device=device,
+                           progress=False).recommended(model)[0].resolved(model, labelled)  # fmt: skip
+    objective = ClassifierObjective(model)
+    report = lambda _, __: _evaluate(model, data, keep)  # noqa: E731 - the inner model's report
+    callbacks = [Evaluation(report), BestEpoch(), NonFiniteGuard(), RestoreBestWeights()]
+    return Trainer(objective, labelled, settings, callbacks).fit()
 
-    modules = classifier_modules(model)
-    optim = torch.optim.Adam(modules.parameters(), lr=lr)
-    rows_gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # z draws (rsample) use the global generator
-    result = FitResult()
-    best_state: dict[str, torch.Tensor] | None = None
-    elapsed_wall = elapsed_cpu = 0.0
-    for epoch in range(1, epochs + 1):
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        model.train()
-        total_loss = 0.0
-        for rows in torch.randperm(len(x_l), generator=rows_gen).split(batch_size):
-            x = x_l[rows]
-            if binarize:
-                x = torch.bernoulli(x, generator=rows_gen)
-            loss = -classifier_log_prob(model, x.to(dev), y_l[rows.to(dev)]).mean()
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            total_loss += loss.item() * len(rows)
-        record = {
-            "epoch": epoch,
-            "train_loss": total_loss / len(x_l),
-            **_evaluate(model, data, keep),
-        }
-        epoch_wall, epoch_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        elapsed_wall, elapsed_cpu = elapsed_wall + epoch_wall, elapsed_cpu + epoch_cpu
-        record.update(
-            epoch_cpu_seconds=epoch_cpu,
-            elapsed_seconds=elapsed_wall,
-            elapsed_cpu_seconds=elapsed_cpu,
-        )
-        result.history.append(record)
-        if record["val_accuracy"] > result.best_val_accuracy:
-            result.best_epoch, result.best_val_accuracy = epoch, record["val_accuracy"]
-            best_state = copy.deepcopy(modules.state_dict())
-    if best_state is not None:
-        modules.load_state_dict(best_state)
-    return result
+
+class ClassifierObjective(nn.Module):
+    """The classification path of a latent-classifier model as a Pyro objective:
+    ``-sum log p(y|x)`` over the (labelled) rows of a batch, with an empty guide, so the
+    library's training loop trains it like any model (and nothing but
+    :func:`classifier_modules` gets a gradient)."""
+
+    def __init__(self, model: LatentClassifier) -> None:
+        super().__init__()
+        self.inner = model
+        self.name = f"{model.name}-labelled-only"
+
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        pyro.module(f"{self.name}.classifier", classifier_modules(self.inner))
+        with pyro.plate("data", len(x)):
+            pyro.factor("log_p_y", classifier_log_prob(self.inner, x, y))
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Nothing is latent: the objective is the log-likelihood of the labels."""
+
+    def make_elbo(self, **options: Any) -> pyro.infer.ELBO:
+        return pyro.infer.Trace_ELBO(**options)
 
 
 def _evaluate(
