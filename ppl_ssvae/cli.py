@@ -646,7 +646,7 @@ def active(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other; give one of them")
     if args.resume:
-        stored = ActiveConfig.from_dict(RunDir(args.out).read_config()["active"])
+        stored = ActiveConfig.from_dict(RunDir(args.out, kind="active").read_config()["active"])
         changed = sorted(
             k for k, v in given.items() if k != "iterations" and getattr(stored, k) != v
         )
@@ -656,7 +656,7 @@ def active(args: argparse.Namespace) -> int:
     else:
         config = ActiveConfig(**given)
     config.validate()
-    for record in run_active(config, Path(args.out), resume=args.resume, overwrite=args.overwrite):
+    for record in run_active(config, args.out, resume=args.resume, overwrite=args.overwrite):
         print(json.dumps(record))
     return 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,13 @@ from ..errors import UserError, is_finite_number, is_int, require
 from ..metrics import accuracy
 from ..models import build
 from ..models.beta_vae_classifier import BetaVAEClassifier
-from ..rundir import CHECKPOINT, CONFIG, RunDir
+from ..rundir import CHECKPOINT, RunDir
+from ..runkinds import ITERATIONS, QUERIES, run_marker
 from ..train import FitSettings, environment, fit
 from .clusters import CLUSTERINGS, Cluster, cluster
 from .confidence import DECAYS, DISTANCES, confidence, distance
 from .oracles import Answer, HumanOracle, Oracle, Query, SimulatedOracle, answer_lines
 
-QUERIES = "queries.jsonl"
-ITERATIONS = "iterations.jsonl"
 ORACLES = ("simulated", "human")
 # Settings a resume may change: the loop can be run for more iterations.
 RESUMABLE = ("iterations",)
@@ -408,60 +406,28 @@ def run_active(
         One dict per iteration (as ``iterations.jsonl``), iteration 0 first.
     """
     config.validate()
-    run = RunDir(out)
-    _check_start(run, resume, overwrite)
+    run = RunDir(out, kind="active")
+    run.check_start(resume, overwrite)
     data = load_unlabelled(config)
     model = build_model(config, data)
     with run.lock():
-        run.remove_stale_temp_files()
-        if overwrite:
-            _clear(run)
+        run.start(resume, overwrite)
         _write_config(run, config, model, resume)
         log = QueryLog(run)
         oracle = oracle or make_oracle(config, data, run, answered=len(log))
         return _iterate(config, data, model, run, log, oracle)
 
 
-def _check_start(run: RunDir, resume: bool, overwrite: bool = False) -> None:
-    run.check_usable()
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other; give one of them")
-    exists = run.file(CONFIG).is_file()
-    if resume and not exists:
-        raise UserError(f"no active-labelling run in {run.path} (config.json missing); "
-                        "start one without --resume")  # fmt: skip
-    if not resume and not overwrite and exists:
-        raise UserError(
-            f"{run.path} already holds a run; use --resume to continue it, or --overwrite "
-            "to clear it (its answers included) and start again"
-        )
-
-
-# What a run writes (module docstring); --overwrite removes these and nothing else.
-RUN_PATTERNS = (CONFIG, QUERIES, ITERATIONS, "labels-*.json", "centres-*.png")
-RUN_FOLDERS = ("pretrain", "iter-*")
-
-
-def _clear(run: RunDir) -> None:
-    for pattern in RUN_PATTERNS:
-        for path in run.path.glob(pattern):
-            path.unlink()
-    for pattern in RUN_FOLDERS:
-        for folder in run.path.glob(pattern):
-            if folder.is_dir() and RunDir(folder).holds_run():
-                shutil.rmtree(folder)
-
-
 def _write_config(run: RunDir, config: ActiveConfig, model: BetaVAEClassifier, resume: bool):
     if resume:
-        stored = run.read_config().get("active", {})
+        stored = run.read_config()["active"]
         mine = config.to_dict()
         changed = sorted(k for k in mine if k not in RESUMABLE and stored.get(k) != mine[k])
         require(not changed, f"--resume with other settings than the run's: {changed}; "
                               "only the number of iterations may change")  # fmt: skip
         return
-    run.write_config({"active": config.to_dict(), "model": model.to_config(),
-                      "environment": environment()})  # fmt: skip
+    run.write_config({**run_marker("active"), "active": config.to_dict(),
+                      "model": model.to_config(), "environment": environment()})  # fmt: skip
 
 
 def make_oracle(
