@@ -21,8 +21,9 @@ live here and nowhere else:
   next start;
 - a fresh start that fails before it has done any work leaves the directory as it found
   it; a stub left by a killed one is taken over by the next plain start;
-- checkpoints are verified against their checksum on load, so flipped bits are an error
-  rather than a model that silently scores 10%;
+- checkpoints are verified against their checksum on load, and fail closed: a missing or
+  malformed checksum of a run that wrote them is an error (``trust_unverified`` to load
+  anyway), of an older run a warning;
 - on resume the checkpoint wins: a torn last line of ``metrics.jsonl`` or epochs written
   after the checkpoint are dropped, with a warning.
 """
@@ -63,14 +64,18 @@ class RunDir:
         path: the directory (it may be a link to one: that is the user's choice; what is
             inside it is never followed).
         kind: the kind of run it holds (``runkinds.KINDS``): what it may write and clear.
+        trust_unverified: load a checkpoint whose checksum is missing or malformed (with a
+            warning) instead of refusing it.
     """
 
-    def __init__(self, path: str | Path, kind: str = "train") -> None:
+    def __init__(
+        self, path: str | Path, kind: str = "train", trust_unverified: bool = False
+    ) -> None:
         if isinstance(path, str) and not path:
             raise UserError("the run directory is an empty path (--out ''); give a directory")
         if kind not in KINDS:
             raise ValueError(f"unknown run kind {kind!r}; one of {', '.join(KINDS)}")
-        self.path, self.kind = Path(path), kind
+        self.path, self.kind, self.trust_unverified = Path(path), kind, trust_unverified
         self._lock: runlock.HeldLock | None = None
         self._lock_depth = 0
         self._created: list[Path] = []  # folders the lock's mkdir made, outermost first
@@ -333,7 +338,7 @@ class RunDir:
 
     def load_checkpoint(self, name: str, map_location: str | torch.device = "cpu") -> dict:
         """Checkpoint ``name``, read without following a link and verified against its
-        checksum."""
+        checksum; an unverifiable one fails closed (see ``_unverified``)."""
         path = self.file(name)
         try:
             payload = read_regular_file(path)
@@ -341,11 +346,10 @@ class RunDir:
             raise UserError(
                 f"no checkpoint at {path}; train first (ppl-ssvae train --out {self.path})"
             ) from None
-        sidecar = self.file(name + CHECKSUM_SUFFIX)
-        accepted, problem = checkpoint.read_checksums(sidecar)
-        if problem == "is malformed":
-            raise UserError(f"{sidecar} is corrupt; restore it or retrain")
-        if accepted is not None and hashlib.sha256(payload).hexdigest() not in accepted:
+        accepted, problem = checkpoint.read_checksums(self.file(name + CHECKSUM_SUFFIX))
+        if accepted is None:
+            self._unverified(name, problem)
+        elif hashlib.sha256(payload).hexdigest() not in accepted:
             raise UserError(
                 f"{path} fails its SHA-256 check (changed on disk since it was written); "
                 "restore it or retrain (for best.pt, evaluate --checkpoint last still works)"
@@ -374,6 +378,24 @@ class RunDir:
                 "files come from different runs"
             ) from None
         return state
+
+    def _unverified(self, name: str, problem: str) -> None:
+        """Fail closed: a run that wrote checksums (its config.json says so) must have
+        them, unless ``trust_unverified``; an older run gets a warning."""
+        sidecar = self.file(name + CHECKSUM_SUFFIX)
+        try:
+            promised = runkinds.writes_checksums(self.read_config())
+        except UserError:
+            promised = True  # nothing readable says this run may lack checksums
+        if promised and not self.trust_unverified:
+            raise UserError(
+                f"{sidecar} {problem}, so {self.file(name)} cannot be verified (this run "
+                "wrote checksums); restore the .sha256 file, or load it unverified with "
+                "--trust-unverified (RunDir(..., trust_unverified=True) from Python)"
+            )
+        why = "loaded as asked" if promised else "a run written before checksums were recorded"
+        warnings.warn(f"{self.file(name)} is not verified: its checksum file {problem} ({why})",
+                      RunDirWarning, stacklevel=3)  # fmt: skip
 
     def _write(self, name: str, payload: bytes) -> None:
         path = self.file(name)
