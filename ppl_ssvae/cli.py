@@ -505,7 +505,14 @@ def _recipe_of(config: dict[str, Any], run: RunDir) -> dict[str, Any]:
     if recipe:
         return recipe
     if config.get("cli"):
-        return data_recipe({**train_defaults(), **config["cli"]})
+        from .runconfig import check_recipe, wrap
+
+        recipe = data_recipe({**train_defaults(), **config["cli"]})
+        try:
+            check_recipe(recipe)
+        except UserError as e:
+            raise wrap(run.file("config.json"), e) from None
+        return recipe
     raise UserError(
         f"{run.path} was trained from Python on data that is not a named dataset; evaluate "
         "or resume it from Python with the same data (ppl_ssvae.train.fit(..., resume=True))"

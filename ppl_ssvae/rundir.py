@@ -7,9 +7,9 @@ with checksums: ``runkinds.run_marker``), ``metrics.jsonl`` (one line per epoch)
 best-validation epoch), each checkpoint with a SHA-256 sidecar. The rules a run depends on
 live here and nowhere else:
 
-- a run is ours only if its config.json parses and carries our marker (or, for runs
-  written before it, our keys); a directory that holds anything else under a run's file
-  names is refused, and never cleared;
+- a run is ours only if its config.json parses, carries our marker (or, for runs written
+  before it, our keys) and passes its kind's checks (``runconfig``); a directory that
+  holds anything else under a run's file names is refused, and never cleared;
 - a directory that holds a run is never reused unless asked (``resume`` or
   ``overwrite``), and never by a run of another kind; ``overwrite`` clears exactly the
   kind's own files (``runkinds.KINDS``);
@@ -243,8 +243,9 @@ class RunDir:
 
     # -- config ----------------------------------------------------------------------------
     def read_config(self) -> dict[str, Any]:
-        """config.json, read without following a link and recognised as a run of this
-        directory's kind; anything else is one UserError."""
+        """config.json, read without following a link, recognised as a run of this
+        directory's kind and checked entry by entry (``runconfig``); anything else is one
+        UserError that names the file."""
         path = self.file(CONFIG)
         try:
             config = json.loads(read_regular_file(path))
@@ -263,6 +264,12 @@ class RunDir:
                 "of one kind is never resumed, overwritten or read as the other: choose "
                 "another directory"
             )
+        from .runconfig import check_config, wrap  # its checks import models and training
+
+        try:
+            check_config(kind, config)
+        except UserError as e:
+            raise wrap(path, e) from None
         return config
 
     def write_config(self, config: dict[str, Any]) -> None:
