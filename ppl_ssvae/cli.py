@@ -34,6 +34,8 @@ DATA_DEFAULTS: dict[str, Any] = {
 }
 OPTIMIZER_FLAGS = ("momentum", "rho", "eps")
 MODEL_OPTIONS = ("z_dim", "hidden", "alpha", "likelihood", "sigma2", "activation", "variant", "net")
+TRUST_HELP = ("load a checkpoint whose .sha256 checksum file is missing or malformed, with a "
+              "warning (a run that wrote checksums refuses it otherwise)")  # fmt: skip
 
 
 def _fit_defaults() -> dict[str, Any]:
@@ -196,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clear the run --out holds and start again (without it, an --out "
                    "that holds a run is refused)")  # fmt: skip
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
 
     e = sub.add_parser("evaluate", help="test accuracy of a run's best checkpoint",
                        description="Print the test accuracy of the best-validation checkpoint of a run.")  # fmt: skip
@@ -213,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--iwae-rows", type=int, metavar="N",
                    help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    e.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
 
     a = sub.add_parser("active", help="cluster-then-label active labelling (Vengalil & Sinha)",
                        description="Label a dataset from nothing: cluster the latent space, ask an "
@@ -245,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="directory for the pictures and posterior.nc")
     i.add_argument("--rows", type=int, default=16, help="test rows in the posterior [16]")
     i.add_argument("--num-samples", type=int, default=100, help="posterior draws per row [100]")
+    i.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
     return parser
 
 
@@ -373,12 +378,13 @@ def train(args: argparse.Namespace) -> int:
     if args.devices > 1 and not distributed.launched():
         # Refusals (bad options, a run to keep, a resume by another N) before launching.
         epochs = fit_settings(settings).epochs
-        check_run_start(RunDir(args.out), args.resume, args.overwrite, epochs, args.devices)
+        run = RunDir(args.out, trust_unverified=args.trust_unverified)
+        check_run_start(run, args.resume, args.overwrite, epochs, args.devices)
         return _launch_data_parallel(args.devices, args.out)
     group, device = distributed.init_from_environment(settings["device"] or "auto")
     settings["device"] = device
     fit_options = fit_settings(settings)
-    run = RunDir(args.out)
+    run = RunDir(args.out, trust_unverified=args.trust_unverified)
     run.check_start(args.resume, args.overwrite)
     if args.resume:
         config = run.read_config()
@@ -499,7 +505,14 @@ def _recipe_of(config: dict[str, Any], run: RunDir) -> dict[str, Any]:
     if recipe:
         return recipe
     if config.get("cli"):
-        return data_recipe({**train_defaults(), **config["cli"]})
+        from .runconfig import check_recipe, wrap
+
+        recipe = data_recipe({**train_defaults(), **config["cli"]})
+        try:
+            check_recipe(recipe)
+        except UserError as e:
+            raise wrap(run.file("config.json"), e) from None
+        return recipe
     raise UserError(
         f"{run.path} was trained from Python on data that is not a named dataset; evaluate "
         "or resume it from Python with the same data (ppl_ssvae.train.fit(..., resume=True))"
@@ -553,7 +566,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--iwae {args.iwae} must be >= 1 importance samples")
     if args.iwae_rows is not None and (args.iwae is None or args.iwae_rows < 1):
         raise UserError("--iwae-rows N needs --iwae K and N >= 1")
-    run = RunDir(args.run_dir)
+    run = RunDir(args.run_dir, trust_unverified=args.trust_unverified)
     config = run.read_config()
     recipe = _recipe_of(config, run)
     if args.data_dir:
@@ -625,11 +638,12 @@ def inspect(args: argparse.Namespace) -> int:
 
     if args.rows < 1 or args.num_samples < 1:
         raise UserError("--rows and --num-samples must be >= 1")
-    RunDir(args.run_dir).read_config()  # one line if it is not a run, before writing
+    run = RunDir(args.run_dir, trust_unverified=args.trust_unverified)
+    run.read_config()  # one line if it is not a run, before writing
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a directory")
-    written = write_inspection(args.run_dir, out, rows=args.rows, num_samples=args.num_samples)
+    written = write_inspection(run, out, rows=args.rows, num_samples=args.num_samples)
     for name, where in written.items():
         print(f"{name}: {where}")
     return 0
@@ -646,7 +660,7 @@ def active(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other; give one of them")
     if args.resume:
-        stored = ActiveConfig.from_dict(RunDir(args.out).read_config()["active"])
+        stored = ActiveConfig.from_dict(RunDir(args.out, kind="active").read_config()["active"])
         changed = sorted(
             k for k, v in given.items() if k != "iterations" and getattr(stored, k) != v
         )
@@ -656,7 +670,7 @@ def active(args: argparse.Namespace) -> int:
     else:
         config = ActiveConfig(**given)
     config.validate()
-    for record in run_active(config, Path(args.out), resume=args.resume, overwrite=args.overwrite):
+    for record in run_active(config, args.out, resume=args.resume, overwrite=args.overwrite):
         print(json.dumps(record))
     return 0
 

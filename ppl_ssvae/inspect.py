@@ -19,7 +19,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
@@ -32,6 +32,9 @@ from .guides.sampling import seeded_rng
 from .models.base import LabelLatentModel, SemiSupervisedModel
 from .models.pi_vae import PiVAE
 from .plates import MAX_PLATE_NESTING
+
+if TYPE_CHECKING:
+    from .rundir import RunDir
 
 
 def generation_grid(
@@ -602,7 +605,7 @@ def _number(value: Any) -> float:
 
 
 def write_inspection(
-    run_dir: str | Path,
+    run_dir: str | Path | RunDir,
     out_dir: str | Path,
     rows: int = 16,
     num_samples: int = 100,
@@ -610,7 +613,8 @@ def write_inspection(
     seed: int = 0,
 ) -> dict[str, Path | str]:
     """Load a run (its ``best.pt``) and write the pictures and the posterior of ``rows``
-    test rows (``posterior.nc``, netCDF) to ``out_dir``.
+    test rows (``posterior.nc``, netCDF) to ``out_dir``. ``run_dir`` is a path or a
+    ``RunDir`` (e.g. one that loads unverified checkpoints).
 
     Returns ``{name: path}`` for each file written and ``{name: reason}`` for each picture
     that does not apply (no image shape, no graphviz, a model that cannot classify...).
@@ -618,14 +622,14 @@ def write_inspection(
     from . import data, models
     from .rundir import RunDir
 
-    run = RunDir(run_dir)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     config = run.read_config()
     model = models.from_config(config["model"])
     run.load_weights(model, "best.pt")
     model.eval()
     recipe = config.get("data", {}).get("recipe")
     if recipe is None:
-        raise UserError(f"{run_dir}: config.json has no data recipe to load the data from")
+        raise UserError(f"{run.path}: config.json has no data recipe to load the data from")
     split = data.load_recipe(recipe)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

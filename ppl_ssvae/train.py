@@ -36,6 +36,7 @@ from .models.base import SemiSupervisedModel
 from .optim import SingleOptimizer, check_optimizer
 from .protocol import Evaluator
 from .rundir import BEST, CHECKPOINT, CONFIG, METRICS, RunDir
+from .runkinds import run_marker
 
 __all__ = [
     "BEST", "CHECKPOINT", "CONFIG", "METRICS", "PRECISIONS", "FitResult", "FitSettings",
@@ -463,6 +464,7 @@ def _record_start(
     parallel = {"distributed": {**group.describe(),
                 "global_batch_size": settings.batch_size * group.world_size}} if group else {}  # fmt: skip
     run.write_config({
+        **run_marker("train"),
         "model": model.to_config(),
         "fit": settings.to_dict(),
         "evaluator": protocol.evaluator_name(evaluate),
