@@ -22,6 +22,7 @@ Accuracy is split as in Table 1 into rows whose true class has labels in trainin
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from torch.distributions import Independent, Normal, kl_divergence
 
+from .checkpoint import write_bytes_atomic, write_text_atomic
 from .errors import UserError
 from .guides.registry import CUSTOM, DEFAULT
 from .metrics import log_loss, mean_elbo
@@ -319,11 +321,14 @@ def save_confusion_matrix(
     """
     path = Path(path)
     csv_path = path.with_suffix(".csv")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ model", *column_labels])
-        for label, row in zip(row_labels, counts, strict=True):
-            writer.writerow([label, *(int(v) for v in row)])
+    # Written atomically (replaced, not opened): a link planted under the name is replaced,
+    # never followed out of the run directory.
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["true \\ model", *column_labels])
+    for label, row in zip(row_labels, counts, strict=True):
+        writer.writerow([label, *(int(v) for v in row)])
+    write_text_atomic(csv_path, text.getvalue())
     written = [csv_path]
     try:
         from matplotlib.figure import Figure
@@ -348,7 +353,9 @@ def save_confusion_matrix(
                 ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6, color=color)
     fig.tight_layout()
     png_path = path.with_suffix(".png")
-    fig.savefig(png_path, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
+    write_bytes_atomic(png_path, image.getvalue())
     return [*written, png_path]
 
 
@@ -475,6 +482,6 @@ def write_clustering_artifacts(
             "units_by_activity": sorted(range(len(values)), key=lambda i: -values[i]),
         }
         path = run_dir / "unit_activity.json"
-        path.write_text(json.dumps(payload, indent=2))
+        write_text_atomic(path, json.dumps(payload, indent=2))
         files.append(path)
     return {"files": files, "unit_activity_error": error}

@@ -19,7 +19,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
@@ -31,6 +31,9 @@ from .errors import UserError, is_int
 from .guides.sampling import seeded_rng
 from .models.base import SemiSupervisedModel
 from .plates import MAX_PLATE_NESTING
+
+if TYPE_CHECKING:
+    from .rundir import RunDir
 
 
 def generation_grid(
@@ -603,7 +606,7 @@ def _number(value: Any) -> float:
 
 
 def write_inspection(
-    run_dir: str | Path,
+    run_dir: str | Path | RunDir,
     out_dir: str | Path,
     rows: int = 16,
     num_samples: int = 100,
@@ -611,7 +614,8 @@ def write_inspection(
     seed: int = 0,
 ) -> dict[str, Path | str]:
     """Load a run (its ``best.pt``) and write the pictures and the posterior of ``rows``
-    test rows (``posterior.nc``, netCDF) to ``out_dir``.
+    test rows (``posterior.nc``, netCDF) to ``out_dir``. ``run_dir`` is a path or a
+    ``RunDir`` (e.g. one that loads unverified checkpoints).
 
     Returns ``{name: path}`` for each file written and ``{name: reason}`` for each picture
     that does not apply (no image shape, no graphviz, a model that cannot classify...).

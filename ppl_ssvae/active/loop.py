@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,20 +24,19 @@ import numpy as np
 import pyro
 import torch
 
-from ..checkpoint import write_text_atomic
+from ..checkpoint import read_regular_file, write_text_atomic
 from ..data import SemiSupervisedData, load, semi_supervised_split
 from ..errors import UserError, is_finite_number, is_int, require
 from ..metrics import accuracy
 from ..models import build
 from ..models.beta_vae_classifier import BetaVAEClassifier
-from ..rundir import CHECKPOINT, CONFIG, RunDir
+from ..rundir import CHECKPOINT, RunDir, RunDirWarning
+from ..runkinds import ITERATIONS, QUERIES, run_marker
 from ..training import EarlyStopping, FitSettings, environment, fit
 from .clusters import CLUSTERINGS, Cluster, cluster
 from .confidence import DECAYS, DISTANCES, confidence, distance
 from .oracles import Answer, HumanOracle, Oracle, Query, SimulatedOracle, answer_lines, read_answers
 
-QUERIES = "queries.jsonl"
-ITERATIONS = "iterations.jsonl"
 ORACLES = ("simulated", "human")
 # Settings a resume may change: the loop can be run for more iterations.
 RESUMABLE = ("iterations",)
@@ -233,12 +232,14 @@ class QueryLog:
 
     def __init__(self, run: RunDir) -> None:
         self.path = run.file(QUERIES)
-        self.records: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    self.records[record["id"]] = record
+        # A line torn by a killed write (or edited by hand) is dropped with a note and the
+        # file rewritten, as metrics.jsonl is; a query without its answer is asked again.
+        found, dropped = run.read_records(QUERIES, _query_problem)
+        self.records: dict[str, dict[str, Any]] = {r["id"]: r for r in found}
+        if dropped:
+            warnings.warn(f"{self.path}: dropped {', '.join(dropped)}; a query they answered "
+                          "is asked again", RunDirWarning, stacklevel=2)  # fmt: skip
+            self._save()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -251,6 +252,9 @@ class QueryLog:
         self.records[query.id] = {"id": query.id, "members": members,
                                   "latent": [float(v) for v in query.latent],
                                   **answer.to_dict()}  # fmt: skip
+        self._save()
+
+    def _save(self) -> None:
         text = "".join(json.dumps(r) + "\n" for r in self.records.values())
         write_text_atomic(self.path, text)
 
@@ -261,6 +265,15 @@ class QueryLog:
                 f"query {query_id} was recorded for a cluster of {recorded} rows but this "
                 f"run finds {members}: the run's clusters changed, so it cannot resume"
             )
+
+
+def _query_problem(number: int, record: dict[str, Any]) -> str | None:
+    """Why a line of queries.jsonl cannot be used (None: it can)."""
+    label, confidence = record.get("label"), record.get("confidence")
+    ok = (isinstance(record.get("id"), str) and is_int(record.get("members"))
+          and (label is None or is_int(label))
+          and (confidence is None or is_finite_number(confidence)))  # fmt: skip
+    return None if ok else f"unreadable line {number}"
 
 
 def ask_tree(
@@ -410,62 +423,30 @@ def run_active(
         One dict per iteration (as ``iterations.jsonl``), iteration 0 first.
     """
     config.validate()
-    run = RunDir(out)
-    _check_start(run, resume, overwrite)
+    run = RunDir(out, kind="active")
+    run.check_start(resume, overwrite)
     if oracle is None and config.answers_file is not None:
         read_answers(config.answers_file)  # refused now, not after the unsupervised phase
     data = load_unlabelled(config)
     model = build_model(config, data)
     with run.lock():
-        run.remove_stale_temp_files()
-        if overwrite:
-            _clear(run)
+        run.start(resume, overwrite)
         _write_config(run, config, model, resume)
         log = QueryLog(run)
         oracle = oracle or make_oracle(config, data, run, answered=len(log))
         return _iterate(config, data, model, run, log, oracle)
 
 
-def _check_start(run: RunDir, resume: bool, overwrite: bool = False) -> None:
-    run.check_usable()
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other; give one of them")
-    exists = run.file(CONFIG).is_file()
-    if resume and not exists:
-        raise UserError(f"no active-labelling run in {run.path} (config.json missing); "
-                        "start one without --resume")  # fmt: skip
-    if not resume and not overwrite and exists:
-        raise UserError(
-            f"{run.path} already holds a run; use --resume to continue it, or --overwrite "
-            "to clear it (its answers included) and start again"
-        )
-
-
-# What a run writes (module docstring); --overwrite removes these and nothing else.
-RUN_PATTERNS = (CONFIG, QUERIES, ITERATIONS, "labels-*.json", "centres-*.png")
-RUN_FOLDERS = ("pretrain", "iter-*")
-
-
-def _clear(run: RunDir) -> None:
-    for pattern in RUN_PATTERNS:
-        for path in run.path.glob(pattern):
-            path.unlink()
-    for pattern in RUN_FOLDERS:
-        for folder in run.path.glob(pattern):
-            if folder.is_dir() and RunDir(folder).holds_run():
-                shutil.rmtree(folder)
-
-
 def _write_config(run: RunDir, config: ActiveConfig, model: BetaVAEClassifier, resume: bool):
     if resume:
-        stored = run.read_config().get("active", {})
+        stored = run.read_config()["active"]
         mine = config.to_dict()
         changed = sorted(k for k in mine if k not in RESUMABLE and stored.get(k) != mine[k])
         require(not changed, f"--resume with other settings than the run's: {changed}; "
                               "only the number of iterations may change")  # fmt: skip
         return
-    run.write_config({"active": config.to_dict(), "model": model.to_config(),
-                      "environment": environment()})  # fmt: skip
+    run.write_config({**run_marker("active"), "active": config.to_dict(),
+                      "model": model.to_config(), "environment": environment()})  # fmt: skip
 
 
 def make_oracle(
@@ -519,16 +500,29 @@ def _labels(
 ) -> tuple[list, tuple[np.ndarray, np.ndarray]]:
     """Iteration i's queries and merged labels, read back when the iteration has them."""
     path = run.file(f"labels-{i:03d}.json")
-    if path.is_file():
-        saved = json.loads(path.read_text())
+    if path.is_file() or path.is_symlink():
         asked = [q for q in log.records.values() if q["id"].startswith(f"{i}/")]
-        return asked, (np.array(saved["labels"], dtype=np.int64), np.array(saved["weights"]))
+        return asked, _read_labels(path, len(data.x_train))
     z = model.encode(data.x_train)["z_mean"].cpu().numpy().astype(np.float64)
     asked = ask_tree(i, z, model, data, config, oracle, log)
     labels, weights = merge(previous, propagate(asked, z, config))
     text = json.dumps({"labels": labels.tolist(), "weights": weights.tolist()})
     write_text_atomic(path, text)
     return asked, (labels, weights)
+
+
+def _read_labels(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """An iteration's saved labels and weights, one each per training row."""
+    try:
+        saved = json.loads(read_regular_file(path))
+        labels = np.array(saved["labels"], dtype=np.int64)
+        weights = np.array(saved["weights"], dtype=np.float64)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        labels = weights = np.zeros(0)
+    require(labels.shape == weights.shape == (rows,) and bool(np.isfinite(weights).all()),
+            f"{path} is damaged (not {rows} labels and weights); delete it and resume: "
+            "the iteration's labels are propagated again from the saved answers")  # fmt: skip
+    return labels, weights
 
 
 def _record(
@@ -561,10 +555,20 @@ def _record(
 
 
 def _read_records(run: RunDir) -> list[dict[str, Any]]:
-    path = run.file(ITERATIONS)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """iterations.jsonl up to its first unusable line: the later iterations' records are
+    computed again (their answers and checkpoints are kept), with a note."""
+    records, dropped = run.read_records(ITERATIONS, _record_problem)
+    kept = next((i for i, r in enumerate(records) if r["iteration"] != i), len(records))
+    if dropped or kept < len(records):
+        notes = ", ".join(dropped) or "records out of order"
+        warnings.warn(f"{run.file(ITERATIONS)}: dropped {notes}; the records from iteration "
+                      f"{kept} on are made again", RunDirWarning, stacklevel=2)  # fmt: skip
+    return records[:kept]
+
+
+def _record_problem(number: int, record: dict[str, Any]) -> str | None:
+    ok = is_int(record.get("iteration")) and is_int(record.get("queries_total"))
+    return None if ok else f"unreadable line {number}"
 
 
 def _write_records(run: RunDir, records: list[dict[str, Any]]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..rundir import RunDir
-from .options import number_text
+from .options import TRUST_HELP, number_text
 
 
 def add_parsers(sub: Any) -> None:
@@ -33,6 +33,7 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--iwae-rows", type=int, metavar="N",
                    help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    e.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
 
     a = sub.add_parser("active", help="cluster-then-label active labelling (Vengalil & Sinha)",
                        description="Label a dataset from nothing: cluster the latent space, ask an "
@@ -65,6 +66,7 @@ def add_parsers(sub: Any) -> None:
     i.add_argument("--out", required=True, help="directory for the pictures and posterior.nc")
     i.add_argument("--rows", type=int, default=16, help="test rows in the posterior [16]")
     i.add_argument("--num-samples", type=int, default=100, help="posterior draws per row [100]")
+    i.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -74,7 +76,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--iwae {args.iwae} must be >= 1 importance samples")
     if args.iwae_rows is not None and (args.iwae is None or args.iwae_rows < 1):
         raise UserError("--iwae-rows N needs --iwae K and N >= 1")
-    loaded = load_run(args.run_dir, data_dir=args.data_dir)
+    loaded = load_run(args.run_dir, data_dir=args.data_dir, trust_unverified=args.trust_unverified)
     model, split = loaded.model, loaded.data
     state = loaded.load_weights(args.checkpoint)
     report = {"run": str(loaded.path), "checkpoint": args.checkpoint, "epoch": state["epoch"],
@@ -138,11 +140,12 @@ def inspect(args: argparse.Namespace) -> int:
 
     if args.rows < 1 or args.num_samples < 1:
         raise UserError("--rows and --num-samples must be >= 1")
-    RunDir(args.run_dir).read_config()  # one line if it is not a run, before writing
+    run = RunDir(args.run_dir, trust_unverified=args.trust_unverified)
+    run.read_config()  # one line if it is not a run, before writing
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a directory")
-    written = write_inspection(args.run_dir, out, rows=args.rows, num_samples=args.num_samples)
+    written = write_inspection(run, out, rows=args.rows, num_samples=args.num_samples)
     for name, where in written.items():
         print(f"{name}: {where}")
     return 0
@@ -159,7 +162,7 @@ def active(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other; give one of them")
     if args.resume:
-        stored = ActiveConfig.from_dict(RunDir(args.out).read_config()["active"])
+        stored = ActiveConfig.from_dict(RunDir(args.out, kind="active").read_config()["active"])
         changed = sorted(
             k for k, v in given.items() if k != "iterations" and getattr(stored, k) != v
         )
@@ -169,6 +172,6 @@ def active(args: argparse.Namespace) -> int:
     else:
         config = ActiveConfig(**given)
     config.validate()
-    for record in run_active(config, Path(args.out), resume=args.resume, overwrite=args.overwrite):
+    for record in run_active(config, args.out, resume=args.resume, overwrite=args.overwrite):
         print(json.dumps(record))
     return 0

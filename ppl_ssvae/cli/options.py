@@ -151,3 +151,7 @@ def given(namespace: argparse.Namespace) -> dict[str, Any]:
 def number_text(value: float | None) -> str:
     """A metric as the commands print it: 4 decimals, ``n/a`` for missing or NaN."""
     return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+TRUST_HELP = ("load a checkpoint whose .sha256 checksum file is missing or malformed, with a "
+              "warning (a run that wrote checksums refuses it otherwise)")  # fmt: skip

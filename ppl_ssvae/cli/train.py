@@ -19,6 +19,7 @@ from ..runs.files import read_spec_file, to_toml
 from ..training import RESUMABLE, FitResult, FitSettings, check_run_start
 from .launch import launch_data_parallel
 from .options import (
+    TRUST_HELP,
     add_dataclass,
     add_model_fields,
     callback_option,
@@ -78,6 +79,7 @@ def add_parser(sub: Any) -> None:
                    f"{', '.join(RESUMABLE)} may change)")  # fmt: skip
     g.add_argument("--overwrite", action="store_true", help="clear the run --out holds and "
                    "start again (without it, an --out that holds a run is refused)")  # fmt: skip
+    g.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
     g.add_argument("--devices", type=int, default=1, metavar="N",
                    help="train data-parallel on N processes (one per GPU with --device cuda; one "
                    "thread each on CPU); --batch-size is then each process's [1]")  # fmt: skip
@@ -129,7 +131,7 @@ def train(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise UserError("train needs --out DIR, the run directory")
-    run = RunDir(args.out)
+    run = RunDir(args.out, trust_unverified=args.trust_unverified)
     run.check_start(args.resume, args.overwrite)
     spec = _resumed_spec(args, run) if args.resume else spec_from_args(args)
     if args.devices > 1 and not distributed.launched():
@@ -139,7 +141,7 @@ def train(args: argparse.Namespace) -> int:
     group, device = distributed.init_from_environment(spec.fit.device or "auto")
     spec.fit.device = device
     if args.resume:
-        loaded = load_run(args.out)
+        loaded = load_run(run)
         budget = {k: getattr(spec.fit, k) for k in (*RESUMABLE, "progress")}
         result = loaded.resume(**budget)
         model, data, evaluate = loaded.model, loaded.data, loaded.evaluate

@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..models.base import SemiSupervisedModel
 from ..protocol import Evaluator
 from ..rundir import CHECKPOINT, RunDir, current_budget
+from ..runkinds import run_marker
 from .callbacks import Callback
 from .checkpointing import RunDirectory
 from .devices import environment
@@ -225,6 +226,7 @@ def _record_start(
     parallel = {"distributed": {**group.describe(),
                 "global_batch_size": settings.batch_size * group.world_size}} if group else {}  # fmt: skip
     run.write_config({
+        **run_marker("train"),
         "model": model.to_config(),
         "fit": settings.to_dict(),
         "evaluator": protocol.evaluator_name(evaluate),
