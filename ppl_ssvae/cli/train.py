@@ -129,7 +129,7 @@ def train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_toml(spec_from_args(args).to_dict()), end="")
         return 0
-    if not args.out:
+    if args.out is None:
         raise UserError("train needs --out DIR, the run directory")
     run = RunDir(args.out, trust_unverified=args.trust_unverified)
     run.check_start(args.resume, args.overwrite)
