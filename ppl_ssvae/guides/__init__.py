@@ -14,6 +14,7 @@ from .registry import (
     build_latent_guide,
     describe_guides,
     guide_names,
+    legacy_guide_args,
     resolve_guide_args,
 )
 from .sampling import seeded_sample
@@ -28,6 +29,7 @@ __all__ = [
     "build_latent_guide",
     "describe_guides",
     "guide_names",
+    "legacy_guide_args",
     "resolve_guide_args",
     "seeded_sample",
 ]
