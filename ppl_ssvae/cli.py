@@ -61,7 +61,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
-    from .guides import describe_guides, guide_names
+    from .guides import describe_guides
     from .models import MODELS
     from .objectives import OBJECTIVES
     from .train import PRECISION_CHOICES
@@ -92,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variant", help="pi-vae: ss (semi-supervised), es (supervised sibling), "
                    "eu (unsupervised sibling) [ss]")  # fmt: skip
     g.add_argument("--net", help="pi-vae: dense, cnn (images) or rnn (sequences) [dense]")
-    g.add_argument("--guide", choices=guide_names(), metavar="NAME",
+    g.add_argument("--guide", metavar="NAME",
                    help="the guide family of every continuous latent (z; a for ADGM / AGM-DGM): "
-                   + "; ".join(describe_guides().splitlines()) + " [gaussian]")  # fmt: skip
+                   + "; ".join(describe_guides().splitlines()) + "; or a head function of "
+                   "yours as pkg.module:factory (recorded; reading the run back needs "
+                   "--trust-guide pkg.module) [gaussian]")  # fmt: skip
     g.add_argument("--guide-arg", action="append", metavar="KEY=VALUE",
                    help="an argument of the guide family (JSON value), repeatable")  # fmt: skip
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
@@ -196,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clear the run --out holds and start again (without it, an --out "
                    "that holds a run is refused)")  # fmt: skip
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _trust_option(t)
 
     e = sub.add_parser("evaluate", help="test accuracy of a run's best checkpoint",
                        description="Print the test accuracy of the best-validation checkpoint of a run.")  # fmt: skip
@@ -213,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--iwae-rows", type=int, metavar="N",
                    help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _trust_option(e)
 
     a = sub.add_parser("active", help="cluster-then-label active labelling (Vengalil & Sinha)",
                        description="Label a dataset from nothing: cluster the latent space, ask an "
@@ -245,7 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="directory for the pictures and posterior.nc")
     i.add_argument("--rows", type=int, default=16, help="test rows in the posterior [16]")
     i.add_argument("--num-samples", type=int, default=100, help="posterior draws per row [100]")
+    _trust_option(i)
     return parser
+
+
+def _trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-guide", action="append", metavar="MODULE", default=[],
+                        help="allow importing MODULE for a guide a run names by import path "
+                        "(pkg.module:factory); never done without it, repeatable")  # fmt: skip
 
 
 def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -673,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
-        return COMMANDS[args.command](args)
+        with _trusted_guides(args):
+            return COMMANDS[args.command](args)
     except UserError as e:
         _report(f"ppl-ssvae: error: {e}")
         return 2
@@ -694,6 +706,15 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed import shutdown
 
         shutdown()
+
+
+def _trusted_guides(args: argparse.Namespace) -> Any:
+    """Modules the user named on this command line: --trust-guide, and train's --guide."""
+    from .guides import is_import_path, trusted_guide_modules
+
+    guide = getattr(args, "guide", None)
+    named = [guide] if guide and is_import_path(guide) else []
+    return trusted_guide_modules(*getattr(args, "trust_guide", []), *named)
 
 
 def _report(line: str) -> None:

@@ -14,8 +14,10 @@ from .registry import (
     build_latent_guide,
     describe_guides,
     guide_names,
+    is_import_path,
     legacy_guide_args,
     resolve_guide_args,
+    trusted_guide_modules,
 )
 from .sampling import seeded_sample
 
@@ -29,7 +31,9 @@ __all__ = [
     "build_latent_guide",
     "describe_guides",
     "guide_names",
+    "is_import_path",
     "legacy_guide_args",
     "resolve_guide_args",
     "seeded_sample",
+    "trusted_guide_modules",
 ]

@@ -12,14 +12,23 @@ A new family is one file with its head function plus one line in :data:`GUIDES`;
 keyword defaults of the head function are its ``guide_args``, validated by name and type
 (a ``Literal`` annotation lists a text argument's choices). The contract test over
 model x guide (tests/models/test_contract.py) picks it up.
+
+A head function outside the library is named by its import path, ``"pkg.module:factory"``
+(``--guide pkg.module:factory``), and recorded as such in the config. Reading a config
+never imports a module by itself: the module must be named by the user, which
+:func:`trusted_guide_modules` says (``build`` and ``ppl-ssvae train --guide`` do so for
+the guide they are given; ``--trust-guide MODULE`` for a run that is read back).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
 import math
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +86,63 @@ def describe_guides() -> str:
 
 
 def family(name: str) -> GuideFamily:
-    if name not in GUIDES:
-        raise UserError(f"unknown guide {name!r}; choose one of {', '.join(GUIDES)}")
-    return GUIDES[name]
+    """The family ``name``: a key of :data:`GUIDES` or a trusted ``"pkg.module:factory"``."""
+    if name in GUIDES:
+        return GUIDES[name]
+    if is_import_path(name):
+        return _imported(name)
+    raise UserError(
+        f"unknown guide {name!r}; choose one of {', '.join(GUIDES)}, or a head function "
+        "as pkg.module:factory"
+    )
+
+
+# -- guides imported by path -----------------------------------------------------------------
+_TRUSTED: ContextVar[frozenset[str]] = ContextVar("trusted_guide_modules", default=frozenset())
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` names a head function by import path (``"pkg.module:factory"``)."""
+    return isinstance(name, str) and ":" in name
+
+
+@contextlib.contextmanager
+def trusted_guide_modules(*names: str) -> Iterator[None]:
+    """Within this block, guides named by import path may import these modules (given as
+    ``"pkg.module"`` or ``"pkg.module:factory"``); other names are ignored."""
+    modules = {n.partition(":")[0] for n in names if n}
+    token = _TRUSTED.set(_TRUSTED.get() | modules)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def _imported(path: str) -> GuideFamily:
+    module_name, _, attr = path.partition(":")
+    if not (all(p.isidentifier() for p in module_name.split(".")) and attr.isidentifier()):
+        raise UserError(f"guide {path!r} must look like pkg.module:factory")
+    if module_name not in _TRUSTED.get():
+        raise UserError(
+            f"guide {path!r} imports module {module_name!r}, which a saved config may not "
+            f"import by itself; name it to allow it (--trust-guide {module_name}, or "
+            f"trusted_guide_modules({module_name!r}) in Python)"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"guide {path!r}: cannot import {module_name!r} ({e})") from None
+    head = getattr(module, attr, None)
+    if not callable(head):
+        raise UserError(f"guide {path!r}: {module_name} has no function {attr!r}")
+    params = list(inspect.signature(head).parameters.values())
+    if len(params) < 2 or any(p.default is inspect.Parameter.empty for p in params[2:]):
+        raise UserError(
+            f"guide {path!r} must be a head function factory(features, out_dim, **guide_args) "
+            "whose guide_args all have defaults"
+        )
+    summary = (inspect.getdoc(head) or path).splitlines()[0]
+    return GuideFamily(head, summary)
 
 
 def resolve_guide_args(name: str, guide_args: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UserError
-from ..guides.registry import DEFAULT
+from ..guides.registry import DEFAULT, trusted_guide_modules
 from .adgm import ADGM, ADGMConfig
 from .agmdgm import AGMDGM, AGMDGMConfig
 from .base import GuideModules, ModelConfig, SemiSupervisedModel
@@ -34,7 +34,8 @@ def build(name: str, guide: str | GuideModules = DEFAULT, **config: Any) -> Semi
     Args:
         name: a key of :data:`MODELS`.
         guide: the posterior family of the guide's continuous latents by name (a key of
-            :data:`ppl_ssvae.guides.GUIDES`, with ``guide_args=`` in ``config``), or a
+            :data:`ppl_ssvae.guides.GUIDES`, or a head function's import path
+            ``"pkg.module:factory"``, with ``guide_args=`` in ``config``), or a
             module used as q(z|.) (called as ``module(x=..., y=..., a=...)``), or for
             models with an auxiliary latent ``{"z": module, "a": module}``. A model built
             with modules records ``guide: "custom"`` in ``to_config()``.
@@ -44,7 +45,9 @@ def build(name: str, guide: str | GuideModules = DEFAULT, **config: Any) -> Semi
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     cls = MODELS[name]
     if isinstance(guide, str):
-        return cls(cls.config_class.from_dict({**config, "guide": guide}))
+        # A guide named here by import path is the caller's own: its module may be imported.
+        with trusted_guide_modules(guide):
+            return cls(cls.config_class.from_dict({**config, "guide": guide}))
     return cls(cls.config_class.from_dict(config), guide=guide)
 
 
