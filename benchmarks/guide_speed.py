@@ -23,10 +23,18 @@ from ppl_ssvae.guides import guide_names
 from ppl_ssvae.models import build
 
 
+def contender(name: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME@W`` as a guide family and its guide_args."""
+    family, _, width = name.partition("@")
+    return family, ({"hidden_features": [int(width)] * 2} if width else {})
+
+
 def stepper(guide: str, seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One optimisation step of M2 with ``guide`` (its own optimizer and parameters)."""
     pyro.set_rng_seed(seed)
-    model = build("m2", input_dim=784, num_classes=10, z_dim=50, hidden=(500,), guide=guide)
+    family, guide_args = contender(guide)
+    model = build("m2", input_dim=784, num_classes=10, z_dim=50, hidden=(500,), guide=family,
+                  guide_args=guide_args)  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     elbo = model.make_elbo()
 
@@ -61,7 +69,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per guide")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.guides.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(guide_names()))
+    widths = [n.partition("@")[2] for n in names]
+    if not all(w.isdigit() and int(w) > 0 for w in widths if w):
+        parser.error(f"a width after @ must be a whole number > 0, got {args.guides!r}")
+    unknown = sorted({contender(n)[0] for n in names} - set(guide_names()))
     if unknown:
         parser.error(f"unknown guides {unknown}; choose from {', '.join(guide_names())}")
     steps = {name: stepper(name) for name in names}
