@@ -49,6 +49,7 @@ def train_defaults() -> dict[str, Any]:
     return {
         **DATA_DEFAULTS, **_fit_defaults(), **dict.fromkeys(OPTIMIZER_FLAGS),
         **dict.fromkeys(MODEL_OPTIONS), "model_arg": [], "guide": None, "guide_arg": [],
+        "init_from": None,
     }  # fmt: skip
 
 
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an argument of the guide family (JSON value), repeatable")  # fmt: skip
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="any other model config field (JSON value), repeatable")  # fmt: skip
+    g.add_argument("--init-from", metavar="RUN",
+                   help="start from RUN's best checkpoint: copy every weight the two models "
+                   "share (encoder, decoder, classifier, the Gaussian head a flow refines)")  # fmt: skip
     g = t.add_argument_group("data")
     g.add_argument("--dataset", help=f"{', '.join(DATASETS)} [default: {d['dataset']}]")
     g.add_argument("--data-dir", help="directory with the dataset files (IDX for fashion-mnist/mnist); "
@@ -416,7 +420,8 @@ def train(args: argparse.Namespace) -> int:
         split = load_recipe(data_recipe(settings))
         model = build_model(settings, split)
         evaluate = None
-    result = fit(model, split, fit_options, out=run, resume=args.resume,
+    init_from = None if args.resume else settings["init_from"]
+    result = fit(model, split, fit_options, out=run, resume=args.resume, init_from=init_from,
                  overwrite=args.overwrite, evaluate=evaluate, run_config={"cli": settings})  # fmt: skip
     if group is not None and not group.is_main:
         return 0
