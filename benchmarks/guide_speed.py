@@ -24,9 +24,11 @@ from ppl_ssvae.models import build
 
 
 def contender(name: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME@W`` as a guide family and its guide_args."""
-    family, _, width = name.partition("@")
-    return family, ({"hidden_features": [int(width)] * 2} if width else {})
+    """``NAME``, ``NAME@W`` or ``NAME@WxT`` as a guide family and its guide_args."""
+    family, _, spec = name.partition("@")
+    width, _, transforms = spec.partition("x")
+    args = {"hidden_features": [int(width)] * 2} if width else {}
+    return family, args | ({"transforms": int(transforms)} if transforms else {})
 
 
 def stepper(guide: str, seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -69,9 +71,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per guide")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.guides.split(",") if n.strip()]
-    widths = [n.partition("@")[2] for n in names]
-    if not all(w.isdigit() and int(w) > 0 for w in widths if w):
-        parser.error(f"a width after @ must be a whole number > 0, got {args.guides!r}")
+    specs = [n.partition("@")[2].split("x") for n in names if "@" in n]
+    if not all(len(s) <= 2 and all(v.isdigit() and int(v) > 0 for v in s) for s in specs):
+        parser.error(f"after @ give a width W or WxT (T transforms), got {args.guides!r}")
     unknown = sorted({contender(n)[0] for n in names} - set(guide_names()))
     if unknown:
         parser.error(f"unknown guides {unknown}; choose from {', '.join(guide_names())}")

@@ -36,7 +36,7 @@ def _identity(out_dim: int):
 def planar(
     features: int,
     out_dim: int,
-    transforms: int = 4,
+    transforms: int = 2,
     hidden_features: Sequence[int] | None = None,
     base: Base = GAUSSIAN,
 ) -> nn.Module:
