@@ -29,10 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experimen
 from experiments.common import ScriptParser, name_list, positive_int  # noqa: E402
 
 
+def contender(name: str) -> tuple[str, dict]:
+    """``NAME``, ``NAME@W`` or ``NAME@WxT`` as a guide family and its guide_args."""
+    family, _, spec = name.partition("@")
+    width, _, transforms = spec.partition("x")
+    args = {"hidden_features": [int(width)] * 2} if width else {}
+    return family, args | ({"transforms": int(transforms)} if transforms else {})
+
+
 def stepper(guide: str, seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One optimisation step of M2 with ``guide`` (its own optimizer and parameters)."""
     pyro.set_rng_seed(seed)
-    model = build("m2", input_dim=784, num_classes=10, z_dim=50, hidden=(500,), guide=guide)
+    family, guide_args = contender(guide)
+    model = build("m2", input_dim=784, num_classes=10, z_dim=50, hidden=(500,), guide=family,
+                  guide_args=guide_args)  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     elbo = model.make_elbo()
 
@@ -65,7 +75,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=positive_int, default=20, help="timed steps per guide")
     args = parser.parse_args(argv)
     names = args.guides
-    unknown = sorted(set(names) - set(guide_names()))
+    specs = [n.partition("@")[2].split("x") for n in names if "@" in n]
+    if not all(len(s) <= 2 and all(v.isdigit() and int(v) > 0 for v in s) for s in specs):
+        parser.error(f"after @ give a width W or WxT (T transforms), got {args.guides!r}")
+    unknown = sorted({contender(n)[0] for n in names} - set(guide_names()))
     if unknown:
         parser.error(f"unknown guides {unknown}; choose from {', '.join(guide_names())}")
     steps = {name: stepper(name) for name in names}

@@ -141,6 +141,10 @@ def log_likelihood(
     """The IWAE estimate per row: ``log p(x)`` where ``y == -1`` (or ``y`` is None),
     ``log p(x, y)`` where ``y`` is a label; in nats.
 
+    Under a Bernoulli likelihood ``x`` must be binary: grey levels are refused, since
+    scoring them as probabilities of a binary pixel is not a log-likelihood. Binarise them
+    once with :func:`evaluation_inputs`, or use :func:`likelihood_report`, which does.
+
     Args:
         num_samples: K, the importance samples per row (per class where a label is summed).
         seed: the draws come from this seed; the global RNG is left as it was.
@@ -152,6 +156,11 @@ def log_likelihood(
         if not is_int(value) or value < 1:
             raise UserError(f"{name}={value!r} must be an integer >= 1")
     x = model.check_x(x)
+    if model.config.likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
+        raise UserError(
+            "x holds grey levels, but a Bernoulli likelihood scores binary pixels: binarise "
+            "them once (likelihood.evaluation_inputs) or use likelihood_report, which does"
+        )
     y = torch.full((len(x),), -1, dtype=torch.long) if y is None else y
     y = model.check_y(torch.as_tensor(y), len(x))
     if len(x) == 0:

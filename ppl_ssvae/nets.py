@@ -62,6 +62,13 @@ def head(layer: nn.Module) -> nn.Module:
     return layer
 
 
+def keep_init(layer: nn.Module) -> nn.Module:
+    """Mark ``layer`` as one whose initial values define its family (a flow's last layer,
+    which starts the flow at the identity): ``init_normal_`` leaves it as it is."""
+    layer.keep_init = True
+    return layer
+
+
 def check_init_layers(layers: str) -> None:
     """One-line error for an ``init_layers`` value that is not in :data:`INIT_LAYERS`."""
     if layers not in INIT_LAYERS:
@@ -75,12 +82,13 @@ def init_normal_(module: nn.Module, std: float, layers: str = "all") -> None:
     ``layers="heads"`` applies it to the output layers only (those marked by :func:`head`)
     and draws every other kernel Glorot-normal, as the authors' released code does; with
     std 0.001 on every layer the hidden activations start almost constant and learning is
-    slow. Normalisation layers keep their identity initialisation either way.
+    slow. Normalisation layers keep their identity initialisation either way, and so do
+    layers marked by :func:`keep_init`.
     """
     check_init_layers(layers)
     with torch.no_grad():
         for m in module.modules():
-            if isinstance(m, _NORMS):
+            if isinstance(m, _NORMS) or getattr(m, "keep_init", False):
                 continue
             small = layers == "all" or getattr(m, "is_head", False)
             for name, p in m.named_parameters(recurse=False):

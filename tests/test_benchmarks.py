@@ -61,6 +61,8 @@ def test_guide_benchmark_times_every_guide_it_is_given():
     spec = importlib.util.spec_from_file_location("guide_speed", SCRIPT.parent / "guide_speed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    ratios = module.main(["--guides", "gaussian,maf", "--steps", "2"])
-    assert set(ratios) == {"gaussian", "maf"} and ratios["gaussian"] == 1.0
-    assert ratios["maf"] > 0
+    ratios = module.main(["--guides", "gaussian,maf,pyro-iaf@100", "--steps", "2"])
+    assert set(ratios) == {"gaussian", "maf", "pyro-iaf@100"} and ratios["gaussian"] == 1.0
+    assert ratios["maf"] > 0 and ratios["pyro-iaf@100"] > 0
+    with pytest.raises(SystemExit):
+        module.main(["--guides", "gaussian,maf@wide"])

@@ -16,6 +16,7 @@ from torch import nn
 from ppl_ssvae import likelihood
 from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split
+from ppl_ssvae.errors import UserError
 from ppl_ssvae.likelihood import bits_per_dim, log_likelihood
 from ppl_ssvae.metrics import mean_elbo
 from ppl_ssvae.models import build
@@ -276,3 +277,17 @@ def test_every_pass_hands_freed_memory_back(monkeypatch):
     assert len(passes) > 1 and len(trims) == len(passes)
     assert likelihood._MALLOC_TRIM is not None  # Linux CI: the trim is real
     likelihood.release_freed_memory()
+
+
+def test_grey_levels_under_a_bernoulli_likelihood_are_refused_in_one_line():
+    """A Bernoulli log-density of grey levels is not a log-likelihood: log_likelihood
+    refuses them and says what to use; the binarised inputs are scored."""
+    model, _, _ = _tiny("m2")
+    grey = torch.rand(4, 10, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UserError, match="grey levels.*evaluation_inputs.*likelihood_report"):
+        log_likelihood(model, grey, num_samples=3)
+    binary = likelihood.evaluation_inputs(model, grey)
+    assert set(binary.unique().tolist()) <= {0.0, 1.0}
+    assert torch.isfinite(log_likelihood(model, binary, num_samples=3)).all()
+    report = likelihood.likelihood_report(model, grey, num_samples=3)  # binarises itself
+    assert report["binarized"] and math.isfinite(report["test_log_likelihood"])

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import warnings
+from typing import Any
 
 from ..distributed import LAUNCHER_ENV, PEER_EXIT, PeerFailure
 from ..errors import NonFiniteLossError, UserError
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "train": train_command.train, "evaluate": commands.evaluate, "inspect": commands.inspect,
-    "active": commands.active,
+    "active": commands.active, "compare": commands.compare,
 }  # fmt: skip
 
 
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
-        return COMMANDS[args.command](args)
+        with _trusted_guides(args):
+            return COMMANDS[args.command](args)
     except UserError as e:
         _report(f"ppl-ssvae: error: {e}")
         return 2
@@ -81,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         from ..distributed import shutdown
 
         shutdown()
+
+
+def _trusted_guides(args: argparse.Namespace) -> Any:
+    """Modules the user named on this command line: --trust-guide, and train's --guide."""
+    from ..guides import is_import_path, trusted_guide_modules
+
+    guide = getattr(args, "model.guide", None)
+    named = [guide] if guide and is_import_path(guide) else []
+    return trusted_guide_modules(*getattr(args, "trust_guide", []), *named)
 
 
 def _report(line: str) -> None:

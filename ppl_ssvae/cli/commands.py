@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..rundir import RunDir
-from .options import TRUST_HELP, number_text
+from .options import TRUST_HELP, add_trust_guide, number_text
 
 
 def add_parsers(sub: Any) -> None:
@@ -34,6 +34,7 @@ def add_parsers(sub: Any) -> None:
                    help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     e.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
+    add_trust_guide(e)
 
     a = sub.add_parser("active", help="cluster-then-label active labelling (Vengalil & Sinha)",
                        description="Label a dataset from nothing: cluster the latent space, ask an "
@@ -67,6 +68,22 @@ def add_parsers(sub: Any) -> None:
     i.add_argument("--rows", type=int, default=16, help="test rows in the posterior [16]")
     i.add_argument("--num-samples", type=int, default=100, help="posterior draws per row [100]")
     i.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
+    add_trust_guide(i)
+
+    c = sub.add_parser("compare", help="runs side by side: accuracy, ELBO, IWAE and its error",
+                       description="One table of test accuracy, test ELBO, IWAE log p(x) with "
+                       "its standard error (and the paired one against the first run), the "
+                       "ELBO-IWAE gap, active units and CPU-seconds per epoch, from run "
+                       "directories; scores are kept in each run and reused.")  # fmt: skip
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    c.add_argument("--iwae", type=int, metavar="K", help="importance samples per image [none]")
+    c.add_argument("--iwae-rows", type=int, metavar="N",
+                   help="score a fixed seeded subset of N test images [all]")  # fmt: skip
+    c.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    c.add_argument("--seed", type=int, default=0, help="subset, binarisation and draws [0]")
+    c.add_argument("--data-dir", help="override the data directory recorded in the runs")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_trust_guide(c)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -174,4 +191,18 @@ def active(args: argparse.Namespace) -> int:
     config.validate()
     for record in run_active(config, args.out, resume=args.resume, overwrite=args.overwrite):
         print(json.dumps(record))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from ..compare import compare_runs, format_table
+    from ..data import load_recipe
+    from ..runs.load import recipe_of
+
+    def data(config: dict[str, Any], run: RunDir) -> Any:
+        recipe = recipe_of(config, run)
+        return load_recipe({**recipe, "data_dir": args.data_dir} if args.data_dir else recipe)
+
+    table = compare_runs(args.runs, args.iwae, args.iwae_rows, args.checkpoint, args.seed, data)
+    print(json.dumps(table) if args.json else format_table(table))
     return 0

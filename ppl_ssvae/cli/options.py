@@ -155,3 +155,9 @@ def number_text(value: float | None) -> str:
 
 TRUST_HELP = ("load a checkpoint whose .sha256 checksum file is missing or malformed, with a "
               "warning (a run that wrote checksums refuses it otherwise)")  # fmt: skip
+
+
+def add_trust_guide(parser: Any) -> None:
+    parser.add_argument("--trust-guide", action="append", metavar="MODULE", default=[],
+                        help="allow importing MODULE for a guide a run names by import path "
+                        "(pkg.module:factory); never done without it, repeatable")  # fmt: skip

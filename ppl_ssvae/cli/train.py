@@ -22,6 +22,7 @@ from .options import (
     TRUST_HELP,
     add_dataclass,
     add_model_fields,
+    add_trust_guide,
     callback_option,
     given,
     key_values,
@@ -30,7 +31,7 @@ from .options import (
 
 
 def add_parser(sub: Any) -> None:
-    from ..guides import describe_guides, guide_names
+    from ..guides import describe_guides
     from ..models import MODELS
 
     t = sub.add_parser("train", help="train a model", description="Train a model with SVI. "
@@ -40,9 +41,14 @@ def add_parser(sub: Any) -> None:
     g = t.add_argument_group("model [model]")
     g.add_argument("--model", dest="model.name", default=argparse.SUPPRESS, metavar="NAME",
                    help=f"model family: {', '.join(MODELS)} [m2]")  # fmt: skip
-    g.add_argument("--guide", dest="model.guide", choices=guide_names(), metavar="NAME",
-                   default=argparse.SUPPRESS, help="the guide family of every continuous latent: "
-                   + "; ".join(describe_guides().splitlines()) + " [gaussian]")  # fmt: skip
+    g.add_argument("--guide", dest="model.guide", metavar="NAME", default=argparse.SUPPRESS,
+                   help="the guide family of every continuous latent: "
+                   + "; ".join(describe_guides().splitlines()) + "; or a head function of "
+                   "yours as pkg.module:factory (recorded; reading the run back needs "
+                   "--trust-guide pkg.module) [gaussian]")  # fmt: skip
+    g.add_argument("--init-from", dest="init_from", metavar="RUN", default=argparse.SUPPRESS,
+                   help="start from RUN's best checkpoint: copy every weight the two models "
+                   "share (encoder, decoder, classifier, the Gaussian head a flow refines)")  # fmt: skip
     g.add_argument("--guide-arg", dest="model.guide_arg", action="append", metavar="KEY=VALUE",
                    default=argparse.SUPPRESS, help="an argument of the guide family (JSON value)")  # fmt: skip
     g.add_argument("--extra-classes", dest="model.extra_classes", type=int, metavar="N",
@@ -80,6 +86,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--overwrite", action="store_true", help="clear the run --out holds and "
                    "start again (without it, an --out that holds a run is refused)")  # fmt: skip
     g.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
+    add_trust_guide(g)
     g.add_argument("--devices", type=int, default=1, metavar="N",
                    help="train data-parallel on N processes (one per GPU with --device cuda; one "
                    "thread each on CPU); --batch-size is then each process's [1]")  # fmt: skip
@@ -116,6 +123,8 @@ def spec_values(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
         }
     values.setdefault("data", {}).update(flags.pop("data", {}))
     values["callbacks"] = [*(values.get("callbacks") or []), *getattr(args, "callbacks", [])]
+    if getattr(args, "init_from", None) is not None:
+        values["init_from"] = args.init_from
     return values
 
 

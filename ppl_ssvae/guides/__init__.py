@@ -14,8 +14,11 @@ from .registry import (
     build_latent_guide,
     describe_guides,
     guide_names,
+    is_import_path,
+    legacy_guide_args,
     register_guide,
     resolve_guide_args,
+    trusted_guide_modules,
 )
 from .sampling import seeded_sample
 
@@ -30,6 +33,9 @@ __all__ = [
     "describe_guides",
     "guide_names",
     "register_guide",
+    "is_import_path",
+    "legacy_guide_args",
     "resolve_guide_args",
     "seeded_sample",
+    "trusted_guide_modules",
 ]

@@ -9,15 +9,26 @@ context encoder, giving a module with the library's one call convention::
     q(x=x, y=torch.arange(10)[:, None])   # batch shape (10, B), event shape (50,)
 
 A new family is one file with its head function plus one line in :data:`GUIDES`; the
-keyword defaults of the head function are its ``guide_args``, validated by name and type.
-The contract test over model x guide (tests/models/test_contract.py) picks it up.
+keyword defaults of the head function are its ``guide_args``, validated by name and type
+(a ``Literal`` annotation lists a text argument's choices). The contract test over
+model x guide (tests/models/test_contract.py) picks it up.
+
+A head function outside the library is named by its import path, ``"pkg.module:factory"``
+(``--guide pkg.module:factory``), and recorded as such in the config. Reading a config
+never imports a module by itself: the module must be named by the user, which
+:func:`trusted_guide_modules` says (``build`` and ``ppl-ssvae train --guide`` do so for
+the guide they are given; ``--trust-guide MODULE`` for a run that is read back).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +36,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..nets import Conditional, ContextEncoder
-from . import full_gaussian, gaussian, pyro_flows, zuko_flows
+from . import flows, full_gaussian, gaussian, planar, pyro_flows, radial, zuko_flows
 
 # The config value of a guide given as a module (models.build(name, guide=module)).
 CUSTOM = "custom"
@@ -55,6 +66,8 @@ GUIDES: dict[str, GuideFamily] = {
     "realnvp": GuideFamily(zuko_flows.realnvp, "zuko RealNVP affine coupling flow"),
     "pyro-iaf": GuideFamily(pyro_flows.iaf, "Pyro conditional affine autoregressive (IAF)"),
     "pyro-spline": GuideFamily(pyro_flows.spline, "Pyro conditional autoregressive spline"),
+    "planar": GuideFamily(planar.planar, "Pyro conditional planar flow (Rezende & Mohamed)"),
+    "radial": GuideFamily(radial.radial, "Pyro conditional radial flow (Rezende & Mohamed)"),
 }
 
 
@@ -85,9 +98,63 @@ def describe_guides() -> str:
 
 
 def family(name: str) -> GuideFamily:
-    if name not in GUIDES:
-        raise UserError(f"unknown guide {name!r}; choose one of {', '.join(GUIDES)}")
-    return GUIDES[name]
+    """The family ``name``: a key of :data:`GUIDES` or a trusted ``"pkg.module:factory"``."""
+    if name in GUIDES:
+        return GUIDES[name]
+    if is_import_path(name):
+        return _imported(name)
+    raise UserError(
+        f"unknown guide {name!r}; choose one of {', '.join(GUIDES)}, or a head function "
+        "as pkg.module:factory"
+    )
+
+
+# -- guides imported by path -----------------------------------------------------------------
+_TRUSTED: ContextVar[frozenset[str]] = ContextVar("trusted_guide_modules", default=frozenset())
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` names a head function by import path (``"pkg.module:factory"``)."""
+    return isinstance(name, str) and ":" in name
+
+
+@contextlib.contextmanager
+def trusted_guide_modules(*names: str) -> Iterator[None]:
+    """Within this block, guides named by import path may import these modules (given as
+    ``"pkg.module"`` or ``"pkg.module:factory"``); other names are ignored."""
+    modules = {n.partition(":")[0] for n in names if n}
+    token = _TRUSTED.set(_TRUSTED.get() | modules)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def _imported(path: str) -> GuideFamily:
+    module_name, _, attr = path.partition(":")
+    if not (all(p.isidentifier() for p in module_name.split(".")) and attr.isidentifier()):
+        raise UserError(f"guide {path!r} must look like pkg.module:factory")
+    if module_name not in _TRUSTED.get():
+        raise UserError(
+            f"guide {path!r} imports module {module_name!r}, which a saved config may not "
+            f"import by itself; name it to allow it (--trust-guide {module_name}, or "
+            f"trusted_guide_modules({module_name!r}) in Python)"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"guide {path!r}: cannot import {module_name!r} ({e})") from None
+    head = getattr(module, attr, None)
+    if not callable(head):
+        raise UserError(f"guide {path!r}: {module_name} has no function {attr!r}")
+    params = list(inspect.signature(head).parameters.values())
+    if len(params) < 2 or any(p.default is inspect.Parameter.empty for p in params[2:]):
+        raise UserError(
+            f"guide {path!r} must be a head function factory(features, out_dim, **guide_args) "
+            "whose guide_args all have defaults"
+        )
+    summary = (inspect.getdoc(head) or path).splitlines()[0]
+    return GuideFamily(head, summary)
 
 
 def resolve_guide_args(name: str, guide_args: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,21 +162,49 @@ def resolve_guide_args(name: str, guide_args: Mapping[str, Any]) -> dict[str, An
 
     Lists (from JSON) become tuples, so a config round trip gives equal values.
     """
-    defaults = family(name).defaults
+    spec = family(name)
+    defaults = spec.defaults
     unknown = sorted(set(guide_args) - set(defaults))
     if unknown:
         valid = ", ".join(defaults) or "none"
         raise UserError(f"guide {name!r} has no guide_args {unknown}; valid: {valid}")
     resolved = dict(defaults)
     for key, value in guide_args.items():
-        resolved[key] = _checked(name, key, value, defaults[key])
+        resolved[key] = _checked(name, key, value, defaults[key], _choices(spec.head, key))
     return resolved
 
 
-def _checked(name: str, key: str, value: Any, default: Any) -> Any:
-    """``value`` if it has the kind of ``default`` (a count, a number, widths), else a
-    one-line UserError. Counts and widths must be >= 1; a rank-like count too."""
+def legacy_guide_args(name: str, guide_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``guide_args`` of a saved config as its family reads them today. A flow's
+    config saved before bases existed holds every argument but ``base`` (configs record
+    all of them): it was trained on a standard-normal base, and rebuilds so."""
+    args = dict(guide_args)
+    if name in flows.LEGACY_FAMILIES and "base" not in args:
+        others = set(family(name).defaults) - {"base"}
+        if others <= set(args):
+            args["base"] = flows.STANDARD
+    return args
+
+
+def _choices(head: Callable[..., Any], key: str) -> tuple[Any, ...] | None:
+    """The values a ``Literal``-annotated argument admits (None: not a Literal)."""
+    try:
+        annotation = inspect.signature(head, eval_str=True).parameters[key].annotation
+    except (NameError, TypeError, KeyError):
+        return None
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+
+
+def _checked(name: str, key: str, value: Any, default: Any, choices: Any = None) -> Any:
+    """``value`` if it has the kind of ``default`` (a count, a number, widths, a choice),
+    else a one-line UserError. Counts and widths must be >= 1; a rank-like count too."""
     where = f"guide {name!r} guide_args {key}"
+    if choices is not None or isinstance(default, str):
+        if choices is not None and value not in choices:
+            raise UserError(f"{where} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        if not isinstance(value, str):
+            raise UserError(f"{where} must be text, got {value!r}")
+        return value
     if isinstance(default, bool) or isinstance(value, bool):
         raise UserError(f"{where} must not be true/false, got {value!r}")
     if isinstance(default, int):

@@ -7,7 +7,7 @@ from typing import Any
 import pyro
 
 from ..errors import UserError, check_seed
-from ..guides.registry import DEFAULT
+from ..guides.registry import DEFAULT, trusted_guide_modules
 from .adgm import ADGM, ADGMConfig
 from .agmdgm import AGMDGM, AGMDGMConfig
 from .base import GuideModules, ModelConfig, SemiSupervisedModel
@@ -77,7 +77,8 @@ def build(
     Args:
         name: a key of :data:`MODELS`.
         guide: the posterior family of the guide's continuous latents by name (a key of
-            :data:`ppl_ssvae.guides.GUIDES`, with ``guide_args=`` in ``config``), or a
+            :data:`ppl_ssvae.guides.GUIDES`, or a head function's import path
+            ``"pkg.module:factory"``, with ``guide_args=`` in ``config``), or a
             module used as q(z|.) (called as ``module(x=..., y=..., a=...)``), or for
             models with an auxiliary latent ``{"z": module, "a": module}``. A model built
             with modules records ``guide: "custom"`` in ``to_config()``.
@@ -92,7 +93,9 @@ def build(
         pyro.set_rng_seed(check_seed(seed))
     cls = MODELS[name]
     if isinstance(guide, str):
-        return cls(cls.config_class.from_dict({**config, "guide": guide}))
+        # A guide named here by import path is the caller's own: its module may be imported.
+        with trusted_guide_modules(guide):
+            return cls(cls.config_class.from_dict({**config, "guide": guide}))
     return cls(cls.config_class.from_dict(config), guide=guide)
 
 

@@ -25,7 +25,13 @@ from torch import nn
 from ..errors import UserError
 from ..guides.auxiliary import AuxiliaryGuide
 from ..guides.categorical_gaussian import CategoricalGaussianGuide
-from ..guides.registry import CUSTOM, DEFAULT, build_latent_guide, resolve_guide_args
+from ..guides.registry import (
+    CUSTOM,
+    DEFAULT,
+    build_latent_guide,
+    legacy_guide_args,
+    resolve_guide_args,
+)
 from ..guides.sampling import seeded_rng, seeded_sample
 from ..nets import (
     CategoricalHead,
@@ -376,6 +382,10 @@ class SemiSupervisedModel(nn.Module):
             )
         if guide is not None:
             values = {**values, "guide": DEFAULT}
+        name = values.get("guide", DEFAULT)
+        if isinstance(values.get("guide_args"), dict) and name not in (DEFAULT, CUSTOM):
+            # a flow saved before bases existed rebuilds on its standard-normal base
+            values = {**values, "guide_args": legacy_guide_args(name, values["guide_args"])}
         config = cls.config_class.from_dict(values)
         return cls(config) if guide is None else cls(config, guide=guide)
 

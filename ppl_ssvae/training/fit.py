@@ -47,6 +47,7 @@ def fit(
     evaluate: Evaluator | None = None,
     callbacks: list[Callback] | None = None,
     run_config: dict[str, Any] | None = None,
+    init_from: str | Path | RunDir | None = None,
     **options: Any,
 ) -> FitResult:
     """Train ``model`` on ``data`` with SVI and the model's objective.
@@ -72,6 +73,9 @@ def fit(
             after the run's own evaluation and before its checkpoint, so their state is
             saved and a resume continues them exactly.
         run_config: extra entries for config.json.
+        init_from: a trained run whose shared weights ``model`` starts from (encoder,
+            decoder, classifier, the Gaussian head a flow refines: ``ppl_ssvae.init_from``);
+            recorded in config.json. A resumed run continues from its own checkpoint.
 
     Inside a ``torch.distributed`` process group of N ranks (``torchrun``), ``fit`` trains
     data-parallel (``ppl_ssvae.distributed``): ``batch_size`` is each rank's, the global
@@ -96,6 +100,12 @@ def fit(
     if run is not None:  # said before the lock is taken, so a refused start writes nothing
         world = group.world_size if group else 1
         _on_main(group, lambda: check_run_start(run, resume, overwrite, settings.epochs, world))
+    if init_from is not None:
+        if resume:
+            raise UserError("init_from starts a run; a resumed run continues from its checkpoint")
+        from ..init_from import init_from as copy_shared_weights
+
+        run_config = {**(run_config or {}), "init_from": copy_shared_weights(model, init_from)}
     best = BestEpoch()
     keep = [RunDirectory(run if group is None or group.is_main else None, best)] if run else []
     schedule = (

@@ -1,0 +1,133 @@
+"""ppl-ssvae compare / ppl_ssvae.compare: the table's numbers are the runs' own (saved
+accuracy and CPU time, likelihood_report's ELBO and IWAE), the standard errors are those of
+the per-image estimates, and scores are kept in the run and read back."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyro
+import pytest
+import torch
+
+from ppl_ssvae import compare
+from ppl_ssvae.cli import main
+from ppl_ssvae.data import load, semi_supervised_split
+from ppl_ssvae.likelihood import evaluation_inputs, likelihood_report, log_likelihood
+from ppl_ssvae.models import build
+from ppl_ssvae.rundir import BEST, RunDir
+from ppl_ssvae.training import fit
+
+K, ROWS = 4, 30
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny digits runs on the same data: a Gaussian guide and a MAF."""
+    root = tmp_path_factory.mktemp("runs")
+    data = semi_supervised_split(load("digits"), labels=50, seed=0)
+    out = {}
+    for guide in ("gaussian", "maf"):
+        pyro.set_rng_seed(0)
+        model = build("m2", input_dim=64, num_classes=10, z_dim=3, hidden=(16,), guide=guide)
+        fit(model, data, epochs=2, batch_size=400, progress=False, out=root / guide)
+        out[guide] = (root / guide, model)
+    return out, data
+
+
+def _best(run_dir, model):
+    RunDir(run_dir).load_weights(model, BEST)
+    return model
+
+
+def _inputs(model, data):
+    """The images likelihood_report scores: its seeded subset, binarised once."""
+    order = torch.randperm(len(data.x_test), generator=torch.Generator().manual_seed(0))
+    return evaluation_inputs(model, data.x_test[order[:ROWS]], 0)
+
+
+def test_the_table_holds_the_runs_own_numbers(runs):
+    (paths, data) = runs
+    table = compare.compare_runs([paths["gaussian"][0], paths["maf"][0]], iwae=K, rows=ROWS)
+    per_row = {}
+    for row, guide in zip(table, ("gaussian", "maf"), strict=True):
+        run_dir, model = paths[guide]
+        history = [
+            json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
+        best = torch.load(run_dir / BEST, weights_only=True)["epoch"]
+        saved = next(h for h in history if h["epoch"] == best)
+        assert row["guide"] == guide and row["epoch"] == best
+        assert row["test_accuracy"] == saved["test_accuracy"]
+        cpu = [h["epoch_cpu_seconds"] for h in history]
+        assert row["cpu_seconds_per_epoch"] == pytest.approx(sum(cpu) / len(cpu))
+        model = _best(run_dir, model)
+        report = likelihood_report(model, data.x_test, K, ROWS, seed=0)
+        assert row["test_elbo"] == pytest.approx(report["test_elbo"], abs=1e-6)
+        assert row["test_log_likelihood"] == pytest.approx(report["test_log_likelihood"], abs=1e-6)
+        assert row["gap"] == pytest.approx(row["test_log_likelihood"] - row["test_elbo"])
+        per_row[guide] = log_likelihood(model, _inputs(model, data), num_samples=K, seed=0)
+        values = per_row[guide].double()
+        se = math.sqrt(((values - values.mean()) ** 2).sum().item() / (ROWS - 1) / ROWS)
+        assert row["test_log_likelihood_se"] == pytest.approx(se, rel=1e-6)
+        assert 0 <= row["active_units"] <= 3
+    diff = (per_row["maf"] - per_row["gaussian"]).double()
+    assert table[0]["vs_first"] is None
+    assert table[1]["vs_first"] == pytest.approx(diff.mean().item(), abs=1e-5)
+    paired = math.sqrt(((diff - diff.mean()) ** 2).sum().item() / (ROWS - 1) / ROWS)
+    assert table[1]["vs_first_se"] == pytest.approx(paired, rel=1e-5)
+    assert table[1]["vs_first_se"] < table[1]["test_log_likelihood_se"]  # the same images
+
+
+def test_scores_are_kept_in_the_run_and_reused(runs, monkeypatch):
+    (paths, _) = runs
+    run = paths["gaussian"][0]
+    first = compare.compare_runs([run], iwae=K, rows=ROWS)
+    assert list(run.glob("compare-best-k4-rows30-seed0.json"))
+    monkeypatch.setattr(compare, "score", lambda *a, **k: pytest.fail("scored again"))
+    assert compare.compare_runs([run], iwae=K, rows=ROWS) == first
+    with pytest.raises(pytest.fail.Exception):  # another K is another score
+        compare.compare_runs([run], iwae=K + 1, rows=ROWS)
+
+
+def test_active_units_count_units_whose_posterior_mean_varies(runs):
+    """For a Gaussian guide the Monte Carlo activity (noise subtracted) matches the exact
+    variance over images of the posterior mean."""
+    (paths, data) = runs
+    model = _best(*paths["gaussian"])
+    x = evaluation_inputs(model, data.x_test[:200], 0)
+    exact = model.encode(x)["z_mean"].var(0)
+    counted = compare.active_units(model, x, samples=2000)
+    assert counted == int((exact > compare.ACTIVE_THRESHOLD).sum())
+    assert compare.active_units(model, x[:1]) is None
+
+
+def test_standard_error_is_of_the_mean():
+    values = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    assert compare.standard_error(values) == pytest.approx(math.sqrt(14 / 3 / 4))
+    assert math.isnan(compare.standard_error(values[:1]))
+
+
+def test_cli_prints_the_table_or_json(runs, capsys):
+    (paths, _) = runs
+    dirs = [str(paths["gaussian"][0]), str(paths["maf"][0])]
+    assert main(["compare", *dirs, "--iwae", str(K), "--iwae-rows", str(ROWS), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table == compare.compare_runs(dirs, iwae=K, rows=ROWS)
+    assert main(["compare", *dirs]) == 0  # no --iwae: no log-likelihood columns
+    printed = capsys.readouterr().out
+    assert "test ELBO" in printed and "IWAE" not in printed
+    assert sum(line.startswith("| ") for line in printed.splitlines()) == 3  # header, 2 runs
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "/no/such/run"], "not a run directory"),
+    (["compare", "{run}", "--iwae", "0"], "must be an integer >= 1"),
+    (["compare", "{run}", "--iwae", "3", "--iwae-rows", "0"], "positive number of test images"),
+])  # fmt: skip
+def test_cli_refusals_are_one_line(runs, capsys, argv, message):
+    run = str(runs[0]["gaussian"][0])
+    assert main([a.format(run=run) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
