@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from typing import Any
 
 from ..errors import UserError
@@ -184,7 +185,9 @@ def _resumed_spec(args: argparse.Namespace, run: RunDir) -> RunSpec:
         "fit": {**config["spec"].get("fit", {}), **current_budget(config)},
     }
     wanted = spec_values(args, recorded)
-    changed = sorted(_differences(recorded, wanted, {*RESUMABLE, "progress"}))
+    # Compared as JSON holds them: --hidden 16 is the (16,) a spec file records as [16].
+    as_json = lambda values: json.loads(json.dumps(values, default=str))  # noqa: E731
+    changed = sorted(_differences(as_json(recorded), as_json(wanted), {*RESUMABLE, "progress"}))
     if changed:
         raise UserError(f"--resume cannot change {', '.join(changed)}; start a new --out instead")
     return RunSpec.from_dict(wanted)

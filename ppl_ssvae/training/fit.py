@@ -95,6 +95,8 @@ def fit(
     if resume:  # the plain refusals (no run, no checkpoint) before reading the run
         _on_main(group, lambda: run.check_start(resume, overwrite))
     recorded = _on_main(group, lambda: _recorded(run, model)) if resume else None
+    if resume and group is not None:  # every rank trains with rank 0's reading of the run
+        recorded = group.broadcast(recorded)
     settings, applied = _settle(model, data, settings, options, recorded)
     evaluate = evaluate or protocol.evaluators()[protocol.default_evaluator_name(model, data)]
     if run is not None:  # said before the lock is taken, so a refused start writes nothing
