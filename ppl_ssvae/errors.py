@@ -13,6 +13,11 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
 
 
+#: Seeds are 32-bit: numpy's legacy seeding (``pyro.set_rng_seed``) and scikit-learn's
+#: ``random_state`` refuse anything outside [0, 2**32).
+SEED_LIMIT = 2**32
+
+
 def require(ok: bool, message: str) -> None:
     """Raise ``UserError(message)`` unless ``ok``: the settings objects' checks."""
     if not ok:
@@ -29,3 +34,13 @@ def is_finite_number(value: object) -> bool:
     import math
 
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """``value`` if it is a usable seed, an integer in [0, 2**32); else one ``UserError``
+    naming ``name`` (numpy and torch would fail deep inside with a traceback)."""
+    require(
+        is_int(value) and 0 <= value < SEED_LIMIT,
+        f"{name}={value!r} must be an integer in [0, 2**32): numpy and torch take 32-bit seeds",
+    )
+    return value  # type: ignore[return-value]

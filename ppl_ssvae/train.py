@@ -31,7 +31,7 @@ from . import __version__, distributed, protocol
 from .checkpoint import rng_state, set_rng_state
 from .data import SemiSupervisedBatches, SemiSupervisedData, parse_labelled_share
 from .distributed import DataParallelSteps, ProcessGroup
-from .errors import NonFiniteLossError, UserError, is_finite_number, is_int, require
+from .errors import NonFiniteLossError, UserError, check_seed, is_finite_number, is_int, require
 from .models.base import SemiSupervisedModel
 from .optim import SingleOptimizer, check_optimizer
 from .protocol import Evaluator
@@ -149,7 +149,7 @@ class FitSettings:
         require(is_finite_number(self.lr_decay) and 0.0 < self.lr_decay <= 1.0,
                  f"lr_decay={self.lr_decay!r} must be in (0, 1]")  # fmt: skip
         check_optimizer(self.optimizer, self.optimizer_args)
-        require(is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        check_seed(self.seed)
         resolve_device(self.device)
         for name in ("max_minutes", "max_cpu_minutes"):
             value = getattr(self, name)
