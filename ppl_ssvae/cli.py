@@ -576,8 +576,8 @@ def evaluate(args: argparse.Namespace) -> int:
 def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
     """Test accuracy (cluster-and-label where the protocol says so; None for a model that
     cannot classify), log loss, ELBO and, with --iwae, the IWAE log-likelihood."""
-    from .likelihood import evaluation_inputs, likelihood_report
-    from .metrics import accuracy, log_loss, mean_elbo
+    from .likelihood import evaluation_inputs, likelihood_report, seeded_elbo
+    from .metrics import accuracy, log_loss
     from .protocol import is_clustering
 
     report: dict[str, Any] = {"test_accuracy": None}
@@ -591,7 +591,7 @@ def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
         probs = model.classify(split.x_test)
         report |= {"test_accuracy": accuracy(probs, split.y_test),
                    "test_log_loss": log_loss(probs, split.y_test)}  # fmt: skip
-    report["test_elbo"] = mean_elbo(model, evaluation_inputs(model, split.x_test))
+    report["test_elbo"] = seeded_elbo(model, evaluation_inputs(model, split.x_test))
     if args.iwae is not None:
         report |= likelihood_report(model, split.x_test, args.iwae, args.iwae_rows)
     return report

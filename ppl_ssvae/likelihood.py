@@ -257,6 +257,16 @@ def evaluation_inputs(model: SemiSupervisedModel, x: torch.Tensor, seed: int = 0
     return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
 
 
+def seeded_elbo(model: SemiSupervisedModel, x: torch.Tensor, seed: int = 0) -> float:
+    """The mean one-sample ELBO per row of ``x`` (``metrics.mean_elbo``) with its z draws
+    from ``seed``: the same checkpoint reports the same number on every call, as the IWAE
+    estimate does; the global RNG is left as it was."""
+    from .metrics import mean_elbo
+
+    with seeded_rng(seed, model.device):  # the draws happen where the model is
+        return mean_elbo(model, x)
+
+
 def likelihood_report(
     model: SemiSupervisedModel,
     x: torch.Tensor,
@@ -266,8 +276,6 @@ def likelihood_report(
 ) -> dict[str, float | int | bool]:
     """Test ELBO and IWAE log-likelihood per row (nats) and bits per dimension, on ``rows``
     test rows (a fixed, seeded subset; all when None), for ``ppl-ssvae evaluate --iwae``."""
-    from .metrics import mean_elbo
-
     if rows is not None and not (isinstance(rows, int) and rows > 0):
         raise UserError(f"rows={rows!r} must be a positive number of test rows")
     if rows is not None and rows < len(x):
@@ -275,10 +283,8 @@ def likelihood_report(
         x = x[order[:rows].to(x.device)]
     inputs = evaluation_inputs(model, x, seed)
     log_p = log_likelihood(model, inputs, num_samples=num_samples, seed=seed).mean().item()
-    with seeded_rng(seed, x.device):  # its one z draw per row
-        elbo = mean_elbo(model, inputs)
     return {
-        "test_elbo": elbo,
+        "test_elbo": seeded_elbo(model, inputs, seed),
         "test_log_likelihood": log_p,
         "bits_per_dim": bits_per_dim(log_p, model.config.input_dim),
         "iwae_samples": num_samples,

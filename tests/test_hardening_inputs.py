@@ -5,6 +5,7 @@ Python."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -131,3 +132,30 @@ def test_the_largest_seed_trains_and_derived_seeds_stay_32_bit():
     assert len(result.history) == 1
     assert 0 <= rank_seed(top, 3) < 2**32 and rank_seed(5, 0) == 5
     assert 0 <= _wrapped(top * 1000 + 7) < 2**32 and _wrapped(5 * 1000 + 7) == 5007
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+def test_evaluate_reports_the_same_elbo_on_every_call(trained):
+    """Each process starts torch's RNG from a fresh random seed: an unseeded one-sample
+    ELBO differs from call to call."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "ppl_ssvae.cli", "evaluate", str(trained), "--json"]
+    procs = [subprocess.Popen(argv, env=env, cwd=trained.parent, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    reports = [json.loads(proc.communicate(timeout=300)[0]) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert reports[0]["test_elbo"] == reports[1]["test_elbo"]
+
+
+def test_seeded_elbo_is_repeatable_and_leaves_the_rng_alone():
+    import torch
+
+    from ppl_ssvae.likelihood import seeded_elbo
+    from ppl_ssvae.models import build
+
+    model = build("m2", input_dim=64, num_classes=10, z_dim=4, hidden=(16,))
+    x = semi_supervised_split(load("digits"), labels=50, seed=0).x_test.bernoulli()
+    state = torch.get_rng_state()
+    first = seeded_elbo(model, x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert seeded_elbo(model, x) == first and seeded_elbo(model, x, seed=1) != first
