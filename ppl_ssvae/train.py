@@ -32,6 +32,7 @@ from .checkpoint import rng_state, set_rng_state
 from .data import SemiSupervisedBatches, SemiSupervisedData, parse_labelled_share
 from .distributed import DataParallelSteps, ProcessGroup
 from .errors import NonFiniteLossError, UserError, check_seed, is_finite_number, is_int, require
+from .memory import check_fit_memory
 from .models.base import SemiSupervisedModel
 from .optim import SingleOptimizer, check_optimizer
 from .protocol import Evaluator
@@ -369,8 +370,8 @@ def fit(
     batch N times that; rank 0 alone evaluates and writes ``out``; every rank returns.
 
     Raises:
-        UserError: a bad setting, or a run directory that cannot be used as asked;
-            raised before anything is written.
+        UserError: a bad setting, a run directory that cannot be used as asked, or a step
+            too big for memory (``ppl_ssvae.memory``); raised before anything is written.
         NonFiniteLossError: the loss, a gradient or a parameter became NaN/inf; the last
             good checkpoint is intact.
     """
@@ -513,6 +514,9 @@ class _Loop:
             data.x_train.to(where), data.y_train.to(where), s.batch_size * world,
             s.labelled_share, s.binarize, s.seed, shard=(rank, world),
         )  # fmt: skip
+        rows = -(-max(sum(sizes) for sizes in self.batches.batch_sizes()) // world)  # per rank
+        check_fit_memory(model, model.config.input_dim, model.config.num_classes,
+                         (s.batch_size, rows), s.num_particles, self.device)  # fmt: skip
         self.optim = make_optimizer(s.optimizer, s.lr, s.lr_decay ** (1.0 / len(self.batches)),
                                     s.optimizer_args)  # fmt: skip
         elbo = _make_elbo(model, s)

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split
@@ -39,41 +43,116 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
+def _crafted_config(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["hidden"] = [2_000_000_000]
+    (run / "config.json").write_text(json.dumps(config))
+
+
+# The batch-size case runs under PPL_SSVAE_MEMORY_LIMIT: digits caps a batch at its 1257
+# training rows, 31 MB by the estimate (5 MB for batch 200, 13 MB for the evaluation).
+ENV = {"batch-size": {"PPL_SSVAE_MEMORY_LIMIT": "20M"}}
+# Every case runs in 3 GB of address space: any model the size checks should have refused
+# runs out of it.
+ADDRESS_SPACE = 3 << 30
+
+
 def _cases(root: Path, trained: Path) -> dict[str, tuple[list[str], str, Path]]:
     """name -> (argv, expected part of the one error line, path that must not change)."""
     fresh = root / "fresh"  # never created by any case
     out = ["--out", str(fresh)]
     active = ["active", "--iterations", "1", "--queries", "2", *out]
+
+    def copy(name: str, edit=lambda run: None) -> Path:  # each case its own run
+        shutil.copytree(trained, root / name)
+        edit(root / name)
+        return root / name
+
     return {
         "seed -1": ([*TRAIN, "--seed", "-1", *out], "seed=-1 must be an integer in [0, 2**32)", fresh),
         "seed 1e20": ([*TRAIN, "--seed", str(10**20), *out], f"seed={10**20} must be", fresh),
         "seed 2**32": ([*TRAIN, "--seed", str(2**32), *out], "seed=4294967296 must be", fresh),
         "active seed -1": ([*active, "--seed", "-1"], "seed=-1 must be an integer in [0, 2**32)", fresh),
+        "hidden": ([*TRAIN, "--hidden", "2000000000", *out], "hidden=[2000000000]) with", fresh),
+        "z-dim": ([*TRAIN, "--z-dim", "2000000000", *out], "z_dim=2000000000", fresh),
+        "extra-classes": ([*TRAIN, "--extra-classes", "2000000000", *out], "num_classes=2000000010", fresh),
+        "num-particles": ([*TRAIN, "--num-particles", "1000000000", *out], "num_particles=1000000000", fresh),
+        "batch-size": ([*TRAIN, "--batch-size", "100000", *out], "batch_size=100000: 1257 rows", fresh),
+        "config.json hidden": (["evaluate", str(v := copy("crafted", _crafted_config))],
+                               "hidden=[2000000000]) with", v),  # fmt: skip
+        "inspect num-samples": (["inspect", str(trained), *out, "--num-samples", "1000000000"],
+                                "num_samples=1000000000 draws needs about", fresh),  # fmt: skip
     }  # fmt: skip
 
 
-CASE_NAMES = ["seed -1", "seed 1e20", "seed 2**32", "active seed -1"]
+CASE_NAMES = [
+    "seed -1", "seed 1e20", "seed 2**32", "active seed -1", "hidden", "z-dim", "extra-classes",
+    "num-particles", "batch-size", "config.json hidden", "inspect num-samples",
+]  # fmt: skip
+
+
+# Runs CLI commands one after another in one process, as `python -m ppl_ssvae.cli` would
+# (exit code, stdout, stderr, a traceback if one escapes), so the imports are paid once.
+DRIVER = """
+import contextlib, io, json, os, sys, traceback
+from ppl_ssvae.cli import main
+results = {}
+for name, (argv, env) in json.loads(open(sys.argv[1]).read()).items():
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    os.environ.update(env)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    os.environ.clear()
+    os.environ.update(saved)
+    results[name] = [code, out.getvalue(), err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def _run_all(root: Path, argvs: dict[str, list[str]]) -> dict[str, tuple[int, str, str]]:
+    """Every command, in two processes (one per core) of ADDRESS_SPACE bytes each: name ->
+    (exit code, stdout, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))  # noqa: E731
+    names, procs = sorted(argvs), []
+    for half in range(2):
+        commands = root / f"commands-{half}.json"
+        commands.write_text(json.dumps({n: (argvs[n], ENV.get(n, {})) for n in names[half::2]}))
+        procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(commands)], cwd=root,
+                                      env=env, preexec_fn=limit, stdout=subprocess.PIPE, text=True))  # fmt: skip
+    results = {}
+    try:
+        for proc in procs:
+            results |= json.loads(proc.communicate(timeout=600)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    return {name: tuple(result) for name, result in results.items()}
 
 
 @pytest.fixture(scope="module")
 def replayed(trained, tmp_path_factory):
-    """Every CLI case run as its own process, all at once."""
+    """Every CLI case, and two evaluations, run at once."""
     root = tmp_path_factory.mktemp("cases")
     cases = _cases(root, trained)
     before = {name: _snapshot(path) for name, (_, _, path) in cases.items()}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {
-        name: subprocess.Popen([sys.executable, "-m", "ppl_ssvae.cli", *argv], cwd=root, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, (argv, _, _) in cases.items()
-    }  # fmt: skip
-    results = {name: (proc.wait(timeout=600), *proc.communicate()) for name, proc in procs.items()}
-    return cases, before, results
+    evaluations = {
+        name: ["evaluate", str(trained), "--json"] for name in ("evaluate a", "evaluate b")
+    }
+    argvs = {name: argv for name, (argv, _, _) in cases.items()}
+    results = _run_all(root, {**argvs, **evaluations})
+    return root, cases, before, results
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_cli_refuses_with_one_line_and_changes_nothing(replayed, case):
-    cases, before, results = replayed
+    _, cases, before, results = replayed
     _, expected, path = cases[case]
     code, _, stderr = results[case]
     assert "Traceback" not in stderr, stderr
@@ -135,15 +214,11 @@ def test_the_largest_seed_trains_and_derived_seeds_stay_32_bit():
 
 
 # -- evaluate ----------------------------------------------------------------------------------
-def test_evaluate_reports_the_same_elbo_on_every_call(trained):
-    """Each process starts torch's RNG from a fresh random seed: an unseeded one-sample
-    ELBO differs from call to call."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "ppl_ssvae.cli", "evaluate", str(trained), "--json"]
-    procs = [subprocess.Popen(argv, env=env, cwd=trained.parent, stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]  # fmt: skip
-    reports = [json.loads(proc.communicate(timeout=300)[0]) for proc in procs]
-    assert all(proc.returncode == 0 for proc in procs)
+def test_evaluate_reports_the_same_elbo_on_every_call(replayed):
+    """Each call comes after other commands or in another process, with torch's RNG
+    elsewhere: an unseeded one-sample ELBO differs from call to call."""
+    results = replayed[3]
+    reports = [json.loads(results[name][1]) for name in ("evaluate a", "evaluate b")]
     assert reports[0]["test_elbo"] == reports[1]["test_elbo"]
 
 
@@ -159,3 +234,78 @@ def test_seeded_elbo_is_repeatable_and_leaves_the_rng_alone():
     first = seeded_elbo(model, x)
     assert torch.equal(torch.get_rng_state(), state)
     assert seeded_elbo(model, x) == first and seeded_elbo(model, x, seed=1) != first
+
+
+# -- sizes -------------------------------------------------------------------------------------
+def _tiny_model():
+    from ppl_ssvae.models import build
+
+    return build("m2", input_dim=64, num_classes=10, z_dim=4, hidden=(16,))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "named"),
+    [("m2", {"hidden": (2_000_000_000,)}, "hidden=[2000000000]"),
+     ("m2", {"guide": "maf", "hidden": (2_000_000_000,)}, "hidden=[2000000000]"),  # no meta build
+     ("gmdgm", {"z_dim": 2_000_000_000}, "z_dim=2000000000"),
+     ("adgm", {"num_classes": 2_000_000_000}, "num_classes=2000000000")],
+)  # fmt: skip
+def test_a_model_too_big_for_memory_is_refused_before_allocating(name, options, named):
+    from ppl_ssvae.models import build, from_config
+
+    with pytest.raises(UserError, match=rf"{re.escape(named)}.* needs about .* TB of memory but"):
+        build(name, **{"input_dim": 784, "num_classes": 10, **options})
+    config = {**_tiny_model().to_config(), "hidden": [2_000_000_000]}
+    with pytest.raises(UserError, match=r"hidden=\[2000000000\]\) with .* weights needs about"):
+        from_config(config)
+
+
+def test_the_size_check_leaves_the_initial_weights_as_they_were():
+    from ppl_ssvae.models import M2, build
+
+    torch.manual_seed(3)
+    built = build("m2", guide="maf", input_dim=64, num_classes=10, z_dim=4, hidden=(16,))
+    torch.manual_seed(3)
+    direct = M2(M2.config_class.from_dict({"input_dim": 64, "num_classes": 10, "z_dim": 4,
+                                           "hidden": (16,), "guide": "maf"}))  # fmt: skip
+    pairs = zip(built.state_dict().values(), direct.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_paper_size_runs_pass_the_memory_checks_in_4_gb(monkeypatch):
+    """M2 on Fashion-MNIST (hidden 500, batch 200) and GM-DGM at Willetts et al.'s size
+    (hidden 500,500, 10 + 40 extra classes, 2 particles) fit well within 4 GB."""
+    from ppl_ssvae.memory import check_fit_memory
+    from ppl_ssvae.models import build
+
+    monkeypatch.setenv("PPL_SSVAE_MEMORY_LIMIT", "4G")
+    cpu = torch.device("cpu")
+    m2 = build("m2", input_dim=784, num_classes=10, hidden=(500,))
+    check_fit_memory(m2, 784, 10, (200, 200), 1, cpu)
+    gmdgm = build("gmdgm", input_dim=784, num_classes=50, hidden=(500, 500))
+    check_fit_memory(gmdgm, 784, 50, (200, 200), 2, cpu)
+    with pytest.raises(UserError, match=r"one training step \(batch_size=60000: 60000 rows x"):
+        check_fit_memory(m2, 784, 10, (60000, 60000), 1, cpu)
+
+
+@pytest.mark.parametrize(("text", "limit"), [("8G", 8 << 30), ("512m", 512 << 20), ("1000", 1000),
+                                             ("1.5GB", 3 << 29)])  # fmt: skip
+def test_the_memory_limit_of_the_environment(monkeypatch, text, limit):
+    from ppl_ssvae import memory
+
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: 1 << 50)
+    monkeypatch.setenv("PPL_SSVAE_MEMORY_LIMIT", text)
+    assert memory.available_bytes() == min(limit, memory._cgroup_available())
+    monkeypatch.setenv("PPL_SSVAE_MEMORY_LIMIT", "lots")
+    with pytest.raises(UserError, match="PPL_SSVAE_MEMORY_LIMIT='lots' must be a size"):
+        memory.available_bytes()
+
+
+def test_a_posterior_too_big_for_memory_is_refused_before_drawing(monkeypatch):
+    """Under a 1 MB limit, so that without the check the draws (20 MB) just happen."""
+    from ppl_ssvae.inspect import posterior
+
+    monkeypatch.setenv("PPL_SSVAE_MEMORY_LIMIT", "1M")
+    x = torch.rand(4, 64)
+    with pytest.raises(UserError, match=r"4 rows x num_samples=5000 draws needs about 20\.1 MB"):
+        posterior(_tiny_model(), x, num_samples=5000)
