@@ -125,11 +125,14 @@ def _run_all(root: Path, argvs: dict[str, list[str]]) -> dict[str, tuple[int, st
         commands = root / f"commands-{half}.json"
         commands.write_text(json.dumps({n: (argvs[n], ENV.get(n, {})) for n in names[half::2]}))
         procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(commands)], cwd=root,
-                                      env=env, preexec_fn=limit, stdout=subprocess.PIPE, text=True))  # fmt: skip
+                                      env=env, preexec_fn=limit, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
     results = {}
     try:
         for proc in procs:
-            results |= json.loads(proc.communicate(timeout=600)[0])
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, (proc.returncode, err[-3000:])  # the driver itself
+            results |= json.loads(out)
     finally:
         for proc in procs:
             proc.kill()
