@@ -5,20 +5,25 @@ Python."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import os
 import re
 import resource
 import shutil
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ppl_ssvae.cli import main
-from ppl_ssvae.data import load, semi_supervised_split
+from ppl_ssvae.data import load, semi_supervised_split, write_idx
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.train import FitSettings
 
@@ -43,6 +48,27 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
+def _gzip_bomb(path: Path, shape: tuple[int, ...], gigabytes: float) -> None:
+    """An IDX file whose header is honest about ``shape`` (uint8) but whose gzip stream
+    goes on with ``gigabytes`` of zeros, in members of 64 MB (~64 kB compressed each)."""
+    header = bytes([0, 0, 8, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+    first = gzip.compress(header + bytes(math.prod(shape)), 1)
+    member = gzip.compress(bytes(64 << 20), 9)
+    path.write_bytes(first + member * round(gigabytes * 16))
+
+
+def _bomb_dir(root: Path) -> Path:
+    """MNIST files in a --data-dir whose training images are a 4 GB gzip bomb (4 MB)."""
+    directory = root / "bomb"
+    directory.mkdir()
+    images, labels = np.zeros((20, 28, 28), np.uint8), np.zeros(20, np.uint8)
+    for stem, array in (("train-labels-idx1-ubyte", labels), ("t10k-images-idx3-ubyte", images),
+                        ("t10k-labels-idx1-ubyte", labels)):  # fmt: skip
+        write_idx(directory / f"{stem}.gz", array)
+    _gzip_bomb(directory / "train-images-idx3-ubyte.gz", (20, 28, 28), 4)
+    return directory
+
+
 def _crafted_config(run: Path) -> None:
     config = json.loads((run / "config.json").read_text())
     config["model"]["hidden"] = [2_000_000_000]
@@ -52,8 +78,8 @@ def _crafted_config(run: Path) -> None:
 # The batch-size case runs under PPL_SSVAE_MEMORY_LIMIT: digits caps a batch at its 1257
 # training rows, 31 MB by the estimate (5 MB for batch 200, 13 MB for the evaluation).
 ENV = {"batch-size": {"PPL_SSVAE_MEMORY_LIMIT": "20M"}}
-# Every case runs in 3 GB of address space: any model the size checks should have refused
-# runs out of it.
+# Every case runs in 3 GB of address space: a reader that decompresses the whole gzip bomb
+# runs out of it, and so does any model the size checks should have refused.
 ADDRESS_SPACE = 3 << 30
 
 
@@ -82,12 +108,14 @@ def _cases(root: Path, trained: Path) -> dict[str, tuple[list[str], str, Path]]:
                                "hidden=[2000000000]) with", v),  # fmt: skip
         "inspect num-samples": (["inspect", str(trained), *out, "--num-samples", "1000000000"],
                                 "num_samples=1000000000 draws needs about", fresh),  # fmt: skip
+        "gzip bomb": (["train", "--dataset", "mnist", "--data-dir", str(_bomb_dir(root)),
+                       "--no-progress", *out], "(15680 bytes) but more bytes follow", fresh),  # fmt: skip
     }  # fmt: skip
 
 
 CASE_NAMES = [
     "seed -1", "seed 1e20", "seed 2**32", "active seed -1", "hidden", "z-dim", "extra-classes",
-    "num-particles", "batch-size", "config.json hidden", "inspect num-samples",
+    "num-particles", "batch-size", "config.json hidden", "inspect num-samples", "gzip bomb",
 ]  # fmt: skip
 
 
@@ -312,3 +340,29 @@ def test_a_posterior_too_big_for_memory_is_refused_before_drawing(monkeypatch):
     x = torch.rand(4, 64)
     with pytest.raises(UserError, match=r"4 rows x num_samples=5000 draws needs about 20\.1 MB"):
         posterior(_tiny_model(), x, num_samples=5000)
+
+
+# -- data files --------------------------------------------------------------------------------
+def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
+    from ppl_ssvae.data import read_idx
+    from ppl_ssvae.errors import DataNotFoundError
+
+    bomb = tmp_path / "bomb.gz"
+    _gzip_bomb(bomb, (5, 28, 28), 1)  # 1 GB behind a 3920-byte header
+    started = time.process_time()
+    with pytest.raises(DataNotFoundError, match=r"\(3920 bytes\) but more bytes follow"):
+        read_idx(bomb)
+    assert time.process_time() - started < 0.5  # a full decompression takes seconds
+
+
+def test_a_header_claiming_more_than_the_file_can_hold_is_refused_before_allocating(tmp_path):
+    from ppl_ssvae.data import read_idx
+    from ppl_ssvae.errors import DataNotFoundError
+
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 10**6, 28, 28)
+    (tmp_path / "big.gz").write_bytes(gzip.compress(header + bytes(100)))
+    with pytest.raises(DataNotFoundError, match="gzip file decompresses to at most"):
+        read_idx(tmp_path / "big.gz")
+    (tmp_path / "big").write_bytes(header + bytes(100))
+    with pytest.raises(DataNotFoundError, match=r"\(784000000 bytes\) but 100 follow"):
+        read_idx(tmp_path / "big")
