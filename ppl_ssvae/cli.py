@@ -33,6 +33,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "std_threshold": None,
 }
 OPTIMIZER_FLAGS = ("momentum", "rho", "eps")
+# evaluate --iwae: an hour, then the user says how long they will wait.
+IWAE_MAX_MINUTES = 60.0
 MODEL_OPTIONS = ("z_dim", "hidden", "alpha", "likelihood", "sigma2", "activation", "variant", "net")
 
 
@@ -212,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "row (the IWAE bound; labels summed exactly), in nats and bits per dimension")  # fmt: skip
     e.add_argument("--iwae-rows", type=int, metavar="N",
                    help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
+    e.add_argument("--iwae-max-minutes", type=float, default=IWAE_MAX_MINUTES, metavar="M",
+                   help="refuse an estimate that would take longer, judged by its first pass "
+                   f"[{IWAE_MAX_MINUTES:g}]")  # fmt: skip
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     a = sub.add_parser("active", help="cluster-then-label active labelling (Vengalil & Sinha)",
@@ -553,6 +558,8 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--iwae {args.iwae} must be >= 1 importance samples")
     if args.iwae_rows is not None and (args.iwae is None or args.iwae_rows < 1):
         raise UserError("--iwae-rows N needs --iwae K and N >= 1")
+    if not args.iwae_max_minutes > 0 or args.iwae_max_minutes == float("inf"):
+        raise UserError(f"--iwae-max-minutes {args.iwae_max_minutes} must be a finite number > 0")
     run = RunDir(args.run_dir)
     config = run.read_config()
     recipe = _recipe_of(config, run)
@@ -593,7 +600,8 @@ def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
                    "test_log_loss": log_loss(probs, split.y_test)}  # fmt: skip
     report["test_elbo"] = seeded_elbo(model, evaluation_inputs(model, split.x_test))
     if args.iwae is not None:
-        report |= likelihood_report(model, split.x_test, args.iwae, args.iwae_rows)
+        report |= likelihood_report(model, split.x_test, args.iwae, args.iwae_rows,
+                                    max_minutes=args.iwae_max_minutes, progress=True)  # fmt: skip
     return report
 
 

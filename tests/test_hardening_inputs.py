@@ -108,6 +108,10 @@ def _cases(root: Path, trained: Path) -> dict[str, tuple[list[str], str, Path]]:
                                "hidden=[2000000000]) with", v),  # fmt: skip
         "inspect num-samples": (["inspect", str(trained), *out, "--num-samples", "1000000000"],
                                 "num_samples=1000000000 draws needs about", fresh),  # fmt: skip
+        "iwae": (["evaluate", str(v := copy("iwae")), "--iwae", "1000000000"],
+                 "over its budget of 60 minutes", v),  # fmt: skip
+        "iwae-max-minutes 0": (["evaluate", str(v := copy("iwae0")), "--iwae", "5",
+                                "--iwae-max-minutes", "0"], "--iwae-max-minutes 0.0 must be", v),  # fmt: skip
         "gzip bomb": (["train", "--dataset", "mnist", "--data-dir", str(_bomb_dir(root)),
                        "--no-progress", *out], "(15680 bytes) but more bytes follow", fresh),  # fmt: skip
     }  # fmt: skip
@@ -115,7 +119,8 @@ def _cases(root: Path, trained: Path) -> dict[str, tuple[list[str], str, Path]]:
 
 CASE_NAMES = [
     "seed -1", "seed 1e20", "seed 2**32", "active seed -1", "hidden", "z-dim", "extra-classes",
-    "num-particles", "batch-size", "config.json hidden", "inspect num-samples", "gzip bomb",
+    "num-particles", "batch-size", "config.json hidden", "inspect num-samples", "iwae",
+    "iwae-max-minutes 0", "gzip bomb",
 ]  # fmt: skip
 
 
@@ -340,6 +345,29 @@ def test_a_posterior_too_big_for_memory_is_refused_before_drawing(monkeypatch):
     x = torch.rand(4, 64)
     with pytest.raises(UserError, match=r"4 rows x num_samples=5000 draws needs about 20\.1 MB"):
         posterior(_tiny_model(), x, num_samples=5000)
+
+
+# -- IWAE time -----------------------------------------------------------------------------------
+def test_an_iwae_estimate_over_its_time_budget_is_refused_after_one_pass():
+    from ppl_ssvae.likelihood import log_likelihood
+
+    x = torch.rand(5, 64).bernoulli()
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=r"would take 350 passes x .* s \(the first, measured\) "
+                       r"= about .*, over its budget of 0.001 minutes"):  # fmt: skip
+        log_likelihood(_tiny_model(), x, num_samples=100_000, max_minutes=0.001)
+    assert time.perf_counter() - started < 5  # one pass, not 350
+
+
+def test_an_iwae_estimate_says_how_long_it_takes(capsys):
+    from ppl_ssvae.likelihood import log_likelihood
+
+    x = torch.rand(6, 64).bernoulli()
+    model = _tiny_model()
+    shown = log_likelihood(model, x, num_samples=300, max_rows=500, progress=True)
+    said = capsys.readouterr().err
+    assert "the IWAE estimate (K=300, 6 rows): 60 passes x" in said and "= about" in said
+    assert torch.equal(shown, log_likelihood(model, x, num_samples=300, max_rows=500))
 
 
 # -- data files --------------------------------------------------------------------------------
