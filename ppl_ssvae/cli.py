@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-particles", type=int,
                    help="samples per row of the objective, vectorised (2 in Willetts et al. "
                    "App. B) [1]")  # fmt: skip
+    g.add_argument("--divergence-factor", type=float, metavar="F",
+                   help="stop, like a non-finite loss, when the loss per row grows past F times "
+                   f"its first step's; may change on --resume [{d['divergence_factor']:g}]")  # fmt: skip
     g.add_argument(
         "--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoints)"
     )

@@ -13,6 +13,11 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
 
 
+class DivergenceError(NonFiniteLossError):
+    """The loss grew by orders of magnitude past its start (finite, but diverged); reported
+    and handled like a non-finite one: the last good checkpoint is left untouched."""
+
+
 #: Seeds are 32-bit: numpy's legacy seeding (``pyro.set_rng_seed``) and scikit-learn's
 #: ``random_state`` refuse anything outside [0, 2**32).
 SEED_LIMIT = 2**32

@@ -5,6 +5,7 @@ Python."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -174,15 +175,17 @@ def _run_all(root: Path, argvs: dict[str, list[str]]) -> dict[str, tuple[int, st
 
 @pytest.fixture(scope="module")
 def replayed(trained, tmp_path_factory):
-    """Every CLI case, and two evaluations, run at once."""
+    """Every CLI case, the two diverging trainings and two evaluations, run at once."""
     root = tmp_path_factory.mktemp("cases")
     cases = _cases(root, trained)
     before = {name: _snapshot(path) for name, (_, _, path) in cases.items()}
+    diverging = {name: ["train", "--dataset", "digits", "--epochs", "3", "--no-progress", "--lr",
+                        lr, "--out", str(root / name)] for name, lr in DIVERGING.items()}  # fmt: skip
     evaluations = {
         name: ["evaluate", str(trained), "--json"] for name in ("evaluate a", "evaluate b")
     }
     argvs = {name: argv for name, (argv, _, _) in cases.items()}
-    results = _run_all(root, {**argvs, **evaluations})
+    results = _run_all(root, {**argvs, **diverging, **evaluations})
     return root, cases, before, results
 
 
@@ -200,6 +203,22 @@ def test_cli_refuses_with_one_line_and_changes_nothing(replayed, case):
 
 def test_every_case_is_replayed(tmp_path, trained):
     assert sorted(_cases(tmp_path, trained)) == sorted(CASE_NAMES)
+
+
+# lr 1e30 keeps the weights finite but overflows the activations (Pyro's validation of a
+# distribution's parameters used to escape as a 537-line traceback); lr 1e6 used to finish
+# 3 epochs with exit 0 and a loss of 1.6e29 per row.
+DIVERGING = {"lr 1e30": "1e30", "lr 1e6": "1e6"}
+
+
+@pytest.mark.parametrize(("case", "expected"), [("lr 1e30", "non-finite"), ("lr 1e6", "diverged")])
+def test_a_diverging_run_stops_in_one_line_like_a_non_finite_loss(replayed, case, expected):
+    root, _, _, results = replayed
+    code, _, stderr = results[case]
+    assert "Traceback" not in stderr and code == 1, (code, stderr)
+    assert len(stderr.strip().splitlines()) == 1 and expected in stderr, stderr
+    assert "no checkpoint was written" in stderr  # both go wrong within the first epoch
+    assert not (root / case / "checkpoint.pt").exists()
 
 
 # -- seeds -------------------------------------------------------------------------------------
@@ -394,3 +413,77 @@ def test_a_header_claiming_more_than_the_file_can_hold_is_refused_before_allocat
     (tmp_path / "big").write_bytes(header + bytes(100))
     with pytest.raises(DataNotFoundError, match=r"\(784000000 bytes\) but 100 follow"):
         read_idx(tmp_path / "big")
+
+
+# -- divergence --------------------------------------------------------------------------------
+def test_the_divergence_guard():
+    from ppl_ssvae.divergence import DivergenceGuard
+
+    guard = DivergenceGuard(factor=100.0)
+    assert guard.check(-50.0) is None and guard.start == 50.0  # the first step sets the scale
+    assert guard.check(5000.0) is None and guard.check(float("nan")) is None
+    assert "diverged to 5e+03 per row, over divergence_factor=100 times its start (50)" in (
+        guard.check(5000.1) or ""
+    )
+    off = DivergenceGuard(factor=None)
+    assert off.check(1.0) is None and off.check(1e30) is None
+    tiny = DivergenceGuard(factor=10.0)
+    tiny.check(1e-3)
+    assert tiny.start == 1.0 and tiny.check(10.5)  # a loss starting near 0 still has a scale
+
+
+def _gaussian_digits():
+    from ppl_ssvae.models import build
+
+    split = semi_supervised_split(load("digits"), labels=50, seed=0)
+    model = build("m2", input_dim=64, num_classes=10, z_dim=4, hidden=(16,),
+                  likelihood="gaussian")  # fmt: skip
+    return model, split
+
+
+def test_a_loss_that_explodes_after_a_good_epoch_keeps_that_epochs_checkpoint(tmp_path):
+    """Resumed on data scaled by 1e4, the loss jumps past 1e4 times the start recorded in
+    the checkpoint: stopped at the first step, checkpoint of epoch 1 untouched."""
+    from ppl_ssvae.errors import DivergenceError
+    from ppl_ssvae.train import fit
+
+    model, split = _gaussian_digits()
+    fit(model, split, epochs=1, out=tmp_path / "run", progress=False, seed=0)
+    kept = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    scaled = dataclasses.replace(split, x_train=split.x_train * 1e4)
+    with pytest.raises(DivergenceError, match=r"diverged to .* at epoch 2, step 1; training "
+                       r"stopped, the last good checkpoint is .*checkpoint.pt \(epoch 1\)"):  # fmt: skip
+        fit(model, scaled, epochs=2, out=tmp_path / "run", resume=True, progress=False, seed=0)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == kept
+
+
+def test_a_validation_error_in_the_evaluation_is_a_non_finite_stop_and_others_are_not():
+    from ppl_ssvae.errors import NonFiniteLossError
+    from ppl_ssvae.train import fit
+
+    model, split = _gaussian_digits()
+
+    def overflowed(model, data):
+        raise ValueError("Expected parameter loc (Tensor of shape (2,)) of distribution ...")
+
+    with pytest.raises(NonFiniteLossError, match="outputs became non-finite at epoch 1, the ev"):
+        fit(model, split, epochs=1, evaluate=overflowed, progress=False)
+
+    def broken(model, data):
+        raise ValueError("a bug, not a divergence")
+
+    with pytest.raises(ValueError, match="a bug, not a divergence"):
+        fit(model, split, epochs=1, evaluate=broken, progress=False)
+
+
+def test_divergence_factor_is_checked_and_old_runs_without_it_resume(trained, tmp_path):
+    with pytest.raises(UserError, match=r"divergence_factor=1 must be a finite number > 1"):
+        FitSettings(divergence_factor=1).validate()
+    FitSettings(divergence_factor=None).validate()
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["fit"]["divergence_factor"], config["cli"]["divergence_factor"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert FitSettings.from_dict(config["fit"]).divergence_factor == 1e4
+    assert main(["train", "--out", str(old), "--resume", "--epochs", "2", "--no-progress"]) == 0
