@@ -244,7 +244,10 @@ def _items_log_likelihood(
 class PassClock:
     """Times the passes of one estimate: after the first, the whole estimate's time is
     known (passes x that pass's time, measured); over ``max_minutes`` it refuses before
-    spending it, else (with ``progress``) it says how long it will take and shows a bar."""
+    spending it, else (with ``progress``, for estimates of ``say_after`` seconds or more)
+    it says how long it will take and shows a bar."""
+
+    say_after = 10.0
 
     def __init__(self, what: str, max_minutes: float | None, progress: bool) -> None:
         self.what, self.max_minutes, self.progress = what, max_minutes, progress
@@ -271,7 +274,7 @@ class PassClock:
                 "minutes; lower the samples or rows, or raise the budget (--iwae-max-minutes, "
                 "max_minutes=)"
             )
-        if self.progress and self.passes > 1:
+        if self.progress and total >= self.say_after:
             print(f"{self.what}: {estimate}", file=sys.stderr)
             self.bar = tqdm(total=self.passes, initial=1, desc="IWAE passes", file=sys.stderr,
                             disable=None, leave=False, dynamic_ncols=True)  # fmt: skip
