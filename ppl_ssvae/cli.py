@@ -555,6 +555,8 @@ def _fmt(value: float | None) -> str:
 def evaluate(args: argparse.Namespace) -> int:
     from . import models
     from .data import load_recipe
+    from .likelihood import MAX_ROWS
+    from .memory import check_evaluation_memory
     from .rundir import BEST, CHECKPOINT
 
     if args.iwae is not None and args.iwae < 1:
@@ -574,6 +576,8 @@ def evaluate(args: argparse.Namespace) -> int:
     except UserError as e:
         raise UserError(f"{run.file('config.json')}: {e}") from None
     state = run.load_weights(model, BEST if args.checkpoint == "best" else CHECKPOINT)
+    check_evaluation_memory(model, model.config.input_dim, model.config.num_classes,
+                            MAX_ROWS if args.iwae else 0, model.device)  # fmt: skip
     report = {"run": str(run.path), "checkpoint": args.checkpoint, "epoch": state["epoch"],
               "test_rows": len(split.x_test), **_test_report(model, split, args)}  # fmt: skip
     if args.json:

@@ -159,6 +159,24 @@ def activation_bytes(model: nn.Module, input_dim: int, rows: int, classes: int) 
     return float(rows) * classes * width * BYTES * ACTIVATION_FACTOR
 
 
+def evaluation_bytes(model: nn.Module, input_dim: int, classes: int, iwae_rows: int = 0) -> float:
+    """The largest evaluation pass, without gradients (half a step's activations):
+    ``metrics.mean_elbo``'s chunk of EVALUATION_ROWS rows enumerated over the classes, or
+    an IWAE pass of ``iwae_rows`` rows (its samples and classes included)."""
+    return activation_bytes(model, input_dim, max(EVALUATION_ROWS * classes, iwae_rows), 1) / 2
+
+
+def check_evaluation_memory(
+    model: nn.Module, input_dim: int, classes: int, iwae_rows: int, device: torch.device
+) -> None:
+    """Refuse an evaluation whose passes cannot fit beside the weights (a model trained on a
+    bigger machine), before the first pass."""
+    rows = max(EVALUATION_ROWS * classes, iwae_rows)
+    what = f"one evaluation pass ({rows} rows x {row_width(model, input_dim)} numbers per row)"
+    require_memory(evaluation_bytes(model, input_dim, classes, iwae_rows), what,
+                   "free memory or evaluate on a bigger machine", device)  # fmt: skip
+
+
 def check_fit_memory(
     model: nn.Module,
     input_dim: int,
@@ -175,7 +193,7 @@ def check_fit_memory(
     weights = sum(p.numel() for p in model.parameters()) * BYTES
     optimiser = (TRAINING_COPIES - 1) * weights  # the weights themselves are allocated
     step = activation_bytes(model, input_dim, rows * particles, classes)
-    evaluation = activation_bytes(model, input_dim, EVALUATION_ROWS, classes) / 2  # no grad
+    evaluation = evaluation_bytes(model, input_dim, classes)
     width = row_width(model, input_dim)
     if step >= evaluation:
         what = (f"one training step (batch_size={batch_size}: {rows} rows x num_particles="

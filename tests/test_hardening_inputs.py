@@ -76,9 +76,10 @@ def _crafted_config(run: Path) -> None:
     (run / "config.json").write_text(json.dumps(config))
 
 
-# The batch-size case runs under PPL_SSVAE_MEMORY_LIMIT: digits caps a batch at its 1257
-# training rows, 31 MB by the estimate (5 MB for batch 200, 13 MB for the evaluation).
-ENV = {"batch-size": {"PPL_SSVAE_MEMORY_LIMIT": "20M"}}
+# Cases under PPL_SSVAE_MEMORY_LIMIT: digits caps a batch at its 1257 training rows, 31 MB
+# by the estimate (5 MB for batch 200); the evaluation after an epoch needs 12 MB.
+ENV = {"batch-size": {"PPL_SSVAE_MEMORY_LIMIT": "20M"},
+       "evaluate memory": {"PPL_SSVAE_MEMORY_LIMIT": "5M"}}  # fmt: skip
 # Every case runs in 3 GB of address space: a reader that decompresses the whole gzip bomb
 # runs out of it, and so does any model the size checks should have refused.
 ADDRESS_SPACE = 3 << 30
@@ -107,6 +108,8 @@ def _cases(root: Path, trained: Path) -> dict[str, tuple[list[str], str, Path]]:
         "batch-size": ([*TRAIN, "--batch-size", "100000", *out], "batch_size=100000: 1257 rows", fresh),
         "config.json hidden": (["evaluate", str(v := copy("crafted", _crafted_config))],
                                "hidden=[2000000000]) with", v),  # fmt: skip
+        "evaluate memory": (["evaluate", str(v := copy("small"))],
+                            "one evaluation pass (10000 rows x 214 numbers per row)", v),  # fmt: skip
         "inspect num-samples": (["inspect", str(trained), *out, "--num-samples", "1000000000"],
                                 "num_samples=1000000000 draws needs about", fresh),  # fmt: skip
         "iwae": (["evaluate", str(v := copy("iwae")), "--iwae", "1000000000"],
@@ -120,8 +123,8 @@ def _cases(root: Path, trained: Path) -> dict[str, tuple[list[str], str, Path]]:
 
 CASE_NAMES = [
     "seed -1", "seed 1e20", "seed 2**32", "active seed -1", "hidden", "z-dim", "extra-classes",
-    "num-particles", "batch-size", "config.json hidden", "inspect num-samples", "iwae",
-    "iwae-max-minutes 0", "gzip bomb",
+    "num-particles", "batch-size", "config.json hidden", "evaluate memory",
+    "inspect num-samples", "iwae", "iwae-max-minutes 0", "gzip bomb",
 ]  # fmt: skip
 
 
