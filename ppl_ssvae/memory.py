@@ -5,7 +5,7 @@ of an allocator traceback, or the kernel's OOM killer, after the allocation.
 
 The estimates are rough on purpose and err high, by a small factor, never by orders of
 magnitude: they refuse sizes that cannot fit, not ordinary runs (M2 on Fashion-MNIST with
-hidden 500 and batch 200 needs about 0.1 GB by them).
+hidden 500 and batch 200 needs about 0.2 GB by them).
 
 Available memory is the kernel's ``MemAvailable`` (within a cgroup's limit) on CPU,
 ``torch.cuda.mem_get_info`` on a GPU, and at most ``$PPL_SSVAE_MEMORY_LIMIT`` (e.g. ``8G``)
