@@ -33,6 +33,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "std_threshold": None,
 }
 OPTIMIZER_FLAGS = ("momentum", "rho", "eps")
+# evaluate --iwae: an hour, then the user says how long they will wait.
+IWAE_MAX_MINUTES = 60.0
 MODEL_OPTIONS = ("z_dim", "hidden", "alpha", "likelihood", "sigma2", "activation", "variant", "net")
 TRUST_HELP = ("load a checkpoint whose .sha256 checksum file is missing or malformed, with a "
               "warning (a run that wrote checksums refuses it otherwise)")  # fmt: skip
@@ -188,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-particles", type=int,
                    help="samples per row of the objective, vectorised (2 in Willetts et al. "
                    "App. B) [1]")  # fmt: skip
+    g.add_argument("--divergence-factor", type=float, metavar="F",
+                   help="stop, like a non-finite loss, when the loss per row grows past F times "
+                   f"its first step's; may change on --resume [{d['divergence_factor']:g}]")  # fmt: skip
     g.add_argument(
         "--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoints)"
     )
@@ -215,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "row (the IWAE bound; labels summed exactly), in nats and bits per dimension")  # fmt: skip
     e.add_argument("--iwae-rows", type=int, metavar="N",
                    help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
+    e.add_argument("--iwae-max-minutes", type=float, default=IWAE_MAX_MINUTES, metavar="M",
+                   help="refuse an estimate that would take longer, judged by its first pass "
+                   f"[{IWAE_MAX_MINUTES:g}]")  # fmt: skip
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     e.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
 
@@ -560,12 +568,16 @@ def _fmt(value: float | None) -> str:
 def evaluate(args: argparse.Namespace) -> int:
     from . import models
     from .data import load_recipe
+    from .likelihood import MAX_ROWS
+    from .memory import check_evaluation_memory
     from .rundir import BEST, CHECKPOINT
 
     if args.iwae is not None and args.iwae < 1:
         raise UserError(f"--iwae {args.iwae} must be >= 1 importance samples")
     if args.iwae_rows is not None and (args.iwae is None or args.iwae_rows < 1):
         raise UserError("--iwae-rows N needs --iwae K and N >= 1")
+    if not args.iwae_max_minutes > 0 or args.iwae_max_minutes == float("inf"):
+        raise UserError(f"--iwae-max-minutes {args.iwae_max_minutes} must be a finite number > 0")
     run = RunDir(args.run_dir, trust_unverified=args.trust_unverified)
     config = run.read_config()
     recipe = _recipe_of(config, run)
@@ -577,6 +589,8 @@ def evaluate(args: argparse.Namespace) -> int:
     except UserError as e:
         raise UserError(f"{run.file('config.json')}: {e}") from None
     state = run.load_weights(model, BEST if args.checkpoint == "best" else CHECKPOINT)
+    check_evaluation_memory(model, model.config.input_dim, model.config.num_classes,
+                            MAX_ROWS if args.iwae else 0, model.device)  # fmt: skip
     report = {"run": str(run.path), "checkpoint": args.checkpoint, "epoch": state["epoch"],
               "test_rows": len(split.x_test), **_test_report(model, split, args)}  # fmt: skip
     if args.json:
@@ -589,8 +603,8 @@ def evaluate(args: argparse.Namespace) -> int:
 def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
     """Test accuracy (cluster-and-label where the protocol says so; None for a model that
     cannot classify), log loss, ELBO and, with --iwae, the IWAE log-likelihood."""
-    from .likelihood import evaluation_inputs, likelihood_report
-    from .metrics import accuracy, log_loss, mean_elbo
+    from .likelihood import evaluation_inputs, likelihood_report, seeded_elbo
+    from .metrics import accuracy, log_loss
     from .protocol import is_clustering
 
     report: dict[str, Any] = {"test_accuracy": None}
@@ -604,9 +618,10 @@ def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
         probs = model.classify(split.x_test)
         report |= {"test_accuracy": accuracy(probs, split.y_test),
                    "test_log_loss": log_loss(probs, split.y_test)}  # fmt: skip
-    report["test_elbo"] = mean_elbo(model, evaluation_inputs(model, split.x_test))
+    report["test_elbo"] = seeded_elbo(model, evaluation_inputs(model, split.x_test))
     if args.iwae is not None:
-        report |= likelihood_report(model, split.x_test, args.iwae, args.iwae_rows)
+        report |= likelihood_report(model, split.x_test, args.iwae, args.iwae_rows,
+                                    max_minutes=args.iwae_max_minutes, progress=True)  # fmt: skip
     return report
 
 

@@ -4,8 +4,8 @@ A run is three things: its settings (``FitSettings``, saved as-is to config.json
 directory (``ppl_ssvae.rundir.RunDir``: config, metrics, checkpoints, lock, resume records)
 and the loop (``_Loop``): one ``svi.step`` per mixed batch, an evaluation after every
 epoch, the best epoch by validation accuracy kept. A resumed run reproduces the
-uninterrupted one on CPU (same seed); a non-finite loss, gradient or parameter stops the
-run with the last good checkpoint intact.
+uninterrupted one on CPU (same seed); a non-finite loss, gradient or parameter, or a
+diverging loss (``ppl_ssvae.divergence``), stops the run with the last good checkpoint intact.
 """
 
 from __future__ import annotations
@@ -31,7 +31,17 @@ from . import __version__, distributed, protocol
 from .checkpoint import rng_state, set_rng_state
 from .data import SemiSupervisedBatches, SemiSupervisedData, parse_labelled_share
 from .distributed import DataParallelSteps, ProcessGroup
-from .errors import NonFiniteLossError, UserError, is_finite_number, is_int, require
+from .divergence import DIVERGENCE_FACTOR, DivergenceGuard, is_validation_error
+from .errors import (
+    DivergenceError,
+    NonFiniteLossError,
+    UserError,
+    check_seed,
+    is_finite_number,
+    is_int,
+    require,
+)
+from .memory import check_fit_memory
 from .models.base import SemiSupervisedModel
 from .optim import SingleOptimizer, check_optimizer
 from .protocol import Evaluator
@@ -57,7 +67,7 @@ EMULATED_BF16 = (
     "and M2 steps 1.4x slower on an AVX512-BF16 CPU without AMX"
 )
 # Settings a resume may change; the others are the run's identity.
-RESUMABLE = ("epochs", "max_minutes", "max_cpu_minutes", "device")
+RESUMABLE = ("epochs", "max_minutes", "max_cpu_minutes", "device", "divergence_factor")
 
 
 class PrecisionWarning(UserWarning):
@@ -97,6 +107,10 @@ class FitSettings:
         objective: the Pyro objective by name (``ppl_ssvae.objectives``); None: the model's.
         num_particles: samples per row of the objective (vectorised); Willetts et al.
             App. B use 2.
+        divergence_factor: stop, like a non-finite loss (``DivergenceError``, the last
+            good checkpoint intact), when a step's loss per row grows past this many times
+            the first step's (``ppl_ssvae.divergence.DivergenceGuard``, which says why 1e4);
+            None: no such check. A resume may change it.
         progress: show a progress bar (not saved).
     """
 
@@ -115,6 +129,7 @@ class FitSettings:
     precision: str = "fp32"
     objective: str | None = None
     num_particles: int = 1
+    divergence_factor: float | None = DIVERGENCE_FACTOR
     progress: bool = True
 
     @classmethod
@@ -150,7 +165,7 @@ class FitSettings:
         require(is_finite_number(self.lr_decay) and 0.0 < self.lr_decay <= 1.0,
                  f"lr_decay={self.lr_decay!r} must be in (0, 1]")  # fmt: skip
         check_optimizer(self.optimizer, self.optimizer_args)
-        require(is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        check_seed(self.seed)
         resolve_device(self.device)
         for name in ("max_minutes", "max_cpu_minutes"):
             value = getattr(self, name)
@@ -163,6 +178,9 @@ class FitSettings:
                  f"objective={self.objective!r} must be a name")  # fmt: skip
         require(is_int(self.num_particles) and self.num_particles >= 1,
                  f"num_particles={self.num_particles!r} must be an integer >= 1")  # fmt: skip
+        factor = self.divergence_factor
+        require(factor is None or (is_finite_number(factor) and factor > 1),
+                f"divergence_factor={factor!r} must be a finite number > 1 (or None)")  # fmt: skip
 
     def resolved(self, model: SemiSupervisedModel, data: SemiSupervisedData) -> FitSettings:
         """The settings with every protocol default filled in from the model and data."""
@@ -386,10 +404,11 @@ def fit(
     batch N times that; rank 0 alone evaluates and writes ``out``; every rank returns.
 
     Raises:
-        UserError: a bad setting, or a run directory that cannot be used as asked;
-            raised before anything is written.
-        NonFiniteLossError: the loss, a gradient or a parameter became NaN/inf; the last
-            good checkpoint is intact.
+        UserError: a bad setting, a run directory that cannot be used as asked, or a step
+            too big for memory (``ppl_ssvae.memory``); raised before anything is written.
+        NonFiniteLossError: the loss, a gradient, a parameter or a network's output became
+            NaN/inf, or the loss diverged (``DivergenceError``); the last good checkpoint is
+            intact.
     """
     settings = dataclasses.replace(settings or FitSettings(), **_known_options(options))
     settings.validate()
@@ -532,6 +551,9 @@ class _Loop:
             data.x_train.to(where), data.y_train.to(where), s.batch_size * world,
             s.labelled_share, s.binarize, s.seed, shard=(rank, world),
         )  # fmt: skip
+        rows = -(-max(sum(sizes) for sizes in self.batches.batch_sizes()) // world)  # per rank
+        check_fit_memory(model, model.config.input_dim, model.config.num_classes,
+                         (s.batch_size, rows), s.num_particles, self.device)  # fmt: skip
         self.optim = make_optimizer(s.optimizer, s.lr, s.lr_decay ** (1.0 / len(self.batches)),
                                     s.optimizer_args)  # fmt: skip
         elbo = _make_elbo(model, s)
@@ -540,6 +562,7 @@ class _Loop:
         else:
             self.train_step = DataParallelSteps(model, elbo, self.optim, group).step
         self.result = FitResult(run_dir=run.path if run else None)
+        self.divergence = DivergenceGuard(s.divergence_factor)
         self.elapsed_wall = self.elapsed_cpu = 0.0
         self.saved_epoch: int | None = None
 
@@ -559,6 +582,7 @@ class _Loop:
         self.elapsed_wall, self.elapsed_cpu = state["elapsed_wall"], state["elapsed_cpu"]
         self.result.best_epoch = state["best_epoch"]
         self.result.best_val_accuracy = state["best_val_accuracy"]
+        self.divergence.start = state.get("divergence_start")  # None: saved before the guard
         if self.main:
             on_disk = self.run.read_history(up_to=trained)  # warns of what the resume drops
             self.result.history = list(state.get("history", on_disk))
@@ -610,7 +634,12 @@ class _Loop:
             if self.keeps_checkpoints:
                 self.group.gather(rng_state())
             return
-        report = self.evaluate(self.model, self.data)
+        try:
+            report = self.evaluate(self.model, self.data)
+        except ValueError as e:  # the evaluation's distributions validate the outputs too
+            if not is_validation_error(e):
+                raise
+            raise self._non_finite(epoch, None, "the networks' outputs", "the evaluation") from e
         epoch_wall, epoch_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         self.elapsed_wall += epoch_wall
         self.elapsed_cpu += epoch_cpu
@@ -639,6 +668,7 @@ class _Loop:
         global_rows = [sum(sizes) for sizes in self.batches.batch_sizes()]
         for step, (x, y) in enumerate(bar, 1):
             loss = self._step(x, y, epoch, step)
+            self._check_divergence(loss / global_rows[step - 1], epoch, step)
             total, rows = total + loss, rows + global_rows[step - 1]
             if step % 10 == 1:
                 bar.set_postfix(loss=f"{total / rows:.2f}")
@@ -657,14 +687,25 @@ class _Loop:
             with self.autocast:
                 loss = self.train_step(x, y)
         except ValueError as e:
-            # Pyro validates distribution arguments: NaN parameters surface as a
-            # ValueError inside svi.step before the loss can be checked.
-            if _all_finite(self.model):
-                raise
-            raise self._non_finite(epoch, step, "the parameters") from e
+            # Pyro validates distribution arguments: NaN parameters, or finite ones whose
+            # activations overflowed, surface as a ValueError inside svi.step before the
+            # loss can be checked.
+            if not _all_finite(self.model):
+                raise self._non_finite(epoch, step, "the parameters") from e
+            if is_validation_error(e):
+                raise self._non_finite(epoch, step, "the networks' outputs") from e
+            raise
         if not math.isfinite(loss):
             raise self._non_finite(epoch, step, f"the loss ({loss})")
         return loss
+
+    def _check_divergence(self, loss_per_row: float, epoch: int, step: int) -> None:
+        diverged = self.divergence.check(loss_per_row)
+        if diverged:
+            raise DivergenceError(
+                f"{diverged} at epoch {epoch}, step {step}; training stopped, {self._kept()}; "
+                "lower the learning rate, or raise divergence_factor if this growth is expected"
+            )
 
     def _check_parameters(self, epoch: int, where: str) -> None:
         # A step with finite loss can still leave NaN weights (an inf gradient); they must
@@ -676,18 +717,20 @@ class _Loop:
         self, epoch: int, step: int | None, what: str, where: str | None = None
     ) -> NonFiniteLossError:
         at = f"epoch {epoch}, step {step}" if step is not None else f"epoch {epoch}, {where}"
-        if self.run is None and self.keeps_checkpoints:
-            kept = "rank 0 keeps the last good checkpoint in the run directory"
-        elif self.run is None:
-            kept = "no checkpoint is kept (no run directory)"
-        elif self.saved_epoch is None:
-            kept = "no checkpoint was written (no epoch had finished)"
-        else:
-            kept = f"the last good checkpoint is {self.run.file(CHECKPOINT)} (epoch {self.saved_epoch})"
         return NonFiniteLossError(
-            f"{what} became non-finite at {at}; training stopped, {kept}; lower the learning "
-            "rate or check the data"
+            f"{what} became non-finite at {at}; training stopped, {self._kept()}; lower the "
+            "learning rate or check the data"
         )
+
+    def _kept(self) -> str:
+        """What a stopped run leaves: the last good checkpoint, if any."""
+        if self.run is None and self.keeps_checkpoints:
+            return "rank 0 keeps the last good checkpoint in the run directory"
+        if self.run is None:
+            return "no checkpoint is kept (no run directory)"
+        if self.saved_epoch is None:
+            return "no checkpoint was written (no epoch had finished)"
+        return f"the last good checkpoint is {self.run.file(CHECKPOINT)} (epoch {self.saved_epoch})"
 
     def _select(self, epoch: int, report: dict[str, Any]) -> bool:
         # Best by validation accuracy (validation ELBO for models that cannot classify);
@@ -717,7 +760,7 @@ class _Loop:
             "epoch": epoch, "elapsed_wall": self.elapsed_wall, "elapsed_cpu": self.elapsed_cpu,
             "best_epoch": self.result.best_epoch,
             "best_val_accuracy": self.result.best_val_accuracy,
-            "history": self.result.history,
+            "history": self.result.history, "divergence_start": self.divergence.start,
         })  # fmt: skip
         self.saved_epoch = epoch
 
