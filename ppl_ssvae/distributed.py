@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import UserError
+from .errors import SEED_LIMIT, UserError
 
 #: Seconds a collective may wait for the other ranks before it fails.
 DEFAULT_TIMEOUT_S = 600.0
@@ -181,8 +181,9 @@ def shutdown() -> None:
 
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of a rank's own draws (z samples): rank 0 keeps ``seed``, so its draws
-    are a single process's; the others differ, so the ranks' noise is independent."""
-    return seed + 1_000_003 * rank
+    are a single process's; the others differ, so the ranks' noise is independent. Wrapped
+    into the 32 bits numpy takes (a seed near 2**32 on rank 1 would overflow them)."""
+    return (seed + 1_000_003 * rank) % SEED_LIMIT
 
 
 class _Objective(nn.Module):

@@ -29,6 +29,7 @@ from pyro.infer import config_enumerate, infer_discrete
 
 from .errors import UserError, is_int
 from .guides.sampling import seeded_rng
+from .memory import BYTES, require_memory
 from .models.base import SemiSupervisedModel
 from .plates import MAX_PLATE_NESTING
 
@@ -203,6 +204,7 @@ def posterior(
         raise UserError(f"num_samples={num_samples!r} must be an integer >= 1")
     if not is_int(iwae_samples) or iwae_samples < 0:
         raise UserError(f"iwae_samples={iwae_samples!r} must be an integer >= 0 (0: none)")
+    check_posterior_memory(model, len(x), num_samples)
     if exact_y and not model.label_is_latent:
         raise UserError(
             f"exact_y needs a model whose label is a latent of the model (m2, adgm, gmdgm, "
@@ -221,6 +223,17 @@ def posterior(
     finally:
         model.train(was_training)
     return _inference_data(x, y, draws, recon, log_lik, q_y, log_p_x, names)
+
+
+def check_posterior_memory(model: SemiSupervisedModel, rows: int, num_samples: int) -> None:
+    """Refuse a posterior whose draws cannot be held in memory, before drawing (or writing)
+    anything: per draw and row the decoder's mean and its input (input_dim each), their
+    copies when the chunks are joined and converted, and the latents."""
+    c = model.config
+    per_draw = 4 * c.input_dim + getattr(c, "z_dim", 0) + getattr(c, "a_dim", 0) + 4
+    need = float(num_samples) * rows * per_draw * BYTES
+    what = f"the posterior of {rows} rows x num_samples={num_samples} draws"
+    require_memory(need, what, "lower num_samples (--num-samples) or the rows (--rows)")
 
 
 def _class_names(model: SemiSupervisedModel, class_names: Sequence[str] | None) -> list[str]:
@@ -626,6 +639,7 @@ def write_inspection(
     run, model, split = loaded.directory, loaded.model, loaded.data
     loaded.load_weights("best")
     model.eval()
+    check_posterior_memory(model, min(rows, len(split.x_test)), num_samples)  # before writing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | str] = {}

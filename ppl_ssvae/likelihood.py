@@ -38,14 +38,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
+import sys
+import time
 from collections.abc import Callable
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
 
-from .errors import UserError, is_int
+from .errors import UserError, is_finite_number, is_int
 from .guides.sampling import seeded_rng
 from .models.base import SemiSupervisedModel
 from .plates import MAX_PLATE_NESTING
@@ -137,6 +140,8 @@ def log_likelihood(
     num_samples: int = 1000,
     seed: int = 0,
     max_rows: int = MAX_ROWS,
+    max_minutes: float | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """The IWAE estimate per row: ``log p(x)`` where ``y == -1`` (or ``y`` is None),
     ``log p(x, y)`` where ``y`` is a label; in nats.
@@ -150,17 +155,24 @@ def log_likelihood(
         seed: the draws come from this seed; the global RNG is left as it was.
         max_rows: rows of one model/guide pass (data rows x samples x classes), so that
             memory stays bounded for any K.
+        max_minutes: the time the estimate may take, judged after its first pass (passes
+            x that pass's time): longer raises ``UserError`` instead of running on. None:
+            no limit.
+        progress: print that estimate and a progress bar of the passes on stderr.
     """
     # is_int, not isinstance(int): a bool is an int to Python, not a sample count.
     for name, value in (("num_samples", num_samples), ("max_rows", max_rows)):
         if not is_int(value) or value < 1:
             raise UserError(f"{name}={value!r} must be an integer >= 1")
+    if max_minutes is not None and not (is_finite_number(max_minutes) and max_minutes > 0):
+        raise UserError(f"max_minutes={max_minutes!r} must be a finite number > 0 (or None)")
     x = model.check_x(x)
     if model.config.likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
         raise UserError(
             "x holds grey levels, but a Bernoulli likelihood scores binary pixels: binarise "
             "them once (likelihood.evaluation_inputs) or use likelihood_report, which does"
         )
+    clock = PassClock(f"the IWAE estimate (K={num_samples}, {len(x)} rows)", max_minutes, progress)
     y = torch.full((len(x),), -1, dtype=torch.long) if y is None else y
     y = model.check_y(torch.as_tensor(y), len(x))
     if len(x) == 0:
@@ -169,8 +181,9 @@ def log_likelihood(
     model.eval()
     try:
         with seeded_rng(seed, x.device):
-            return _estimate(model, x, y, num_samples, model.label_in_joint, max_rows)
+            return _estimate(model, x, y, num_samples, model.label_in_joint, max_rows, clock)
     finally:
+        clock.close()
         model.train(was_training)
 
 
@@ -181,6 +194,7 @@ def _estimate(
     num_samples: int,
     summed: bool,
     max_rows: int,
+    clock: PassClock,
 ) -> torch.Tensor:
     # Items: (row, label) pairs to estimate; an unlabelled row of a model that enumerates
     # its label gives one item per class, summed in probability afterwards.
@@ -191,7 +205,7 @@ def _estimate(
     first_item = torch.cumsum(counts, 0) - counts
     position = torch.arange(len(item_row), device=x.device) - first_item[item_row]
     item_y = torch.where(expand[item_row], position, y[item_row])
-    log_p_items = _items_log_likelihood(model, x, item_row, item_y, num_samples, max_rows)
+    log_p_items = _items_log_likelihood(model, x, item_row, item_y, num_samples, max_rows, clock)
     return _segment_logsumexp(log_p_items, item_row, len(x))
 
 
@@ -210,6 +224,7 @@ def _items_log_likelihood(
     item_y: torch.Tensor,
     num_samples: int,
     max_rows: int,
+    clock: PassClock,
 ) -> torch.Tensor:
     """``log (1/K) sum_k w_k`` per item, K draws per item, in passes of <= max_rows rows
     (items x samples): one model/guide pass in a sample plate where the model vectorises,
@@ -218,6 +233,7 @@ def _items_log_likelihood(
     items = len(item_row)
     per_pass = max(1, max_rows // num_samples)  # items per pass when all K fit
     samples_per_pass = min(num_samples, max_rows)
+    clock.start(math.ceil(items / per_pass) * math.ceil(num_samples / samples_per_pass))
     out = []
     for start in range(0, items, per_pass):
         rows, labels = item_row[start : start + per_pass], item_y[start : start + per_pass]
@@ -231,8 +247,59 @@ def _items_log_likelihood(
                 w = log_weights(model.model, model.guide, xs, ys).reshape(k, len(rows))
             total = torch.logaddexp(total, torch.logsumexp(w, 0))
             release_freed_memory()
+            clock.tick()
         out.append(total - math.log(num_samples))
     return torch.cat(out)
+
+
+class PassClock:
+    """Times the passes of one estimate: after the first, the whole estimate's time is
+    known (passes x that pass's time, measured); over ``max_minutes`` it refuses before
+    spending it, else (with ``progress``, for estimates of ``say_after`` seconds or more)
+    it says how long it will take and shows a bar."""
+
+    say_after = 10.0
+
+    def __init__(self, what: str, max_minutes: float | None, progress: bool) -> None:
+        self.what, self.max_minutes, self.progress = what, max_minutes, progress
+        self.passes = self.done = 0
+        self.bar: tqdm | None = None
+
+    def start(self, passes: int) -> None:
+        self.passes, self.done, self.started = passes, 0, time.perf_counter()
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.done == 1:
+            self._judge(time.perf_counter() - self.started)
+        elif self.bar is not None:
+            self.bar.update()
+
+    def _judge(self, seconds: float) -> None:
+        total = seconds * self.passes
+        estimate = (f"{self.passes} passes x {seconds:.3g} s (the first, measured) = about "
+                    f"{_duration(total)}")  # fmt: skip
+        if self.max_minutes is not None and total > 60 * self.max_minutes:
+            raise UserError(
+                f"{self.what} would take {estimate}, over its budget of {self.max_minutes:g} "
+                "minutes; lower the samples or rows, or raise the budget (--iwae-max-minutes, "
+                "max_minutes=)"
+            )
+        if self.progress and total >= self.say_after:
+            print(f"{self.what}: {estimate}", file=sys.stderr)
+            self.bar = tqdm(total=self.passes, initial=1, desc="IWAE passes", file=sys.stderr,
+                            disable=None, leave=False, dynamic_ncols=True)  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} seconds"
 
 
 def _glibc_malloc_trim() -> Callable[[int], int] | None:
@@ -268,16 +335,28 @@ def evaluation_inputs(model: SemiSupervisedModel, x: torch.Tensor, seed: int = 0
     return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(seed))
 
 
+def seeded_elbo(model: SemiSupervisedModel, x: torch.Tensor, seed: int = 0) -> float:
+    """The mean one-sample ELBO per row of ``x`` (``metrics.mean_elbo``) with its z draws
+    from ``seed``: the same checkpoint reports the same number on every call, as the IWAE
+    estimate does; the global RNG is left as it was."""
+    from .metrics import mean_elbo
+
+    with seeded_rng(seed, model.device):  # the draws happen where the model is
+        return mean_elbo(model, x)
+
+
 def likelihood_report(
     model: SemiSupervisedModel,
     x: torch.Tensor,
     num_samples: int,
     rows: int | None = None,
     seed: int = 0,
+    max_minutes: float | None = None,
+    progress: bool = False,
 ) -> dict[str, float | int | bool]:
     """Test ELBO and IWAE log-likelihood per row (nats) and bits per dimension, on ``rows``
-    test rows (a fixed, seeded subset; all when None), for ``ppl-ssvae evaluate --iwae``."""
-    from .metrics import mean_elbo
+    test rows (a fixed, seeded subset; all when None), for ``ppl-ssvae evaluate --iwae``;
+    ``max_minutes`` and ``progress`` as for :func:`log_likelihood`."""
 
     if rows is not None and not (is_int(rows) and rows > 0):
         raise UserError(f"rows={rows!r} must be a positive number of test rows")
@@ -285,11 +364,10 @@ def likelihood_report(
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         x = x[order[:rows].to(x.device)]
     inputs = evaluation_inputs(model, x, seed)
-    log_p = log_likelihood(model, inputs, num_samples=num_samples, seed=seed).mean().item()
-    with seeded_rng(seed, x.device):  # its one z draw per row
-        elbo = mean_elbo(model, inputs)
+    log_p = log_likelihood(model, inputs, num_samples=num_samples, seed=seed,
+                           max_minutes=max_minutes, progress=progress).mean().item()  # fmt: skip
     return {
-        "test_elbo": elbo,
+        "test_elbo": seeded_elbo(model, inputs, seed),
         "test_log_likelihood": log_p,
         "bits_per_dim": bits_per_dim(log_p, model.config.input_dim),
         "iwae_samples": num_samples,

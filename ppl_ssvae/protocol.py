@@ -16,7 +16,7 @@ from typing import Any
 import pyro
 
 from .data import SemiSupervisedData
-from .errors import UserError
+from .errors import UserError, check_seed
 from .models import MODELS, build, semi_unsupervised_prior
 from .models.base import SemiSupervisedModel
 
@@ -124,6 +124,7 @@ def build_for_data(
 ) -> SemiSupervisedModel:
     """``models.build`` with ``model_config``, the initial weights drawn from ``seed`` (so a
     seed run alone equals the same seed inside a multi-seed run)."""
+    check_seed(seed)
     config = model_config(name, data, extra_classes, **options)
     pyro.set_rng_seed(seed)
     return build(name, **config)

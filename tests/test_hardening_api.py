@@ -37,7 +37,7 @@ REPORT = "experiments/report_runs.py"
 GUIDE_SPEED, PRECISION = "benchmarks/guide_speed.py", "benchmarks/precision_speed.py"
 DDP, M2_SPEED = "benchmarks/ddp_speed.py", "benchmarks/m2_speed.py"
 NOT_INT = "is not an integer"
-SEED_RANGE = "must be an integer with 0 <= seed < 2**32"
+SEED_RANGE = "must be an integer in [0, 2**32)"
 EMPTY_ITEM = "has an empty item"
 NOT_A_NAME = "must be a folder name, not a path"
 ACTIVE_HUMAN = ["active", "--dataset", "digits", "--oracle", "human", "--answers-file"]

@@ -26,7 +26,7 @@ import torch
 
 from ..checkpoint import read_regular_file, write_text_atomic
 from ..data import SemiSupervisedData, load, semi_supervised_split
-from ..errors import UserError, is_finite_number, is_int, require
+from ..errors import SEED_LIMIT, UserError, check_seed, is_finite_number, is_int, require
 from ..metrics import accuracy
 from ..models import build
 from ..models.beta_vae_classifier import BetaVAEClassifier
@@ -106,7 +106,7 @@ class ActiveConfig:
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1,
                      f"{name}={getattr(self, name)!r} must be an integer >= 1")  # fmt: skip
         require(is_int(self.epochs) and self.epochs >= 0, f"epochs={self.epochs!r} must be >= 0")
-        require(is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        check_seed(self.seed)
         require(self.k >= 2, f"k={self.k} must be at least 2 (one cluster says nothing)")
         for name in ("rate", "beta", "lr"):
             require(is_finite_number(getattr(self, name)) and getattr(self, name) > 0,
@@ -220,6 +220,13 @@ def pretrain(
     return len(result.history)
 
 
+def _wrapped(seed: int) -> int:
+    """A seed derived from the run's (seed + iteration, seed * 1000 + i) wrapped into the
+    32 bits numpy, torch and scikit-learn take; for the derived seeds of runs with seed
+    below 2**32 / 1000 (every run so far) it is the seed itself, so their numbers stand."""
+    return seed % SEED_LIMIT
+
+
 def fit_settings(config: ActiveConfig, seed: int) -> FitSettings:
     # lr_decay 1: every iteration continues training with a fresh optimiser at the same rate.
     return FitSettings(batch_size=config.batch_size, lr=config.lr, lr_decay=1.0, seed=seed,
@@ -288,7 +295,8 @@ def ask_tree(
     """Steps (2)-(4): cluster, show the centres, sub-cluster the invalid ones, level by
     level, until ``config.queries`` centres have been asked or none is left. Answers
     already in ``log`` are reused, never asked again."""
-    level = cluster(z, np.arange(len(z)), config.k, config.clustering, config.seed + iteration)
+    seed = _wrapped(config.seed + iteration)
+    level = cluster(z, np.arange(len(z)), config.k, config.clustering, seed)
     budget, asked = config.queries, []
     while level and budget > 0:
         batch = level[:budget]
@@ -298,7 +306,7 @@ def ask_tree(
         level = [child for node, answer in asked[-len(batch):] if answer.invalid
                  and len(node.members) > 1
                  for child in cluster(z, node.members, config.k, config.clustering,
-                                      config.seed + iteration, prefix=node.id)]  # fmt: skip
+                                      seed, prefix=node.id)]  # fmt: skip
     return asked
 
 
@@ -480,7 +488,7 @@ def _iterate(
     for i in range(1, config.iterations + 1):
         asked, state = _labels(i, config, data, model, run, log, oracle, state)
         fit_to(model, weighted_data(data, *state), run.file(f"iter-{i:03d}"), config.epochs,
-               fit_settings(config, config.seed * 1000 + i))  # fmt: skip
+               fit_settings(config, _wrapped(config.seed * 1000 + i)))  # fmt: skip
         if len(records) <= i:
             total = records[-1]["queries_total"] + len(asked)
             records.append(_record(i, model, data, asked, state, total))

@@ -13,6 +13,9 @@ from ..errors import UserError
 from ..rundir import RunDir
 from .options import TRUST_HELP, add_trust_guide, number_text
 
+# evaluate --iwae: an hour, then the user says how long they will wait.
+IWAE_MAX_MINUTES = 60.0
+
 
 def add_parsers(sub: Any) -> None:
     from ..data import DATASETS
@@ -32,6 +35,9 @@ def add_parsers(sub: Any) -> None:
                    "row (the IWAE bound; labels summed exactly), in nats and bits per dimension")  # fmt: skip
     e.add_argument("--iwae-rows", type=int, metavar="N",
                    help="estimate it on a fixed seeded subset of N test rows [all]")  # fmt: skip
+    e.add_argument("--iwae-max-minutes", type=float, default=IWAE_MAX_MINUTES, metavar="M",
+                   help="refuse an estimate that would take longer, judged by its first pass "
+                   f"[{IWAE_MAX_MINUTES:g}]")  # fmt: skip
     e.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     e.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
     add_trust_guide(e)
@@ -87,15 +93,21 @@ def add_parsers(sub: Any) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from ..likelihood import MAX_ROWS
+    from ..memory import check_evaluation_memory
     from ..runs import load_run
 
     if args.iwae is not None and args.iwae < 1:
         raise UserError(f"--iwae {args.iwae} must be >= 1 importance samples")
     if args.iwae_rows is not None and (args.iwae is None or args.iwae_rows < 1):
         raise UserError("--iwae-rows N needs --iwae K and N >= 1")
+    if not args.iwae_max_minutes > 0 or args.iwae_max_minutes == float("inf"):
+        raise UserError(f"--iwae-max-minutes {args.iwae_max_minutes} must be a finite number > 0")
     loaded = load_run(args.run_dir, data_dir=args.data_dir, trust_unverified=args.trust_unverified)
     model, split = loaded.model, loaded.data
     state = loaded.load_weights(args.checkpoint)
+    check_evaluation_memory(model, model.config.input_dim, model.config.num_classes,
+                            MAX_ROWS if args.iwae else 0, model.device)  # fmt: skip
     report = {"run": str(loaded.path), "checkpoint": args.checkpoint, "epoch": state["epoch"],
               "test_rows": len(split.x_test), **_test_report(model, split, args)}  # fmt: skip
     if args.json:
@@ -108,8 +120,8 @@ def evaluate(args: argparse.Namespace) -> int:
 def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
     """Test accuracy (cluster-and-label where the protocol says so; None for a model that
     cannot classify), log loss, ELBO and, with --iwae, the IWAE log-likelihood."""
-    from ..likelihood import evaluation_inputs, likelihood_report
-    from ..metrics import accuracy, log_loss, mean_elbo
+    from ..likelihood import evaluation_inputs, likelihood_report, seeded_elbo
+    from ..metrics import accuracy, log_loss
     from ..protocol import is_clustering
 
     report: dict[str, Any] = {"test_accuracy": None}
@@ -123,9 +135,10 @@ def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
         probs = model.classify(split.x_test)
         report |= {"test_accuracy": accuracy(probs, split.y_test),
                    "test_log_loss": log_loss(probs, split.y_test)}  # fmt: skip
-    report["test_elbo"] = mean_elbo(model, evaluation_inputs(model, split.x_test))
+    report["test_elbo"] = seeded_elbo(model, evaluation_inputs(model, split.x_test))
     if args.iwae is not None:
-        report |= likelihood_report(model, split.x_test, args.iwae, args.iwae_rows)
+        report |= likelihood_report(model, split.x_test, args.iwae, args.iwae_rows,
+                                    max_minutes=args.iwae_max_minutes, progress=True)  # fmt: skip
     return report
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, check_seed
 from .dataset import Dataset
 
 UNLABELLED = -1
@@ -201,6 +201,7 @@ def semi_supervised_split(
             (Willetts et al. App. B use 0.1).
         seed: makes the split reproducible.
     """
+    check_seed(seed)
     dataset.validate()  # again: fields may have been reassigned since construction
     k = dataset.num_classes
     hidden = parse_class_ids(hidden_classes, k, dataset.class_names)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyro
 
-from ..errors import UserError, check_seed
+from ..errors import UserError, check_seed, is_int
 from ..guides.registry import DEFAULT, trusted_guide_modules
+from ..memory import check_model_size, meta_build, meta_elements
 from .adgm import ADGM, ADGMConfig
 from .agmdgm import AGMDGM, AGMDGMConfig
 from .base import GuideModules, ModelConfig, SemiSupervisedModel
@@ -90,13 +92,20 @@ def build(
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if seed is not None:
-        pyro.set_rng_seed(check_seed(seed))
+        check_seed(seed)
     cls = MODELS[name]
-    if isinstance(guide, str):
-        # A guide named here by import path is the caller's own: its module may be imported.
-        with trusted_guide_modules(guide):
+
+    def make() -> SemiSupervisedModel:
+        if isinstance(guide, str):
             return cls(cls.config_class.from_dict({**config, "guide": guide}))
-    return cls(cls.config_class.from_dict(config), guide=guide)
+        return cls(cls.config_class.from_dict(config), guide=guide)
+
+    # A guide named here by import path is the caller's own: its module may be imported.
+    with trusted_guide_modules(*([guide] if isinstance(guide, str) else [])):
+        _check_memory(cls, make, config)  # on the meta device: no weights, no random draws
+        if seed is not None:
+            pyro.set_rng_seed(check_seed(seed))
+        return make()
 
 
 def from_config(values: dict[str, Any], guide: GuideModules | None = None) -> SemiSupervisedModel:
@@ -104,7 +113,24 @@ def from_config(values: dict[str, Any], guide: GuideModules | None = None) -> Se
     the same module(s) again."""
     if values.get("model") not in MODELS:
         raise UserError(f"unknown model {values.get('model')!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[values["model"]].from_config(values, guide=guide)
+    cls = MODELS[values["model"]]
+    _check_memory(cls, lambda: cls.from_config(values, guide=guide), values)
+    return cls.from_config(values, guide=guide)
+
+
+def _check_memory(cls: type[SemiSupervisedModel], make: Callable, values: dict[str, Any]) -> None:
+    """Refuse sizes whose weights cannot fit in memory before allocating them (a crafted
+    config.json or a flag such as ``--hidden 2000000000``): the model is built on the meta
+    device and its weights counted (``ppl_ssvae.memory.meta_build``)."""
+    # A guide that cannot be built there (a flow's masks) is counted as its Gaussian base.
+    base = {k: v for k, v in values.items() if k not in ("model", "guide", "guide_args")}
+    module = meta_build(make, lambda: cls(cls.config_class.from_dict(base)))
+    sizes = ", ".join(
+        f"{k}={list(v) if isinstance(v, (list, tuple)) else v}"
+        for k, v in module.config.to_dict().items()
+        if is_int(v) or (isinstance(v, (list, tuple)) and v and all(is_int(i) for i in v))
+    )  # fmt: skip
+    check_model_size(meta_elements(module), f"{cls.name}: {sizes}")
 
 
 __all__ = [

@@ -115,7 +115,7 @@ def fit(
         if settings.lr_scheduler
         else []
     )
-    own = [Evaluation(evaluate), best, NonFiniteGuard(),
+    own = [Evaluation(evaluate), best, NonFiniteGuard(settings.divergence_factor),
            Budget(settings.max_minutes, settings.max_cpu_minutes),
            *([ProgressBar()] if settings.progress else []), *schedule, *keep]  # fmt: skip
     trainer = Trainer(model, data, settings, [*own, *(callbacks or [])], group)

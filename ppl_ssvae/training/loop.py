@@ -25,7 +25,9 @@ from .. import distributed
 from ..checkpoint import rng_state, set_rng_state
 from ..data import SemiSupervisedBatches, SemiSupervisedData
 from ..distributed import DataParallelSteps, ProcessGroup
+from ..divergence import is_validation_error
 from ..errors import NonFiniteLossError
+from ..memory import check_fit_memory
 from ..models.base import SemiSupervisedModel
 from ..optim import SingleOptimizer
 from .callbacks import Callback, ordered, state_keys
@@ -88,6 +90,9 @@ class Trainer:
             data.x_train.to(where), data.y_train.to(where), s.batch_size * world,
             s.labelled_share, s.binarize, s.seed, shard=(rank, world),
         )  # fmt: skip
+        rows = -(-max(sum(sizes) for sizes in self.batches.batch_sizes()) // world)  # per rank
+        check_fit_memory(model, model.config.input_dim, model.config.num_classes,
+                         (s.batch_size, rows), s.num_particles, self.device)  # fmt: skip
         self.optim: SingleOptimizer = make_optimizer(
             s.optimizer, s.lr, s.lr_decay ** (1.0 / len(self.batches)), s.optimizer_args
         )
@@ -130,17 +135,18 @@ class Trainer:
         classifier term. Applied with ``pyro.poutine``, so the objective stays Pyro's."""
         self.site_scales.weights.update(weights)
 
-    def non_finite(self, what: str, step: int | None = None, where: str = "") -> NonFiniteLossError:
+    def non_finite(
+        self, what: str, step: int | None = None, where: str = "",
+        error: type[NonFiniteLossError] = NonFiniteLossError,
+        fix: str = "lower the learning rate or check the data",
+    ) -> NonFiniteLossError:  # fmt: skip
         """The error that stops training when something became NaN/inf (or diverged)."""
         at = (
             f"epoch {self.epoch}, step {step}"
             if step is not None
             else f"epoch {self.epoch}, {where}"
         )
-        return NonFiniteLossError(
-            f"{what} at {at}; training stopped, {self.checkpoint_note}; lower the learning "
-            "rate or check the data"
-        )
+        return error(f"{what} at {at}; training stopped, {self.checkpoint_note}; {fix}")
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -168,7 +174,9 @@ class Trainer:
         self.result.best_epoch = state["best_epoch"]
         self.result.best_val_accuracy = state["best_val_accuracy"]
         self.result.history = list(state.get("history", []))
-        saved = state.get("callbacks", {})
+        # Checkpoints from before callbacks kept the divergence guard's start on their own.
+        legacy = {"NonFiniteGuard": {"divergence_start": state.get("divergence_start")}}
+        saved = state.get("callbacks", legacy)
         for key, cb in zip(state_keys(self.callbacks), self.callbacks, strict=True):
             if key in saved:
                 cb.load_state_dict(saved[key])
@@ -238,11 +246,14 @@ class Trainer:
             with self.autocast, scales:
                 return self._train_step(x, y)
         except ValueError as e:
-            # Pyro validates distribution arguments: NaN parameters surface as a
-            # ValueError inside svi.step before the loss can be checked.
-            if all_finite(self.model):
-                raise
-            raise self.non_finite("the parameters became non-finite", step) from e
+            # Pyro validates distribution arguments: NaN parameters, or finite ones whose
+            # activations overflowed, surface as a ValueError inside svi.step before the
+            # loss can be checked.
+            if not all_finite(self.model):
+                raise self.non_finite("the parameters became non-finite", step) from e
+            if is_validation_error(e):
+                raise self.non_finite("the networks' outputs became non-finite", step) from e
+            raise
 
 
 def _forget_model_params(model: SemiSupervisedModel) -> None:

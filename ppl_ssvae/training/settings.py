@@ -9,7 +9,8 @@ from typing import Any
 
 from .. import protocol
 from ..data import SemiSupervisedData, parse_labelled_share
-from ..errors import UserError, is_finite_number, is_int, require
+from ..divergence import DIVERGENCE_FACTOR
+from ..errors import UserError, check_seed, is_finite_number, is_int, require
 from ..models.base import SemiSupervisedModel
 from ..optim import (
     OPTIMIZER_OPTIONS,
@@ -22,7 +23,7 @@ from .devices import PRECISION_CHOICES, resolve_device
 
 # Settings a resume may change (the budget and where it runs); the others are the run's
 # identity, and a resume that gives another value for one of them is refused.
-RESUMABLE = ("epochs", "max_minutes", "max_cpu_minutes", "device")
+RESUMABLE = ("epochs", "max_minutes", "max_cpu_minutes", "device", "divergence_factor")
 # Settings whose None means "the model's recommendation (its ``fit_defaults``), else the
 # library's": what the paper behind a model trained it with (GM-DGM's Adam at 3e-4 on 1:1
 # batches, the pi-VAE's RMSprop) reaches Python and the CLI alike.
@@ -71,6 +72,10 @@ class FitSettings:
         objective: the Pyro objective by name (``ppl_ssvae.objectives``); None: the model's.
         num_particles: samples per row of the objective (vectorised); Willetts et al.
             App. B use 2.
+        divergence_factor: stop, like a non-finite loss (``DivergenceError``, the last
+            good checkpoint intact), when a step's loss per row grows past this many times
+            the first step's (``ppl_ssvae.divergence.DivergenceGuard``, which says why 1e4);
+            None: no such check. A resume may change it.
         progress: show a progress bar (not saved).
     """
 
@@ -91,6 +96,7 @@ class FitSettings:
     precision: str = "fp32"
     objective: str | None = None
     num_particles: int = 1
+    divergence_factor: float | None = DIVERGENCE_FACTOR
     progress: bool = True
 
     @classmethod
@@ -130,7 +136,7 @@ class FitSettings:
         if self.optimizer is not None:  # else checked once the model's choice is known
             check_optimizer(self.optimizer, self.optimizer_args or {})
         check_scheduler(self.lr_scheduler, self.lr_scheduler_args)
-        require(is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        check_seed(self.seed)
         resolve_device(self.device)
         for name in ("max_minutes", "max_cpu_minutes"):
             value = getattr(self, name)
@@ -143,6 +149,9 @@ class FitSettings:
                  f"objective={self.objective!r} must be a name")  # fmt: skip
         require(is_int(self.num_particles) and self.num_particles >= 1,
                  f"num_particles={self.num_particles!r} must be an integer >= 1")  # fmt: skip
+        factor = self.divergence_factor
+        require(factor is None or (is_finite_number(factor) and factor > 1),
+                f"divergence_factor={factor!r} must be a finite number > 1 (or None)")  # fmt: skip
 
     def recommended(self, model: SemiSupervisedModel) -> tuple[FitSettings, dict[str, Any]]:
         """Every None that the model's paper recommends a value for (``fit_defaults``)

@@ -9,6 +9,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..divergence import DIVERGENCE_FACTOR, DivergenceGuard, is_validation_error
+from ..errors import DivergenceError
 from ..protocol import Evaluator
 from .callbacks import EVALUATE, OBSERVE, PERSIST, REPORT, Callback
 from .loop import Trainer, all_finite
@@ -24,7 +26,14 @@ class Evaluation(Callback):
         self.evaluate = evaluate
 
     def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        record.update(self.evaluate(trainer.model, trainer.data))
+        try:
+            report = self.evaluate(trainer.model, trainer.data)
+        except ValueError as e:  # the evaluation's distributions validate the outputs too
+            if not is_validation_error(e):
+                raise
+            raise trainer.non_finite("the networks' outputs became non-finite",
+                                     where="the evaluation") from e  # fmt: skip
+        record.update(report)
 
 
 class BestEpoch(Callback):
@@ -71,16 +80,34 @@ class RestoreBestWeights(Callback):
 
 
 class NonFiniteGuard(Callback):
-    """Stops training with ``NonFiniteLossError`` when a step's loss is NaN/inf, and
-    before a checkpoint when a parameter is (a step with a finite loss can still leave
-    NaN weights through an inf gradient): such weights never reach a checkpoint."""
+    """Stops training with ``NonFiniteLossError`` when a step's loss is NaN/inf or
+    diverges (grows past ``divergence_factor`` times its first step's, a
+    ``DivergenceError``), and before a checkpoint when a parameter is NaN/inf (a step with
+    a finite loss can still leave NaN weights through an inf gradient): such weights never
+    reach a checkpoint. The divergence threshold's start is checkpointed."""
 
     order = PERSIST - 1
     all_ranks = True
 
+    def __init__(self, divergence_factor: float | None = DIVERGENCE_FACTOR) -> None:
+        self.divergence = DivergenceGuard(divergence_factor)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.rows = [sum(sizes) for sizes in trainer.batches.batch_sizes()]
+
     def on_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
         if not math.isfinite(loss):
             raise trainer.non_finite(f"the loss ({loss}) became non-finite", step)
+        diverged = self.divergence.check(loss / self.rows[step - 1])
+        if diverged:
+            fix = "lower the learning rate, or raise divergence_factor if this growth is expected"
+            raise trainer.non_finite(diverged, step, error=DivergenceError, fix=fix)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"divergence_start": self.divergence.start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.divergence.start = state.get("divergence_start")
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         if not all_finite(trainer.model):
