@@ -488,7 +488,7 @@ def test_divergence_factor_is_checked_and_old_runs_without_it_resume(trained, tm
     old = tmp_path / "old"
     shutil.copytree(trained, old)
     config = json.loads((old / "config.json").read_text())
-    del config["fit"]["divergence_factor"], config["cli"]["divergence_factor"]
+    del config["fit"]["divergence_factor"], config["spec"]["fit"]["divergence_factor"]
     (old / "config.json").write_text(json.dumps(config))
     assert FitSettings.from_dict(config["fit"]).divergence_factor == 1e4
     assert main(["train", "--out", str(old), "--resume", "--epochs", "2", "--no-progress"]) == 0
