@@ -57,7 +57,12 @@ def check_steps(model: Any) -> None:
 
 
 def check_gradients(model: Any) -> None:
-    """Every parameter gets a non-zero gradient from a mixed batch."""
+    """Every parameter gets a non-zero gradient from a mixed batch, after one step (a flow
+    guide starts as the identity, its last layers zero, so its hidden layers get a
+    gradient only once those have moved)."""
+    pyro.set_rng_seed(1)
+    svi = pyro.infer.SVI(model.model, model.guide, pyro.optim.Adam({"lr": 1e-2}), model.make_elbo())
+    svi.step(*batch("mixed"))
     model.zero_grad()
     pyro.set_rng_seed(1)
     model.make_elbo().loss_and_grads(model.model, model.guide, *batch("mixed"))
@@ -146,6 +151,9 @@ def check_model(name: str, guides: list[str] | None = None, **config: Any) -> li
         raise AssertionError(f"{name!r} is not a registered model; register_model it first")
     done = []
     for guide in guides or guides_of(name):
+        # pyro.module hands a module the tensors the param store holds under its names, so
+        # an earlier model of the same name would be trained instead of this one.
+        pyro.clear_param_store()
         model = small_model(name, guide=guide, **config)
         for check_name, check in CHECKS.items():
             check(model)
