@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,22 +115,36 @@ def require_memory(need: float, what: str, fix: str, device: torch.device | None
 
 
 # -- a model ------------------------------------------------------------------------------------
-def meta_build(build: Callable[[], nn.Module], fallback: Callable[[], nn.Module]) -> nn.Module:
+def meta_build(
+    build: Callable[[], nn.Module], fallback: Callable[[], nn.Module]
+) -> nn.Module | None:
     """The module ``build()`` makes, built on the meta device: nothing is allocated, and any
     architecture can be measured exactly (``meta_elements``). A module that computes with
     its tensors while it is built (a flow's masks) cannot be built there: ``fallback()`` is
-    built instead (the model with a Gaussian guide, which a flow guide extends). The RNG is
-    left as it was, so the real build draws the same weights."""
+    built instead (the model with a Gaussian guide, which a flow guide extends); None, with
+    a ``MemoryCheckWarning``, if neither can. The RNG is left as it was, so the real build
+    draws the same weights."""
     state = pyro.util.get_rng_state()
     try:
         with torch.device("meta"):
             try:
-                module = build()
+                return build()
             except (NotImplementedError, RuntimeError):
-                module = fallback()
+                return fallback()
+    except (NotImplementedError, RuntimeError) as e:
+        warnings.warn(
+            f"the memory of this model cannot be estimated before allocating it, since it "
+            f"computes with its tensors while it is built ({e}); it is built unchecked",
+            MemoryCheckWarning,
+            stacklevel=3,
+        )
+        return None
     finally:
         pyro.util.set_rng_state(state)
-    return module
+
+
+class MemoryCheckWarning(UserWarning):
+    """A model's memory could not be estimated before it was allocated."""
 
 
 def meta_elements(module: nn.Module) -> int:

@@ -330,6 +330,21 @@ def test_the_size_check_leaves_the_initial_weights_as_they_were():
     assert all(torch.equal(a, b) for a, b in pairs)
 
 
+def test_a_model_with_a_class_prior_is_measured_and_one_that_cannot_be_is_said_so():
+    from ppl_ssvae.memory import MemoryCheckWarning, meta_build
+    from ppl_ssvae.models import build
+
+    with pytest.raises(UserError, match=r"hidden=\[2000000000\]"):  # its prior read on the CPU
+        build("adgm", input_dim=12, num_classes=3, hidden=(2_000_000_000,), prior=(0.5, 0.3, 0.2))
+
+    def computes() -> torch.nn.Module:
+        torch.zeros(3).sum().item()  # data-dependent: impossible on the meta device
+        return torch.nn.Linear(2, 2)
+
+    with pytest.warns(MemoryCheckWarning, match="built unchecked"):
+        assert meta_build(computes, computes) is None
+
+
 def test_paper_size_runs_pass_the_memory_checks_in_4_gb(monkeypatch):
     """M2 on Fashion-MNIST (hidden 500, batch 200) and GM-DGM at Willetts et al.'s size
     (hidden 500,500, 10 + 40 extra classes, 2 particles) fit well within 4 GB."""

@@ -125,6 +125,8 @@ def _check_memory(cls: type[SemiSupervisedModel], make: Callable, values: dict[s
     # A guide that cannot be built there (a flow's masks) is counted as its Gaussian base.
     base = {k: v for k, v in values.items() if k not in ("model", "guide", "guide_args")}
     module = meta_build(make, lambda: cls(cls.config_class.from_dict(base)))
+    if module is None:  # said in a warning
+        return
     sizes = ", ".join(
         f"{k}={list(v) if isinstance(v, (list, tuple)) else v}"
         for k, v in module.config.to_dict().items()

@@ -576,8 +576,8 @@ def class_prior(num_classes: int, prior: tuple[float, ...] | None) -> torch.Tens
     """A validated class prior p(y): uniform when ``prior`` is None."""
     if prior is None:
         return torch.full((num_classes,), 1.0 / num_classes)
-    # On the CPU even while a model is measured on the meta device (ppl_ssvae.memory):
-    # checking the values needs them.
+    # On the CPU, where its values can be read, also while the model is measured on the
+    # meta device (ppl_ssvae.memory.meta_build); buffers follow the model's .to(device).
     probs = torch.as_tensor(prior, dtype=torch.get_default_dtype(), device="cpu")
     if probs.shape != (num_classes,) or (probs < 0).any() or abs(probs.sum().item() - 1) > 1e-5:
         raise UserError(f"prior must be {num_classes} non-negative numbers summing to 1")
