@@ -140,6 +140,7 @@ class ClassifierObjective(nn.Module):
         super().__init__()
         self.inner = model
         self.name = f"{model.name}-labelled-only"
+        self.config = model.config  # the sizes the loop's memory check reads
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         pyro.module(f"{self.name}.classifier", classifier_modules(self.inner))

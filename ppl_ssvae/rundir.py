@@ -134,14 +134,14 @@ class RunDir:
         """``"nothing"``, ``"stub"`` or ``"run"`` of this kind; a UserError for files under
         the kind's names that are links, not ours, or of another kind of run."""
         files, folders = runkinds.entries(self.path, self.kind)
-        inner = {folder.name: RunDir(folder).holding() for folder in folders}
+        for folder in folders:
+            RunDir(folder).holding()  # a training run of ours, or refused
         if self.file(CONFIG) not in files:
-            stray = [p.name for p in files] + [n for n, h in inner.items() if h != "nothing"]
-            if stray:
+            if files:  # (training runs in its folders are ours: a start reuses them)
                 raise UserError(
-                    f"{self.path} is not a ppl-ssvae run (it holds {', '.join(stray[:3])} but "
-                    "no config.json); ppl-ssvae will neither use nor delete those files; "
-                    "choose another directory"
+                    f"{self.path} is not a ppl-ssvae run (it holds "
+                    f"{', '.join(p.name for p in files[:3])} but no config.json); ppl-ssvae "
+                    "will neither use nor delete those files; choose another directory"
                 )
             return "nothing"
         self.read_config()
