@@ -1,0 +1,131 @@
+"""Run specs as files: TOML (read with the standard library's ``tomllib``) or YAML (with
+PyYAML, the ``yaml`` extra), and back to TOML (``ppl-ssvae train --print-config``).
+
+A spec file has the sections of :class:`~ppl_ssvae.runs.RunSpec`::
+
+    [data]
+    dataset = "fashion-mnist"
+    labels = 100
+
+    [model]
+    name = "m2"
+    options = { z_dim = 50, hidden = [500] }
+
+    [fit]
+    epochs = 30
+    lr_scheduler = "CosineAnnealingLR"
+    lr_scheduler_args = { T_max = 30 }
+
+    [[callbacks]]
+    name = "kl_warmup"
+    args = { epochs = 10 }
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a ``.toml`` / ``.yaml`` / ``.yml`` / ``.json`` spec file holds."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file; give a TOML or YAML run spec")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text()
+        if suffix == ".toml":
+            values = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            values = _yaml(text, path)
+        elif suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise UserError(f"--config {path}: use a .toml, .yaml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"--config {path} does not parse ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path} must hold a mapping of sections ([data], [model], ...)")
+    return values
+
+
+def _yaml(text: str, path: Path) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise UserError(
+            f"--config {path}: YAML needs PyYAML (pip install 'ppl-ssvae[yaml]'), or use TOML"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(str(e)) from None
+
+
+def to_toml(spec: dict[str, Any]) -> str:
+    """A spec dict (``RunSpec.to_dict()``) as TOML that ``read_spec_file`` reads back to
+    the same spec; None values are left out (they are the fields' defaults)."""
+    lines = [f"version = {_value(spec.get('version', 1))}"]
+    for key in ("evaluator", "init_from"):
+        if spec.get(key) is not None:
+            lines.append(f"{key} = {_value(spec[key])}")
+    for section in ("data", "model", "fit"):
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {_value(v)}" for k, v in spec.get(section, {}).items() if v is not None]
+    for callback in spec.get("callbacks", []):
+        lines += ["", "[[callbacks]]", f"name = {_value(callback['name'])}",
+                  f"args = {_value(callback.get('args') or {})}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UserError(f"{value} has no TOML form in a run spec")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + items + " }" if items else "{}"
+    raise UserError(f"{value!r} has no TOML form in a run spec")
+
+
+def _key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def json_value(text: str) -> Any:
+    """A command-line value as JSON where it parses (numbers, lists, true...), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items as a dict, each value parsed as JSON (else kept as text)."""
+    values: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} {item!r} must look like KEY=VALUE")
+        values[key.strip().replace("-", "_")] = json_value(value)
+    return values
