@@ -86,7 +86,9 @@ def load_run(
     from .. import models
     from ..data import load_recipe
 
-    directory = path if isinstance(path, RunDir) else RunDir(path, trust_unverified=trust_unverified)
+    directory = (
+        path if isinstance(path, RunDir) else RunDir(path, trust_unverified=trust_unverified)
+    )
     config = directory.read_config()
     spec = RunSpec.from_dict(config["spec"], check_callbacks=False) if "spec" in config else None
     if data is None:

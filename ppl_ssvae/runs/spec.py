@@ -200,7 +200,9 @@ class RunSpec:
 
 
 def _section(kind: type, values: Any, name: str) -> Any:
-    require(isinstance(values, dict), f"run spec section [{name}] must be a mapping, got {values!r}")
+    require(
+        isinstance(values, dict), f"run spec section [{name}] must be a mapping, got {values!r}"
+    )
     names = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(values) - names)
     require(not unknown, f"unknown settings {unknown} in [{name}]; choose from {sorted(names)}")

@@ -13,7 +13,9 @@ from ppl_ssvae.guides import GUIDES
 from ppl_ssvae.models import MODELS
 from ppl_ssvae.runs import RunSpec, read_spec_file, to_toml
 
-PAIRS = [(m, g) for m in sorted(MODELS) for g in GUIDES if MODELS[m].guide_latents or g == "gaussian"]
+PAIRS = [
+    (m, g) for m in sorted(MODELS) for g in GUIDES if MODELS[m].guide_latents or g == "gaussian"
+]
 
 
 def _spec(argv: list[str]) -> RunSpec:
@@ -41,7 +43,7 @@ def test_flags_override_a_config_file_section_by_section(tmp_path):
     (tmp_path / "run.toml").write_text(
         'data = { dataset = "digits", labels = 50 }\n'
         'model = { name = "gmdgm", options = { z_dim = 5 } }\n'
-        'fit = { epochs = 7, lr = 0.01 }\n'
+        "fit = { epochs = 7, lr = 0.01 }\n"
     )
     spec = _spec(["--config", str(tmp_path / "run.toml"), "--lr", "0.02", "--hidden", "12"])
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "run.toml")])
