@@ -135,6 +135,7 @@ class SingleOptimizer(PyroOptim):
     def __init__(
         self, name: str, lr: float, lr_decay_per_step: float = 1.0, **options: Any
     ) -> None:
+        name = name.lower() if isinstance(name, str) else name  # as check_optimizer reads it
         if name not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
         if not 0.0 < lr_decay_per_step <= 1.0:

@@ -90,7 +90,9 @@ class Trainer:
             data.x_train.to(where), data.y_train.to(where), s.batch_size * world,
             s.labelled_share, s.binarize, s.seed, shard=(rank, world),
         )  # fmt: skip
-        rows = -(-max(sum(sizes) for sizes in self.batches.batch_sizes()) // world)  # per rank
+        # Rows of each step's global batch (summed over ranks): what a step's loss sums over.
+        self.step_rows = [sum(sizes) for sizes in self.batches.batch_sizes()]
+        rows = -(-max(self.step_rows) // world)  # per rank
         check_fit_memory(model, model.config.input_dim, model.config.num_classes,
                          (s.batch_size, rows), s.num_particles, self.device)  # fmt: skip
         self.optim: SingleOptimizer = make_optimizer(
@@ -223,11 +225,9 @@ class Trainer:
     def _train_steps(self, epoch: int) -> float:
         self.model.train()
         total, rows = 0.0, 0
-        # The loss is the global batch's (summed over ranks), so rows count all of it.
-        global_rows = [sum(sizes) for sizes in self.batches.batch_sizes()]
         for step, (x, y) in enumerate(self._device_batches(epoch), 1):
             loss = self._step(x, y, step)
-            total, rows = total + loss, rows + global_rows[step - 1]
+            total, rows = total + loss, rows + self.step_rows[step - 1]
             self.mean_loss = total / rows
             self._emit("on_step_end", step, loss)
         return total / max(rows, 1)

@@ -92,13 +92,10 @@ class NonFiniteGuard(Callback):
     def __init__(self, divergence_factor: float | None = DIVERGENCE_FACTOR) -> None:
         self.divergence = DivergenceGuard(divergence_factor)
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.rows = [sum(sizes) for sizes in trainer.batches.batch_sizes()]
-
     def on_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
         if not math.isfinite(loss):
             raise trainer.non_finite(f"the loss ({loss}) became non-finite", step)
-        diverged = self.divergence.check(loss / self.rows[step - 1])
+        diverged = self.divergence.check(loss / trainer.step_rows[step - 1])
         if diverged:
             fix = "lower the learning rate, or raise divergence_factor if this growth is expected"
             raise trainer.non_finite(diverged, step, error=DivergenceError, fix=fix)
