@@ -10,10 +10,12 @@ generation figure of ``ppl-ssvae inspect``).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import link_refusal, write_bytes_atomic
 from ..errors import UserError
 from .callbacks import LOG, Callback, register_callback
 from .loop import Trainer
@@ -28,11 +30,16 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 def _log_dir(given: str | None, trainer: Trainer, default: str) -> Path:
+    """Where a logger writes: the path given, else ``default`` in the run directory, which
+    is refused when a link stands there (nothing is written through a link out of a run)."""
     if given:
         return Path(given)
     if trainer.result.run_dir is None:
         raise UserError(f"the {default} logger needs a path (no run directory to write it in)")
-    return Path(trainer.result.run_dir) / default
+    path = Path(trainer.result.run_dir) / default
+    if path.is_symlink():
+        raise UserError(link_refusal(path))
+    return path
 
 
 @register_callback("csv")
@@ -47,15 +54,17 @@ class CSVLogger(Callback):
     def __init__(self, path: str | None = None) -> None:
         self.path = path
 
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.file = _log_dir(self.path, trainer, "metrics.csv")  # refused before any epoch
+
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        path = _log_dir(self.path, trainer, "metrics.csv")
         history = trainer.result.history
-        columns = list(dict.fromkeys(k for r in history for k in r))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(history)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in history for k in r)))
+        writer.writeheader()
+        writer.writerows(history)
+        # Replaced by a rename, like the run's own files: never written through a link.
+        write_bytes_atomic(self.file, text.getvalue().encode())
 
 
 def _image_grid(trainer: Trainer, per_class: int = 8) -> Any:

@@ -120,3 +120,24 @@ def test_mlflow_logger_records_params_and_metrics(digits, tmp_path, monkeypatch)
         (h["epoch"], pytest.approx(h["train_loss"])) for h in result.history
     ]
     assert run.data.params["batch_size"] == "100" and run.data.params["model"] == "m2"
+
+
+@pytest.mark.parametrize(
+    "logger, name", [(CSVLogger, "metrics.csv"), (TensorBoardLogger, "tensorboard")]
+)
+def test_a_logger_never_writes_through_a_link_planted_in_the_run_directory(
+    digits, tmp_path, logger, name
+):
+    target = tmp_path / "thesis"
+    target.mkdir() if name == "tensorboard" else target.write_text("my thesis\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).symlink_to(target)
+    with pytest.raises(UserError, match="is a symbolic link"):
+        fit(_m2(digits), digits, epochs=1, out=run, callbacks=[logger()], progress=False)
+    assert sorted(p.name for p in run.iterdir()) == [name]  # the failed start left nothing
+    assert (
+        (list(target.iterdir()) == [])
+        if name == "tensorboard"
+        else target.read_text() == "my thesis\n"
+    )
