@@ -53,8 +53,8 @@ from experiments.common import (  # noqa: E402
 from ppl_ssvae import protocol  # noqa: E402
 from ppl_ssvae.active import ActiveConfig, load_unlabelled, run_active, weighted_data  # noqa: E402
 from ppl_ssvae.active.loop import build_model, evaluate, fit_settings  # noqa: E402
-from ppl_ssvae.metrics import accuracy  # noqa: E402
-from ppl_ssvae.rundir import CHECKPOINT, RunDir  # noqa: E402
+from ppl_ssvae.evaluation.metrics import accuracy  # noqa: E402
+from ppl_ssvae.runs.directory import CHECKPOINT, RunDir  # noqa: E402
 from ppl_ssvae.training import fit  # noqa: E402
 
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -186,7 +186,7 @@ def latent_maps(base: ActiveConfig, runs: Path, path: Path, rows: int = 2000) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ppl_ssvae.inspect import embed_2d, scatter_by_class
+    from ppl_ssvae.evaluation.inspect import embed_2d, scatter_by_class
 
     data = load_unlabelled(base)
     x, y = data.x_test[:rows], data.y_test[:rows]

@@ -17,12 +17,12 @@ import numpy as np
 import pyro
 
 from ppl_ssvae import models
-from ppl_ssvae.checkpoint import write_text_atomic
 from ppl_ssvae.data import SemiSupervisedData, parse_labelled_share
 from ppl_ssvae.errors import UserError, check_seed
 from ppl_ssvae.models.base import SemiSupervisedModel
-from ppl_ssvae.optim import optimizer_args
+from ppl_ssvae.runs.checkpoint import write_text_atomic
 from ppl_ssvae.training import FitResult, environment
+from ppl_ssvae.training.optim import optimizer_args
 
 # Read when a script starts, so results name the code that produced them, not a commit
 # made while a long run was going.

@@ -43,12 +43,12 @@ from experiments.common import (  # noqa: E402
     write_results,
 )
 from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.checkpoint import write_text_atomic  # noqa: E402
 from ppl_ssvae.errors import UserError  # noqa: E402
-from ppl_ssvae.likelihood import likelihood_report  # noqa: E402
+from ppl_ssvae.evaluation.likelihood import likelihood_report  # noqa: E402
 from ppl_ssvae.models import MODELS  # noqa: E402
 from ppl_ssvae.protocol import build_for_data  # noqa: E402
-from ppl_ssvae.rundir import BEST, CHECKPOINT, RunDir  # noqa: E402
+from ppl_ssvae.runs.checkpoint import write_text_atomic  # noqa: E402
+from ppl_ssvae.runs.directory import BEST, CHECKPOINT, RunDir  # noqa: E402
 from ppl_ssvae.training import FitResult, fit  # noqa: E402
 
 # name -> (registry model, labels, fit settings beyond the model's paper defaults). The

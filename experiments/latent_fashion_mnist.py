@@ -11,7 +11,7 @@ alone 74.7%. Here all four are trained on one seeded split of Fashion-MNIST:
   defaults and the settings of ``ppl-ssvae train --model ...`` (``SETTINGS``);
 - ``labelled-only``: the latent model's own classifier path q(z|x) -> p(y|z), from the
   same initial weights, trained by cross-entropy on the labelled images alone
-  (``ppl_ssvae.baselines.fit_labelled_only``; its epochs are passes over those images).
+  (``ppl_ssvae.evaluation.baselines.fit_labelled_only``; its epochs are passes over those images).
 
 Every row is its best-validation epoch (10,000 labelled validation images, for selection
 only). The last line is the latent model's gain over the baseline in points of test
@@ -51,7 +51,7 @@ from experiments.common import (  # noqa: E402
     write_results,
 )
 from ppl_ssvae import data, models  # noqa: E402
-from ppl_ssvae.baselines import fit_labelled_only  # noqa: E402
+from ppl_ssvae.evaluation.baselines import fit_labelled_only  # noqa: E402
 from ppl_ssvae.training import FitSettings, fit  # noqa: E402
 
 # Epochs of (each generative model, the baseline) per budget. A baseline epoch is one step

@@ -41,7 +41,7 @@ from experiments.common import (  # noqa: E402
     write_results,
 )
 from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.anomaly import (  # noqa: E402
+from ppl_ssvae.evaluation.anomaly import (  # noqa: E402
     anomaly_auc,
     anomaly_split,
     class_id,

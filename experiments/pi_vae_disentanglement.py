@@ -66,7 +66,7 @@ from experiments.common import (  # noqa: E402
 from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
 from ppl_ssvae import data  # noqa: E402
 from ppl_ssvae.data.shapes import SHAPE_FACTORS, FactorImages, load_shapes  # noqa: E402
-from ppl_ssvae.metrics import beta_vae_score, log_loss  # noqa: E402
+from ppl_ssvae.evaluation.metrics import beta_vae_score, log_loss  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
 from ppl_ssvae.training import FitResult, fit  # noqa: E402
 

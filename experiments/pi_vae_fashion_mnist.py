@@ -52,7 +52,7 @@ from experiments.common import (  # noqa: E402
     write_results,
 )
 from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.inspect import generation_grid  # noqa: E402
+from ppl_ssvae.evaluation.inspect import generation_grid  # noqa: E402
 from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
 from ppl_ssvae.training import PRECISIONS, fit  # noqa: E402
 

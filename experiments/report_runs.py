@@ -30,7 +30,7 @@ from experiments.common import (  # noqa: E402
     write_results,
 )
 from ppl_ssvae.errors import UserError  # noqa: E402
-from ppl_ssvae.rundir import RunDir  # noqa: E402
+from ppl_ssvae.runs.directory import RunDir  # noqa: E402
 from ppl_ssvae.training import FitResult  # noqa: E402
 
 # Extra columns of clustering runs, from their best-validation epoch's metrics.

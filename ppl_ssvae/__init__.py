@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import moved
+
 __version__ = "0.1.0"
+
+# Old module paths (``ppl_ssvae.rundir``, ...) stay importable for one release.
+moved.install()
 
 # Imported on first use, so that `import ppl_ssvae` stays light (no scikit-learn).
 _LAZY = {"SSVAEClassifier": "sklearn", "SSVAEClusterer": "sklearn"}

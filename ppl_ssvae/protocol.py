@@ -59,8 +59,8 @@ def default_prior(num_model_classes: int, data: SemiSupervisedData) -> tuple[flo
 
 def evaluators() -> dict[str, Evaluator]:
     """The evaluators a run may record by name (imported lazily: clustering pulls sklearn)."""
-    from .clustering import clustering_report
-    from .metrics import classification_report, elbo_report
+    from .evaluation.clustering import clustering_report
+    from .evaluation.metrics import classification_report, elbo_report
 
     return {
         "classification": classification_report,

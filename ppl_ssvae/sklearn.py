@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import models
 from .data import SemiSupervisedData
 from .errors import UserError
-from .metrics import accuracy
+from .evaluation.metrics import accuracy
 from .models.base import SemiSupervisedModel
 from .training import FitSettings, RestoreBestWeights, fit
 
@@ -205,7 +205,7 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
     Attributes:
         classes_: the labels, sorted; ``predict`` returns them.
         model_: the trained :class:`~ppl_ssvae.models.SemiSupervisedModel` (for
-            ``ppl_ssvae.inspect.posterior`` and friends; class ids index ``classes_``).
+            ``ppl_ssvae.evaluation.inspect.posterior`` and friends; class ids index ``classes_``).
         history_: fit's per-epoch records.
     """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 
-from .rundir import BEST, CHECKPOINT, CONFIG, METRICS
+from .runs.directory import BEST, CHECKPOINT, CONFIG, METRICS
 from .training import (
     PRECISION_CHOICES,
     PRECISIONS,

@@ -26,7 +26,7 @@ from ppl_ssvae.active import (
     run_active,
 )
 from ppl_ssvae.errors import UserError
-from ppl_ssvae.rundir import RunDir
+from ppl_ssvae.runs.directory import RunDir
 
 
 # -- eq. 2-3 and the distances ------------------------------------------------------------------

@@ -9,9 +9,9 @@ import torch
 import torch.distributions as td
 from torch.nn import functional as F
 
-from ppl_ssvae.anomaly import anomaly_auc, anomaly_split, reconstruction_log_prob
 from ppl_ssvae.data import Dataset, semi_supervised_split
 from ppl_ssvae.errors import UserError
+from ppl_ssvae.evaluation.anomaly import anomaly_auc, anomaly_split, reconstruction_log_prob
 from ppl_ssvae.models import build
 from ppl_ssvae.nets import MIN_SCALE
 

@@ -8,10 +8,10 @@ import pyro
 import pytest
 import torch
 
-from ppl_ssvae.clustering import clustering_report
 from ppl_ssvae.data import Dataset, semi_supervised_split
 from ppl_ssvae.errors import UserError
-from ppl_ssvae.metrics import classification_report, elbo_report, log_loss, mean_elbo
+from ppl_ssvae.evaluation.clustering import clustering_report
+from ppl_ssvae.evaluation.metrics import classification_report, elbo_report, log_loss, mean_elbo
 from ppl_ssvae.models import MODELS, build
 
 D, K = 6, 3

@@ -7,9 +7,13 @@ import pyro
 import pytest
 import torch
 
-from ppl_ssvae.baselines import classifier_log_prob, classifier_modules, fit_labelled_only
 from ppl_ssvae.data import load, semi_supervised_split
 from ppl_ssvae.errors import UserError
+from ppl_ssvae.evaluation.baselines import (
+    classifier_log_prob,
+    classifier_modules,
+    fit_labelled_only,
+)
 from ppl_ssvae.models import build
 
 

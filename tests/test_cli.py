@@ -7,7 +7,7 @@ import pytest
 from ppl_ssvae.cli import main
 from ppl_ssvae.guides import guide_names
 from ppl_ssvae.models import MODELS
-from ppl_ssvae.rundir import RunDir
+from ppl_ssvae.runs.directory import RunDir
 
 TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "32", "--lr", "1e-3",
         "--batch-size", "100", "--no-progress"]  # fmt: skip
@@ -149,7 +149,7 @@ def test_help_explains_every_option():
 
 def test_no_torchvision_at_import():
     code = ("import sys, ppl_ssvae, ppl_ssvae.cli, ppl_ssvae.training, ppl_ssvae.models, ppl_ssvae.data, "
-            "ppl_ssvae.metrics; assert 'torchvision' not in sys.modules")  # fmt: skip
+            "ppl_ssvae.evaluation.metrics; assert 'torchvision' not in sys.modules")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from ppl_ssvae import models
 from ppl_ssvae.cli import main
-from ppl_ssvae.clustering import (
+from ppl_ssvae.errors import UserError
+from ppl_ssvae.evaluation.clustering import (
     UNMAPPED,
     choose_mapping,
     contingency,
@@ -20,7 +21,6 @@ from ppl_ssvae.clustering import (
     split_accuracy,
     unit_activity,
 )
-from ppl_ssvae.errors import UserError
 from ppl_ssvae.nets import MIN_SCALE
 
 TINY = ["--dataset", "digits", "--z-dim", "4", "--hidden", "32", "--epochs", "1",
@@ -225,15 +225,15 @@ def test_unit_activity_refuses_non_gaussian_z():
 
 
 def test_no_matplotlib_at_import():
-    code = ("import sys, ppl_ssvae, ppl_ssvae.cli, ppl_ssvae.clustering; "
+    code = ("import sys, ppl_ssvae, ppl_ssvae.cli, ppl_ssvae.evaluation.clustering; "
             "assert 'matplotlib' not in sys.modules")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_identity_mapping_matches_default_report():
     from ppl_ssvae import data
-    from ppl_ssvae.clustering import clustering_report
-    from ppl_ssvae.metrics import classification_report
+    from ppl_ssvae.evaluation.clustering import clustering_report
+    from ppl_ssvae.evaluation.metrics import classification_report
 
     split = data.semi_supervised_split(data.load("digits"), labels=50, seed=0)
     model = models.build("m2", input_dim=split.input_dim, num_classes=10, z_dim=4, hidden=(16,))

@@ -1,4 +1,4 @@
-"""ppl-ssvae compare / ppl_ssvae.compare: the table's numbers are the runs' own (saved
+"""ppl-ssvae compare / ppl_ssvae.evaluation.compare: the table's numbers are the runs' own (saved
 accuracy and CPU time, likelihood_report's ELBO and IWAE), the standard errors are those of
 the per-image estimates, and scores are kept in the run and read back."""
 
@@ -11,12 +11,12 @@ import pyro
 import pytest
 import torch
 
-from ppl_ssvae import compare
 from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split
-from ppl_ssvae.likelihood import evaluation_inputs, likelihood_report, log_likelihood
+from ppl_ssvae.evaluation import compare
+from ppl_ssvae.evaluation.likelihood import evaluation_inputs, likelihood_report, log_likelihood
 from ppl_ssvae.models import build
-from ppl_ssvae.rundir import BEST, RunDir
+from ppl_ssvae.runs.directory import BEST, RunDir
 from ppl_ssvae.training import fit
 
 K, ROWS = 4, 30

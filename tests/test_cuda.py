@@ -14,7 +14,7 @@ import torch
 
 from ppl_ssvae.data import load, semi_supervised_split
 from ppl_ssvae.models import MODELS, build, from_config
-from ppl_ssvae.rundir import BEST, CHECKPOINT, RunDir
+from ppl_ssvae.runs.directory import BEST, CHECKPOINT, RunDir
 from ppl_ssvae.training import fit, resolve_precision
 
 pytestmark = pytest.mark.cuda

@@ -1,4 +1,4 @@
-"""Data-parallel training (ppl_ssvae.distributed) against one process, on gloo/CPU.
+"""Data-parallel training (ppl_ssvae.training.distributed) against one process, on gloo/CPU.
 
 Ranks are real processes (torch.multiprocessing, one thread each) joined through a file
 store over loopback; the CLI tests launch ``torchrun`` itself. Ranks start in fresh
@@ -30,13 +30,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ppl_ssvae import distributed
 from ppl_ssvae.data import SemiSupervisedBatches, load_recipe
-from ppl_ssvae.distributed import DataParallelSteps
 from ppl_ssvae.models import MODELS, build
 from ppl_ssvae.protocol import evaluators
-from ppl_ssvae.rundir import CHECKPOINT, RunDir
-from ppl_ssvae.training import fit
+from ppl_ssvae.runs.directory import CHECKPOINT, RunDir
+from ppl_ssvae.training import distributed, fit
+from ppl_ssvae.training.distributed import DataParallelSteps
 
 WORLD = 2
 RANK_DEADLINE_S = 240
@@ -246,8 +245,8 @@ def test_three_epochs_on_two_ranks_end_near_one_process_and_only_rank_0_writes(t
 
 
 def _non_finite_worker(rank: int, store: str, run: str, out: str) -> None:
-    from ppl_ssvae.distributed import _Objective
     from ppl_ssvae.errors import NonFiniteLossError
+    from ppl_ssvae.training.distributed import _Objective
 
     _join(rank, store)
     split = _digits()

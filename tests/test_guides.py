@@ -188,8 +188,8 @@ def test_guide_sites_keep_their_names_under_a_flow():
 
 
 def test_unit_activity_refuses_a_non_gaussian_guide_in_one_line():
-    from ppl_ssvae.clustering import unit_activity
     from ppl_ssvae.errors import UserError
+    from ppl_ssvae.evaluation.clustering import unit_activity
 
     pyro.set_rng_seed(0)
     model = build("m2", input_dim=6, num_classes=3, z_dim=4, hidden=(8,), guide="maf")

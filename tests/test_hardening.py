@@ -21,7 +21,7 @@ from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split, write_idx
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.models import build
-from ppl_ssvae.rundir import RunDir, RunDirWarning
+from ppl_ssvae.runs.directory import RunDir, RunDirWarning
 from ppl_ssvae.training import fit
 
 TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "16",

@@ -18,11 +18,11 @@ import pytest
 
 from ppl_ssvae import SSVAEClassifier, SSVAEClusterer
 from ppl_ssvae.active import ActiveConfig, run_active
-from ppl_ssvae.anomaly import class_id, reconstruction_log_prob
 from ppl_ssvae.data import Dataset, load, semi_supervised_split
 from ppl_ssvae.errors import UserError
-from ppl_ssvae.inspect import generation_grid, posterior
-from ppl_ssvae.likelihood import likelihood_report, log_likelihood
+from ppl_ssvae.evaluation.anomaly import class_id, reconstruction_log_prob
+from ppl_ssvae.evaluation.inspect import generation_grid, posterior
+from ppl_ssvae.evaluation.likelihood import likelihood_report, log_likelihood
 from ppl_ssvae.models import build
 from ppl_ssvae.training import fit
 

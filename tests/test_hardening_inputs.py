@@ -258,9 +258,9 @@ def test_library_entry_points_refuse_a_bad_seed(seed):
 
 def test_the_largest_seed_trains_and_derived_seeds_stay_32_bit():
     from ppl_ssvae.active.loop import _wrapped
-    from ppl_ssvae.distributed import rank_seed
     from ppl_ssvae.models import build
     from ppl_ssvae.training import fit
+    from ppl_ssvae.training.distributed import rank_seed
 
     top = 2**32 - 1
     split = semi_supervised_split(load("digits"), labels=50, seed=top)
@@ -283,7 +283,7 @@ def test_evaluate_reports_the_same_elbo_on_every_call(replayed):
 def test_seeded_elbo_is_repeatable_and_leaves_the_rng_alone():
     import torch
 
-    from ppl_ssvae.likelihood import seeded_elbo
+    from ppl_ssvae.evaluation.likelihood import seeded_elbo
     from ppl_ssvae.models import build
 
     model = build("m2", input_dim=64, num_classes=10, z_dim=4, hidden=(16,))
@@ -376,7 +376,7 @@ def test_the_memory_limit_of_the_environment(monkeypatch, text, limit):
 
 def test_a_posterior_too_big_for_memory_is_refused_before_drawing(monkeypatch):
     """Under a 1 MB limit, so that without the check the draws (20 MB) just happen."""
-    from ppl_ssvae.inspect import posterior
+    from ppl_ssvae.evaluation.inspect import posterior
 
     monkeypatch.setenv("PPL_SSVAE_MEMORY_LIMIT", "1M")
     x = torch.rand(4, 64)
@@ -386,7 +386,7 @@ def test_a_posterior_too_big_for_memory_is_refused_before_drawing(monkeypatch):
 
 # -- IWAE time -----------------------------------------------------------------------------------
 def test_an_iwae_estimate_over_its_time_budget_is_refused_after_one_pass():
-    from ppl_ssvae.likelihood import log_likelihood
+    from ppl_ssvae.evaluation.likelihood import log_likelihood
 
     x = torch.rand(5, 64).bernoulli()
     started = time.perf_counter()
@@ -397,7 +397,7 @@ def test_an_iwae_estimate_over_its_time_budget_is_refused_after_one_pass():
 
 
 def test_an_iwae_estimate_says_how_long_it_takes(capsys, monkeypatch):
-    from ppl_ssvae.likelihood import PassClock, log_likelihood
+    from ppl_ssvae.evaluation.likelihood import PassClock, log_likelihood
 
     monkeypatch.setattr(PassClock, "say_after", 0.0)  # said from 10 s on; this one is quick
 
@@ -437,7 +437,7 @@ def test_a_header_claiming_more_than_the_file_can_hold_is_refused_before_allocat
 
 # -- divergence --------------------------------------------------------------------------------
 def test_the_divergence_guard():
-    from ppl_ssvae.divergence import DivergenceGuard
+    from ppl_ssvae.training.divergence import DivergenceGuard
 
     guard = DivergenceGuard(factor=100.0)
     assert guard.check(-50.0) is None and guard.start == 50.0  # the first step sets the scale

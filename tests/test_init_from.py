@@ -13,10 +13,10 @@ from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.guides import GUIDES
-from ppl_ssvae.init_from import init_from
 from ppl_ssvae.models import build
-from ppl_ssvae.rundir import BEST, RunDir
+from ppl_ssvae.runs.directory import BEST, RunDir
 from ppl_ssvae.training import fit
+from ppl_ssvae.training.init_from import init_from
 
 FLOWS = [name for name in GUIDES if "base" in GUIDES[name].defaults]
 SIZES = {"input_dim": 64, "num_classes": 10, "z_dim": 3, "hidden": (16,)}

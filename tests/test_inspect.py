@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ppl_ssvae.errors import UserError
-from ppl_ssvae.inspect import generation_grid
+from ppl_ssvae.evaluation.inspect import generation_grid
 from ppl_ssvae.models import build
 
 K, H, W, Z = 3, 3, 4, 2
@@ -88,7 +88,7 @@ def _rows(n=6):
 @pytest.mark.parametrize("name, guide", [("m2", "gaussian"), ("adgm", "gaussian"),
                                          ("gmdgm", "maf"), ("latent", "gaussian")])  # fmt: skip
 def test_posterior_groups_dims_and_observed_labels(name, guide):
-    from ppl_ssvae.inspect import posterior
+    from ppl_ssvae.evaluation.inspect import posterior
 
     model, (x, y) = _tiny(name, guide=guide), _rows()
     exact = name != "latent"
@@ -113,7 +113,7 @@ def test_posterior_groups_dims_and_observed_labels(name, guide):
 def test_posterior_is_seeded_and_netcdf_round_trips(tmp_path):
     import arviz as az
 
-    from ppl_ssvae.inspect import posterior
+    from ppl_ssvae.evaluation.inspect import posterior
 
     model, (x, y) = _tiny(), _rows()
     first = posterior(model, x, y, num_samples=5, seed=3)
@@ -127,7 +127,7 @@ def test_posterior_is_seeded_and_netcdf_round_trips(tmp_path):
 def test_latent_label_draws_follow_a_hand_set_q_y():
     """With the classifier head's weights zeroed and its bias set, q(y|x) is known exactly:
     the unlabelled rows' draws must match it within sampling error."""
-    from ppl_ssvae.inspect import posterior
+    from ppl_ssvae.evaluation.inspect import posterior
 
     model, (x, y) = _tiny(), _rows()
     probs = torch.tensor([0.6, 0.3, 0.1])
@@ -156,7 +156,7 @@ def test_encode_and_decode_shapes_for_every_model():
 
 
 def test_kl_activity_per_class():
-    from ppl_ssvae.inspect import kl_activity
+    from ppl_ssvae.evaluation.inspect import kl_activity
 
     model, (x, _) = _tiny(), _rows()
     act = kl_activity(model, x, torch.tensor([0, 0, 1, 1, 1, 2]))
@@ -185,7 +185,7 @@ def trained_run(tmp_path_factory):
 def test_every_picture_returns_a_figure(trained_run):
     from matplotlib.figure import Figure
 
-    from ppl_ssvae import inspect
+    from ppl_ssvae.evaluation import inspect
 
     run, model, split = trained_run
     x, y = split.x_test[:60], split.y_test[:60]
@@ -205,7 +205,7 @@ def test_every_picture_returns_a_figure(trained_run):
 def test_render_model_without_graphviz_is_one_clear_error(trained_run, monkeypatch):
     import builtins
 
-    from ppl_ssvae import inspect
+    from ppl_ssvae.evaluation import inspect
 
     _, model, split = trained_run
     real_import = builtins.__import__
@@ -224,7 +224,7 @@ def test_render_model_draws_the_observed_and_enumerated_label_in_one_plate(train
     import numpy as np
     import pyro
 
-    from ppl_ssvae import inspect
+    from ppl_ssvae.evaluation import inspect
 
     _, model, split = trained_run
     x, y = split.x_test[:2], torch.tensor([0, -1])
@@ -237,7 +237,7 @@ def test_render_model_draws_the_observed_and_enumerated_label_in_one_plate(train
 
 
 def test_write_inspection_writes_pngs_and_netcdf(trained_run, tmp_path):
-    from ppl_ssvae.inspect import write_inspection
+    from ppl_ssvae.evaluation.inspect import write_inspection
 
     run, _, _ = trained_run
     written = write_inspection(run, tmp_path / "out", rows=4, num_samples=3, embed_rows=60)

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from ppl_ssvae import likelihood
 from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split
 from ppl_ssvae.errors import UserError
-from ppl_ssvae.likelihood import bits_per_dim, log_likelihood
-from ppl_ssvae.metrics import mean_elbo
+from ppl_ssvae.evaluation import likelihood
+from ppl_ssvae.evaluation.likelihood import bits_per_dim, log_likelihood
+from ppl_ssvae.evaluation.metrics import mean_elbo
 from ppl_ssvae.models import build
 from ppl_ssvae.models.base import ModelConfig, SemiSupervisedModel
 from ppl_ssvae.plates import DATA_PLATE

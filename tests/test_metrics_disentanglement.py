@@ -5,7 +5,7 @@ from torch import nn
 
 from ppl_ssvae.data.shapes import Shapes
 from ppl_ssvae.errors import UserError
-from ppl_ssvae.metrics import beta_vae_score
+from ppl_ssvae.evaluation.metrics import beta_vae_score
 
 FAST = {"batch_size": 32, "num_train": 400, "num_test": 400}
 

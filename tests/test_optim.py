@@ -7,7 +7,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from ppl_ssvae.errors import UserError
-from ppl_ssvae.optim import SingleOptimizer, optimizer_args
+from ppl_ssvae.training.optim import SingleOptimizer, optimizer_args
 
 DATA = torch.tensor([0.5, 1.5, 2.0, -0.3])
 

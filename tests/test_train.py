@@ -4,12 +4,12 @@ import pyro
 import pytest
 import torch
 
-from ppl_ssvae import checkpoint
 from ppl_ssvae.data import load, semi_supervised_split
 from ppl_ssvae.errors import NonFiniteLossError, UserError
-from ppl_ssvae.metrics import classification_report
+from ppl_ssvae.evaluation.metrics import classification_report
 from ppl_ssvae.models import build, from_config
-from ppl_ssvae.rundir import RunDir
+from ppl_ssvae.runs import checkpoint
+from ppl_ssvae.runs.directory import RunDir
 from ppl_ssvae.training import fit
 
 

@@ -24,14 +24,14 @@ import numpy as np
 import pyro
 import torch
 
-from ..checkpoint import read_regular_file, write_text_atomic
 from ..data import SemiSupervisedData, load, semi_supervised_split
 from ..errors import SEED_LIMIT, UserError, check_seed, is_finite_number, is_int, require
-from ..metrics import accuracy
+from ..evaluation.metrics import accuracy
 from ..models import build
 from ..models.beta_vae_classifier import BetaVAEClassifier
-from ..rundir import CHECKPOINT, RunDir, RunDirWarning
-from ..runkinds import ITERATIONS, QUERIES, run_marker
+from ..runs.checkpoint import read_regular_file, write_text_atomic
+from ..runs.directory import CHECKPOINT, RunDir, RunDirWarning
+from ..runs.kinds import ITERATIONS, QUERIES, run_marker
 from ..training import EarlyStopping, FitSettings, environment, fit
 from .clusters import CLUSTERINGS, Cluster, cluster
 from .confidence import DECAYS, DISTANCES, confidence, distance

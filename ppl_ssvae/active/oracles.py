@@ -17,8 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..checkpoint import write_bytes_atomic
 from ..errors import UserError
+from ..runs.checkpoint import write_bytes_atomic
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import sys
 import warnings
 from typing import Any
 
-from ..distributed import LAUNCHER_ENV, PEER_EXIT, PeerFailure
 from ..errors import NonFiniteLossError, UserError
+from ..training.distributed import LAUNCHER_ENV, PEER_EXIT, PeerFailure
 from . import commands
 from . import train as train_command
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return PEER_EXIT
     finally:
         warnings.showwarning = shown
-        from ..distributed import shutdown
+        from ..training.distributed import shutdown
 
         shutdown()
 

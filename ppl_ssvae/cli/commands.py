@@ -1,5 +1,5 @@
 """``ppl-ssvae evaluate``, ``inspect`` and ``active``: thin shells over ``load_run``,
-``ppl_ssvae.inspect.write_inspection`` and ``ppl_ssvae.active.run_active``."""
+``ppl_ssvae.evaluation.inspect.write_inspection`` and ``ppl_ssvae.active.run_active``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..rundir import RunDir
+from ..runs.directory import RunDir
 from .options import TRUST_HELP, add_trust_guide, number_text
 
 # evaluate --iwae: an hour, then the user says how long they will wait.
@@ -93,7 +93,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from ..likelihood import MAX_ROWS
+    from ..evaluation.likelihood import MAX_ROWS
     from ..memory import check_evaluation_memory
     from ..runs import load_run
 
@@ -120,13 +120,13 @@ def evaluate(args: argparse.Namespace) -> int:
 def _test_report(model: Any, split, args: argparse.Namespace) -> dict[str, Any]:
     """Test accuracy (cluster-and-label where the protocol says so; None for a model that
     cannot classify), log loss, ELBO and, with --iwae, the IWAE log-likelihood."""
-    from ..likelihood import evaluation_inputs, likelihood_report, seeded_elbo
-    from ..metrics import accuracy, log_loss
+    from ..evaluation.likelihood import evaluation_inputs, likelihood_report, seeded_elbo
+    from ..evaluation.metrics import accuracy, log_loss
     from ..protocol import is_clustering
 
     report: dict[str, Any] = {"test_accuracy": None}
     if model.can_classify and is_clustering(model.config.num_classes, split):
-        from ..clustering import clustering_report
+        from ..evaluation.clustering import clustering_report
 
         clusters = clustering_report(model, split)
         keys = ("test_accuracy", "cluster_mapping", "test_accuracy_visible", "test_accuracy_hidden")
@@ -166,7 +166,7 @@ def _report_line(report: dict[str, Any]) -> str:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    from ..inspect import write_inspection
+    from ..evaluation.inspect import write_inspection
 
     if args.rows < 1 or args.num_samples < 1:
         raise UserError("--rows and --num-samples must be >= 1")
@@ -208,8 +208,8 @@ def active(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from ..compare import compare_runs, format_table
     from ..data import load_recipe
+    from ..evaluation.compare import compare_runs, format_table
     from ..runs.load import recipe_of
 
     def data(config: dict[str, Any], run: RunDir) -> Any:

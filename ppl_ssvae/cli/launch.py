@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import UserError
-from ..rundir import RunDir
+from ..runs.directory import RunDir
 
 
 def launch_data_parallel(devices: int, out: str) -> int:
@@ -21,7 +21,7 @@ def launch_data_parallel(devices: int, out: str) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from ..distributed import LAUNCHER_ENV, use_loopback
+    from ..training.distributed import LAUNCHER_ENV, use_loopback
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     use_loopback()  # every rank is on this machine
@@ -39,8 +39,8 @@ def launch_data_parallel(devices: int, out: str) -> int:
 
 
 def _report_failed_rank(error: Any, out: str) -> int:
-    from ..distributed import PEER_EXIT
-    from ..rundir import CHECKPOINT
+    from ..runs.directory import CHECKPOINT
+    from ..training.distributed import PEER_EXIT
 
     codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
     if codes.get(0) in (1, 2, 130):  # rank 0 said why (non-finite loss, refusal, Ctrl-C)

@@ -13,11 +13,11 @@ import json
 from typing import Any
 
 from ..errors import UserError
-from ..optim import OPTIMIZER_OPTIONS
-from ..rundir import RunDir, current_budget
 from ..runs import DataSpec, RunSpec, load_run
+from ..runs.directory import RunDir, current_budget
 from ..runs.files import read_spec_file, to_toml
 from ..training import RESUMABLE, FitResult, FitSettings, check_run_start
+from ..training.optim import OPTIMIZER_OPTIONS
 from .launch import launch_data_parallel
 from .options import (
     TRUST_HELP,
@@ -130,7 +130,7 @@ def spec_values(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
 
 
 def train(args: argparse.Namespace) -> int:
-    from .. import distributed
+    from ..training import distributed
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other; give one of them")
@@ -242,8 +242,8 @@ def _report(result: FitResult, model: Any, data: Any, evaluate: Any, run: RunDir
 
 def _clustering_artifacts(model: Any, split: Any, run: RunDir, best: dict[str, Any]) -> None:
     """Confusion matrix and z-unit activity of the best checkpoint, into the run dir."""
-    from ..clustering import write_clustering_artifacts
-    from ..rundir import BEST
+    from ..evaluation.clustering import write_clustering_artifacts
+    from ..runs.directory import BEST
 
     source = "last epoch"
     if run.file(BEST).is_file():

@@ -256,7 +256,7 @@ def load_shapes(
     the same signature. ``y`` is one chosen factor (``label``); all factors live in
     ``extra``: ``factor_names``, ``factor_sizes``, ``factors_train``/``factors_test``
     (one row per image) and ``factor_images`` (the :class:`Shapes` object, for
-    :func:`ppl_ssvae.metrics.beta_vae_score`). The train/test split is stratified by the
+    :func:`ppl_ssvae.evaluation.metrics.beta_vae_score`). The train/test split is stratified by the
     label and fixed by ``seed``.
     """
     if label not in SHAPE_FACTORS:

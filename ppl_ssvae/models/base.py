@@ -175,12 +175,12 @@ class SemiSupervisedModel(nn.Module):
     fit_defaults: ClassVar[dict[str, Any]] = {}
     # Whether the generative model's joint holds the label, p(x, y) with sum_y p(x, y) =
     # p(x): then the log-likelihood of an unlabelled row sums its label exactly
-    # (ppl_ssvae.likelihood). False for the pi-VAE, whose label only enters a loss term.
+    # (ppl_ssvae.evaluation.likelihood). False for the pi-VAE, whose label only enters a loss term.
     label_in_joint: ClassVar[bool] = True
     # Capabilities that callers ask for instead of testing the class: the label is a
     # categorical latent of the generative model (enumerated; M2, ADGM, GM-DGM, AGM-DGM);
     # the model's own p(y|z) classifier on a latent z (the latent-classifier models); how
-    # ppl_ssvae.anomaly scores reconstructions (a key of its SCORERS, None: it cannot).
+    # ppl_ssvae.evaluation.anomaly scores reconstructions (a key of its SCORERS, None: it cannot).
     label_is_latent: ClassVar[bool] = False
     classifier_on_latent: ClassVar[bool] = False
     reconstruction_scorer: ClassVar[str | None] = None
@@ -324,7 +324,7 @@ class SemiSupervisedModel(nn.Module):
     ) -> torch.Tensor:
         """Draw ``n`` inputs from the generative model (class ``y`` if given)."""
 
-    # -- encoder / decoder views (ppl_ssvae.inspect) -----------------------------------
+    # -- encoder / decoder views (ppl_ssvae.evaluation.inspect) -----------------------------------
     @torch.no_grad()
     def encode(
         self, x: torch.Tensor, y: torch.Tensor | None = None, mean_samples: int = 64

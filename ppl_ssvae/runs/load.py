@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..rundir import BEST, CHECKPOINT, CONFIG, RunDir, current_budget
 from ..training import Callback, FitResult, FitSettings, build_callback, fit
+from .directory import BEST, CHECKPOINT, CONFIG, RunDir, current_budget
 from .spec import RunSpec
 
 # The data options of a CLI run saved before runs recorded their data recipe.
@@ -110,7 +110,7 @@ def recipe_of(config: dict[str, Any], run: RunDir) -> dict[str, Any]:
         return recipe
     cli = config.get("cli")
     if cli:
-        from ..runconfig import check_recipe, wrap
+        from .config import check_recipe, wrap
 
         recipe = {k: cli.get(k) for k in LEGACY_CLI_DATA}
         recipe["dataset"] = recipe["dataset"] or "fashion-mnist"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checkpoint import rng_state
-from ..rundir import BEST, CHECKPOINT, RunDir
+from ..runs.checkpoint import rng_state
+from ..runs.directory import BEST, CHECKPOINT, RunDir
 from .callbacks import PERSIST, Callback
 from .loop import Trainer
 from .standard import BestEpoch

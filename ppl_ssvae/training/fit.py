@@ -17,17 +17,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .. import distributed, protocol
+from .. import protocol
 from ..data import SemiSupervisedData
-from ..distributed import ProcessGroup
 from ..errors import UserError
 from ..models.base import SemiSupervisedModel
 from ..protocol import Evaluator
-from ..rundir import CHECKPOINT, RunDir, current_budget
-from ..runkinds import run_marker
+from ..runs.directory import CHECKPOINT, RunDir, current_budget
+from ..runs.kinds import run_marker
+from . import distributed
 from .callbacks import Callback
 from .checkpointing import RunDirectory
 from .devices import environment
+from .distributed import ProcessGroup
 from .loop import FitResult, Trainer
 from .schedules import LRScheduler
 from .settings import RESUMABLE, FitSettings
@@ -74,11 +75,11 @@ def fit(
             saved and a resume continues them exactly.
         run_config: extra entries for config.json.
         init_from: a trained run whose shared weights ``model`` starts from (encoder,
-            decoder, classifier, the Gaussian head a flow refines: ``ppl_ssvae.init_from``);
+            decoder, classifier, the Gaussian head a flow refines: ``ppl_ssvae.training.init_from``);
             recorded in config.json. A resumed run continues from its own checkpoint.
 
     Inside a ``torch.distributed`` process group of N ranks (``torchrun``), ``fit`` trains
-    data-parallel (``ppl_ssvae.distributed``): ``batch_size`` is each rank's, the global
+    data-parallel (``ppl_ssvae.training.distributed``): ``batch_size`` is each rank's, the global
     batch N times that; rank 0 alone evaluates and writes ``out``; every rank returns.
 
     Raises:
@@ -105,7 +106,7 @@ def fit(
     if init_from is not None:
         if resume:
             raise UserError("init_from starts a run; a resumed run continues from its checkpoint")
-        from ..init_from import init_from as copy_shared_weights
+        from .init_from import init_from as copy_shared_weights
 
         run_config = {**(run_config or {}), "init_from": copy_shared_weights(model, init_from)}
     best = BestEpoch()

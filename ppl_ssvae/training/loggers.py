@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import link_refusal, write_bytes_atomic
 from ..errors import UserError
+from ..runs.checkpoint import link_refusal, write_bytes_atomic
 from .callbacks import LOG, Callback, register_callback
 from .loop import Trainer
 

@@ -21,17 +21,17 @@ import pyro
 import torch
 from pyro.infer import SVI
 
-from .. import distributed
-from ..checkpoint import rng_state, set_rng_state
 from ..data import SemiSupervisedBatches, SemiSupervisedData
-from ..distributed import DataParallelSteps, ProcessGroup
-from ..divergence import is_validation_error
 from ..errors import NonFiniteLossError
 from ..memory import check_fit_memory
 from ..models.base import SemiSupervisedModel
-from ..optim import SingleOptimizer
+from ..runs.checkpoint import rng_state, set_rng_state
+from . import distributed
 from .callbacks import Callback, ordered, state_keys
 from .devices import precision_context, resolve_device, resolve_precision
+from .distributed import DataParallelSteps, ProcessGroup
+from .divergence import is_validation_error
+from .optim import SingleOptimizer
 from .scales import SiteScales
 from .settings import FitSettings, make_optimizer
 

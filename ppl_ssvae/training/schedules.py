@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UserError, is_finite_number, is_int, require
-from ..optim import SCHEDULERS, check_scheduler
 from .callbacks import OBSERVE, Callback, register_callback
 from .loop import Trainer
+from .optim import SCHEDULERS, check_scheduler
 
 SCHEDULES = ("linear", "cyclical")
 

@@ -9,17 +9,17 @@ from typing import Any
 
 from .. import protocol
 from ..data import SemiSupervisedData, parse_labelled_share
-from ..divergence import DIVERGENCE_FACTOR
 from ..errors import UserError, check_seed, is_finite_number, is_int, require
 from ..models.base import SemiSupervisedModel
-from ..optim import (
+from .devices import PRECISION_CHOICES, resolve_device
+from .divergence import DIVERGENCE_FACTOR
+from .optim import (
     OPTIMIZER_OPTIONS,
     SingleOptimizer,
     check_optimizer,
     check_scheduler,
     optimizer_args,
 )
-from .devices import PRECISION_CHOICES, resolve_device
 
 # Settings a resume may change (the budget and where it runs); the others are the run's
 # identity, and a resume that gives another value for one of them is refused.
@@ -50,7 +50,7 @@ class FitSettings:
             over its steps); 0.9 (the default) takes 1e-3 to ~5e-5 in 30 epochs.
         optimizer: any ``torch.optim`` optimizer by name, case-insensitive (``"adam"``,
             the default; ``"adamw"``, ``"rmsprop"`` (Berkhahn et al. App. A), ``"sgd"``...),
-            one torch optimizer over all parameters (``ppl_ssvae.optim.SingleOptimizer``).
+            one torch optimizer over all parameters (``ppl_ssvae.training.optim.SingleOptimizer``).
         optimizer_args: further arguments of that optimizer, e.g. ``{"momentum": 0.9}``
             (merged over the model's recommended ones when it recommends this optimizer).
         lr_scheduler: any ``torch.optim.lr_scheduler`` class by name (``"CosineAnnealingLR"``)
@@ -74,7 +74,7 @@ class FitSettings:
             App. B use 2.
         divergence_factor: stop, like a non-finite loss (``DivergenceError``, the last
             good checkpoint intact), when a step's loss per row grows past this many times
-            the first step's (``ppl_ssvae.divergence.DivergenceGuard``, which says why 1e4);
+            the first step's (``ppl_ssvae.training.divergence.DivergenceGuard``, which says why 1e4);
             None: no such check. A resume may change it.
         progress: show a progress bar (not saved).
     """

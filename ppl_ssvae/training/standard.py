@@ -9,10 +9,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..divergence import DIVERGENCE_FACTOR, DivergenceGuard, is_validation_error
 from ..errors import DivergenceError
 from ..protocol import Evaluator
 from .callbacks import EVALUATE, OBSERVE, PERSIST, REPORT, Callback
+from .divergence import DIVERGENCE_FACTOR, DivergenceGuard, is_validation_error
 from .loop import Trainer, all_finite
 
 

@@ -14,7 +14,7 @@ from ppl_ssvae.data.smallnorb import (
     write_norb_matrix,
 )
 from ppl_ssvae.errors import DataNotFoundError
-from ppl_ssvae.metrics import beta_vae_score
+from ppl_ssvae.evaluation.metrics import beta_vae_score
 
 
 def _fake_split(n, rng, size=8):

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from .data.dataset import Dataset
-from .data.split import SemiSupervisedData
-from .errors import UserError, is_int
-from .models.base import LabelLatentModel, SemiSupervisedModel
-from .models.pi_vae import PiVAE
-from .plates import MAX_PLATE_NESTING
+from ..data.dataset import Dataset
+from ..data.split import SemiSupervisedData
+from ..errors import UserError, is_int
+from ..models.base import LabelLatentModel, SemiSupervisedModel
+from ..models.pi_vae import PiVAE
+from ..plates import MAX_PLATE_NESTING
 
 AVERAGES = ("probability", "log")
 

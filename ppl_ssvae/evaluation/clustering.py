@@ -36,11 +36,11 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from torch.distributions import Independent, Normal, kl_divergence
 
-from .checkpoint import write_bytes_atomic, write_text_atomic
-from .errors import UserError
-from .guides.registry import CUSTOM, DEFAULT
+from ..errors import UserError
+from ..guides.registry import CUSTOM, DEFAULT
+from ..models.base import SemiSupervisedModel
+from ..runs.checkpoint import write_bytes_atomic, write_text_atomic
 from .metrics import log_loss, mean_elbo
-from .models.base import SemiSupervisedModel
 
 IDENTITY, MAJORITY, HUNGARIAN = "identity", "majority", "hungarian"
 # Mapped id of a model class that no training point falls in and that has no
@@ -169,7 +169,7 @@ def split_accuracy(
 
     Returns:
         ``{"overall", "visible", "hidden"}``; a part with no rows is None, except
-        ``overall``, which is NaN on empty input (as :func:`ppl_ssvae.metrics.accuracy`).
+        ``overall``, which is NaN on empty input (as :func:`ppl_ssvae.evaluation.metrics.accuracy`).
     """
     predicted, true = _as_array(predicted), _as_array(true)
     correct = predicted == true
@@ -233,7 +233,7 @@ def clustering_report(model: SemiSupervisedModel, data: Any) -> dict[str, Any]:
 
     Pass as ``fit(..., evaluate=clustering_report)``. The mapping rule is
     :func:`choose_mapping`'s: identity (the plain accuracy of
-    :func:`~ppl_ssvae.metrics.classification_report`) when ``|y| == K`` and every class
+    :func:`~ppl_ssvae.evaluation.metrics.classification_report`) when ``|y| == K`` and every class
     has labels, else majority vote on the training rows.
 
     Returns:

@@ -2,20 +2,20 @@
 
 A training run's directory holds ``config.json`` (everything needed to rebuild, evaluate
 and resume the run, with a marker saying it is a ppl-ssvae run, of which kind and written
-with checksums: ``runkinds.run_marker``), ``metrics.jsonl`` (one line per epoch),
+with checksums: ``kinds.run_marker``), ``metrics.jsonl`` (one line per epoch),
 ``checkpoint.pt`` (the last epoch: the source of truth on resume) and ``best.pt`` (the
 best-validation epoch), each checkpoint with a SHA-256 sidecar. The rules a run depends on
 live here and nowhere else:
 
 - a run is ours only if its config.json parses, carries our marker (or, for runs written
-  before it, our keys) and passes its kind's checks (``runconfig``); a directory that
+  before it, our keys) and passes its kind's checks (``runs.config``); a directory that
   holds anything else under a run's file names is refused, and never cleared;
 - a directory that holds a run is never reused unless asked (``resume`` or
   ``overwrite``), and never by a run of another kind; ``overwrite`` clears exactly the
-  kind's own files (``runkinds.KINDS``);
+  kind's own files (``kinds.KINDS``);
 - nothing is followed out of the directory: files are read with ``O_NOFOLLOW``, a link
   where a run keeps a file is refused, writes replace (rename) rather than open a file;
-- one run at a time: an exclusive ``flock`` on ``.lock`` (``runlock``) for its life;
+- one run at a time: an exclusive ``flock`` on ``.lock`` (``runs.lock``) for its life;
 - every file is replaced atomically (temp file, fsync, rename), with the mode the user's
   umask gives; the library's own temp files left by a killed process are removed on the
   next start;
@@ -43,12 +43,13 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, runkinds, runlock
+from ..errors import UserError, is_int
+from . import checkpoint, kinds
 from .checkpoint import link_refusal, read_jsonl, read_regular_file, write_bytes_atomic
-from .errors import UserError, is_int
-from .runkinds import BEST, CHECKPOINT, CHECKSUM_SUFFIX, CONFIG, KINDS, LOCK, METRICS
+from .kinds import BEST, CHECKPOINT, CHECKSUM_SUFFIX, CONFIG, KINDS, LOCK, METRICS
+from .lock import HeldLock, acquire, is_lock_file
 
-# The file names live in runkinds; they are imported from here too.
+# The file names live in kinds.py; they are imported from here too.
 __all__ = ["BEST", "CHECKPOINT", "CONFIG", "METRICS", "RunDir", "RunDirWarning", "current_budget"]
 
 
@@ -63,7 +64,7 @@ class RunDir:
     Args:
         path: the directory (it may be a link to one: that is the user's choice; what is
             inside it is never followed).
-        kind: the kind of run it holds (``runkinds.KINDS``): what it may write and clear.
+        kind: the kind of run it holds (``kinds.KINDS``): what it may write and clear.
         trust_unverified: load a checkpoint whose checksum is missing or malformed (with a
             warning) instead of refusing it.
     """
@@ -76,7 +77,7 @@ class RunDir:
         if kind not in KINDS:
             raise ValueError(f"unknown run kind {kind!r}; one of {', '.join(KINDS)}")
         self.path, self.kind, self.trust_unverified = Path(path), kind, trust_unverified
-        self._lock: runlock.HeldLock | None = None
+        self._lock: HeldLock | None = None
         self._lock_depth = 0
         self._created: list[Path] = []  # folders the lock's mkdir made, outermost first
         self._fresh = False  # a new run was started under the lock held now
@@ -105,7 +106,7 @@ class RunDir:
 
     def holds_run(self) -> bool:
         """Whether any file or folder of this kind's names is here."""
-        return any(runkinds.entries(self.path, self.kind))
+        return any(kinds.entries(self.path, self.kind))
 
     def check_start(self, resume: bool, overwrite: bool) -> str:
         """The one-line refusals of starting a run here, before anything is written; what
@@ -133,7 +134,7 @@ class RunDir:
     def holding(self) -> str:
         """``"nothing"``, ``"stub"`` or ``"run"`` of this kind; a UserError for files under
         the kind's names that are links, not ours, or of another kind of run."""
-        files, folders = runkinds.entries(self.path, self.kind)
+        files, folders = kinds.entries(self.path, self.kind)
         for folder in folders:
             RunDir(folder).holding()  # a training run of ours, or refused
         if self.file(CONFIG) not in files:
@@ -145,7 +146,7 @@ class RunDir:
                 )
             return "nothing"
         self.read_config()
-        return "run" if runkinds.has_work(self.path, self.kind) else "stub"
+        return "run" if kinds.has_work(self.path, self.kind) else "stub"
 
     # -- the lock --------------------------------------------------------------------------
     @contextmanager
@@ -175,13 +176,13 @@ class RunDir:
         in_use = (f"{self.path} is in use by another training (pid {{pid}}); wait for it to "
                   "finish or choose another --out")  # fmt: skip
         try:
-            self._lock = runlock.acquire(self.file(LOCK), in_use)
+            self._lock = acquire(self.file(LOCK), in_use)
         except BaseException:
             self._remove_created_folders()
             raise
 
     def _release(self, undo: bool) -> None:
-        undo = undo and not (self._fresh and runkinds.has_work(self.path, self.kind))
+        undo = undo and not (self._fresh and kinds.has_work(self.path, self.kind))
         if undo and self._fresh:
             try:
                 self._clear()
@@ -219,14 +220,14 @@ class RunDir:
 
     def _clear(self) -> None:
         """Remove this kind's files and the training runs in its folders; nothing else."""
-        files, folders = runkinds.entries(self.path, self.kind)
+        files, folders = kinds.entries(self.path, self.kind)
         for folder in folders:
             inner = RunDir(folder)
             if inner.holding() == "nothing":
                 continue
             inner._clear()
             inner.remove_stale_temp_files()
-            if runlock.is_lock_file(inner.file(LOCK)):
+            if is_lock_file(inner.file(LOCK)):
                 inner.file(LOCK).unlink()
             with contextlib.suppress(OSError):  # the user keeps files there too
                 folder.rmdir()
@@ -236,7 +237,7 @@ class RunDir:
     def remove_stale_temp_files(self) -> list[Path]:
         """Temp files that a killed process left from an atomic write of one of this kind's
         files (``.NAME.XXXXXXXX.tmp``); any other file, ``.*.tmp`` or not, is left alone."""
-        stale = runkinds.stale_temp_files(self.path, self.kind)
+        stale = kinds.stale_temp_files(self.path, self.kind)
         for path in stale:
             path.unlink(missing_ok=True)
         return stale
@@ -244,7 +245,7 @@ class RunDir:
     # -- config ----------------------------------------------------------------------------
     def read_config(self) -> dict[str, Any]:
         """config.json, read without following a link, recognised as a run of this
-        directory's kind and checked entry by entry (``runconfig``); anything else is one
+        directory's kind and checked entry by entry (``runs.config``); anything else is one
         UserError that names the file."""
         path = self.file(CONFIG)
         try:
@@ -257,14 +258,14 @@ class RunDir:
                 "one; ppl-ssvae will neither use nor delete it; restore it or choose another "
                 "directory"
             ) from None
-        kind = runkinds.recognise(config, path)
+        kind = kinds.recognise(config, path)
         if kind != self.kind:
             raise UserError(
                 f"{self.path} holds {KINDS[kind].title}, not {KINDS[self.kind].title}; a run "
                 "of one kind is never resumed, overwritten or read as the other: choose "
                 "another directory"
             )
-        from .runconfig import check_config, wrap  # its checks import models and training
+        from .config import check_config, wrap  # its checks import models and training
 
         try:
             check_config(kind, config)
@@ -391,7 +392,7 @@ class RunDir:
         them, unless ``trust_unverified``; an older run gets a warning."""
         sidecar = self.file(name + CHECKSUM_SUFFIX)
         try:
-            promised = runkinds.writes_checksums(self.read_config())
+            promised = kinds.writes_checksums(self.read_config())
         except UserError:
             promised = True  # nothing readable says this run may lack checksums
         if promised and not self.trust_unverified:

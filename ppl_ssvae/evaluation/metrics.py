@@ -11,8 +11,8 @@ from sklearn.metrics import log_loss as sk_log_loss
 from torch import nn
 from torch.distributions import Distribution
 
-from .errors import UserError
-from .models.base import SemiSupervisedModel
+from ..errors import UserError
+from ..models.base import SemiSupervisedModel
 
 
 def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:

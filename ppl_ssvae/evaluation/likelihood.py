@@ -48,10 +48,10 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from .errors import UserError, is_finite_number, is_int
-from .guides.sampling import seeded_rng
-from .models.base import SemiSupervisedModel
-from .plates import MAX_PLATE_NESTING
+from ..errors import UserError, is_finite_number, is_int
+from ..guides.sampling import seeded_rng
+from ..models.base import SemiSupervisedModel
+from ..plates import MAX_PLATE_NESTING
 
 #: Rows (data rows x samples x summed classes) of one model/guide pass; bounds memory.
 MAX_ROWS = 16384

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
-from .nets import Conditional, DiagonalGaussian
-from .rundir import BEST, RunDir
+from ..errors import UserError
+from ..nets import Conditional, DiagonalGaussian
+from ..runs.directory import BEST, RunDir
 
 # Config-derived buffers: the class prior comes from this run's config and data.
 _FROM_CONFIG = ("prior",)
@@ -35,7 +35,7 @@ def init_from(model: nn.Module, run: str | Path | RunDir, checkpoint: str = BEST
         UserError: ``run`` is not a run, holds another model, or has weights of other
             shapes, or lacks one this model needs (anything but a flow's transforms).
     """
-    from . import models
+    from .. import models
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     config = run.read_config()

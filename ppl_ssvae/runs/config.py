@@ -3,7 +3,7 @@
 config.json is read back from a directory that anyone may have edited: a damaged or
 crafted entry (a model without ``input_dim``, ``labels: "abc"`` in the data recipe) must
 be one line naming it, never a traceback from inside a model or a split. Each kind of run
-(``ppl_ssvae.runkinds.KINDS``) has one check in ``CHECKS``; ``RunDir.read_config`` runs it.
+(``ppl_ssvae.runs.kinds.KINDS``) has one check in ``CHECKS``; ``RunDir.read_config`` runs it.
 Entries are checked the way ``FitSettings.from_dict`` reads them: keys of later versions
 are refused, missing optional ones take their defaults.
 """
@@ -14,9 +14,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from .errors import UserError, is_finite_number, is_int, require
-from .models import MODELS
-from .training.settings import RESUMABLE, FitSettings
+from ..errors import UserError, is_finite_number, is_int, require
+from ..models import MODELS
+from ..training.settings import RESUMABLE, FitSettings
 
 # Checks of the JSON value a dataclass field was saved as, by the field's annotation.
 _TYPES: dict[str, Callable[[Any], bool]] = {
@@ -65,7 +65,7 @@ def check_train(config: dict[str, Any]) -> None:
     require(config.get("cli") is None or isinstance(config["cli"], dict),
             "'cli' must be a mapping of options")  # fmt: skip
     if config.get("spec") is not None:
-        from .runs.spec import RunSpec
+        from .spec import RunSpec
 
         # Its callbacks are rebuilt (and checked) only by a resume, which needs them.
         RunSpec.from_dict(config["spec"], check_callbacks=False)
@@ -114,7 +114,7 @@ def check_recipe(recipe: Any) -> None:
 
 
 def check_active(config: dict[str, Any]) -> None:
-    from .active.loop import ActiveConfig
+    from ..active.loop import ActiveConfig
 
     values = config.get("active")
     require(isinstance(values, dict), "'active' must be a mapping of active-labelling settings")

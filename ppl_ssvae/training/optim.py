@@ -19,7 +19,7 @@ import pyro
 import torch
 from pyro.optim import PyroOptim
 
-from .errors import UserError
+from ..errors import UserError
 
 # Every torch optimizer by its class name in lower case: "adam", "adamw", "rmsprop", "sgd"...
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -211,7 +211,7 @@ class SingleOptimizer(PyroOptim):
         (the first step after a resume), since the tensors do not exist before that."""
         if "names" not in state:
             raise UserError(
-                "this checkpoint's optimizer state predates ppl_ssvae.optim; start a new run"
+                "this checkpoint's optimizer state predates ppl_ssvae.training.optim; start a new run"
             )
         if self.optimizer is not None and self.param_names == state["names"]:
             self._load(state)

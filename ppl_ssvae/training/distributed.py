@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import SEED_LIMIT, UserError
+from ..errors import SEED_LIMIT, UserError
 
 #: Seconds a collective may wait for the other ranks before it fails.
 DEFAULT_TIMEOUT_S = 600.0

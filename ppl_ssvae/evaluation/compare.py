@@ -33,13 +33,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import write_text_atomic
-from .data import SemiSupervisedData, load_recipe
-from .errors import UserError
-from .guides.sampling import seeded_rng
+from ..data import SemiSupervisedData, load_recipe
+from ..errors import UserError
+from ..guides.sampling import seeded_rng
+from ..runs.checkpoint import write_text_atomic
+from ..runs.directory import BEST, CHECKPOINT, RunDir
 from .likelihood import evaluation_inputs, log_likelihood
 from .metrics import mean_elbo
-from .rundir import BEST, CHECKPOINT, RunDir
 
 #: Burda et al.'s threshold on the variance of a unit's posterior mean.
 ACTIVE_THRESHOLD = 0.01
@@ -100,7 +100,7 @@ def compare_runs(
 def _run_row(
     run: RunDir, iwae: int | None, rows: int | None, checkpoint: str, seed: int, data: DataLoader
 ) -> dict[str, Any]:
-    from . import models
+    from .. import models
 
     config = run.read_config()
     try:

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

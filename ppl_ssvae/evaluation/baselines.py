@@ -18,12 +18,12 @@ import pyro
 import torch
 from torch import nn
 
-from .data import SemiSupervisedData
-from .errors import UserError
+from ..data import SemiSupervisedData
+from ..errors import UserError
+from ..models.latent_classifier import LatentClassifier
+from ..training import FitResult, FitSettings, RestoreBestWeights, Trainer
+from ..training.standard import BestEpoch, Evaluation, NonFiniteGuard
 from .metrics import accuracy, log_loss
-from .models.latent_classifier import LatentClassifier
-from .training import FitResult, FitSettings, RestoreBestWeights, Trainer
-from .training.standard import BestEpoch, Evaluation, NonFiniteGuard
 
 
 def classifier_modules(model: LatentClassifier) -> nn.ModuleList:

@@ -16,8 +16,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from .checkpoint import FILE_MODE, link_refusal
-from .errors import UserError
 
 _OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _PID = re.compile(rb"\d{0,20}\n?")

@@ -20,8 +20,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError, is_int
 from .checkpoint import link_refusal
-from .errors import UserError, is_int
 
 FORMAT = "ppl-ssvae-run"
 FORMAT_VERSION = 1

@@ -27,14 +27,14 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate, infer_discrete
 
-from .errors import UserError, is_int
-from .guides.sampling import seeded_rng
-from .memory import BYTES, require_memory
-from .models.base import SemiSupervisedModel
-from .plates import MAX_PLATE_NESTING
+from ..errors import UserError, is_int
+from ..guides.sampling import seeded_rng
+from ..memory import BYTES, require_memory
+from ..models.base import SemiSupervisedModel
+from ..plates import MAX_PLATE_NESTING
 
 if TYPE_CHECKING:
-    from .rundir import RunDir
+    from ..runs.directory import RunDir
 
 
 def generation_grid(
@@ -186,7 +186,7 @@ def posterior(
     * ``observed_data``: ``x`` and ``y`` (``-1`` = unlabelled).
     * ``constant_data``: ``q_y`` (row, class), the classifier's probabilities; with
       ``iwae_samples > 0`` also ``log_p_x`` (row), the IWAE estimate of
-      :func:`ppl_ssvae.likelihood.log_likelihood` (``log p(x, y)`` on labelled rows).
+      :func:`ppl_ssvae.evaluation.likelihood.log_likelihood` (``log p(x, y)`` on labelled rows).
 
     Coordinates ``class`` hold the class names; ``attrs["class_names"]`` maps the ids.
     Works with every guide family (the guide is traced, so flows sample through Pyro).
@@ -382,7 +382,7 @@ def kl_activity(
 ) -> dict[int, torch.Tensor]:
     """Per-unit KL activity of z (Willetts et al. App. C, eq. 36) of the rows of each class.
 
-    ``{class id: (z_dim,) activities}`` by :func:`ppl_ssvae.clustering.unit_activity` on
+    ``{class id: (z_dim,) activities}`` by :func:`ppl_ssvae.evaluation.clustering.unit_activity` on
     the rows whose label ``y`` is that class (classes without rows are left out): which
     units a class uses. Needs a diagonal Gaussian ``q(z|.)``, as eq. 36 does.
     """
@@ -562,7 +562,7 @@ def roc_figure(
     lower_is_anomalous: bool = True,
 ) -> Any:
     """ROC curves of anomaly scores, one per named score (e.g. per model), with their AUC
-    in the legend. Scores as :func:`ppl_ssvae.anomaly.reconstruction_log_prob` gives them:
+    in the legend. Scores as :func:`ppl_ssvae.evaluation.anomaly.reconstruction_log_prob` gives them:
     lower means more anomalous (``lower_is_anomalous=False`` for the opposite)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -586,7 +586,7 @@ def training_figure(history: str | Path | Sequence[Mapping[str, Any]]) -> Any:
     """Accuracy and ELBO against epoch and against CPU-minutes, from a run directory (its
     ``metrics.jsonl``) or a list of epoch records (``FitResult.history``)."""
     if isinstance(history, (str, Path)):
-        from .rundir import RunDir
+        from ..runs.directory import RunDir
 
         history = RunDir(history).read_history()
     if not history:
@@ -633,7 +633,7 @@ def write_inspection(
     Returns ``{name: path}`` for each file written and ``{name: reason}`` for each picture
     that does not apply (no image shape, no graphviz, a model that cannot classify...).
     """
-    from .runs import load_run
+    from ..runs import load_run
 
     loaded = load_run(run_dir)
     run, model, split = loaded.directory, loaded.model, loaded.data
