@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from ppl_ssvae.data import SemiSupervisedBatches, load, semi_supervised_split
 from ppl_ssvae.evaluation.metrics import accuracy
 from ppl_ssvae.models import build
-from ppl_ssvae.nets import activation
+from ppl_ssvae.nn import activation
 from ppl_ssvae.plates import split_labels
 from ppl_ssvae.training import make_optimizer
 

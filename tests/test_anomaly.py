@@ -13,7 +13,7 @@ from ppl_ssvae.data import Dataset, semi_supervised_split
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.evaluation.anomaly import anomaly_auc, anomaly_split, reconstruction_log_prob
 from ppl_ssvae.models import build
-from ppl_ssvae.nets import MIN_SCALE
+from ppl_ssvae.nn import MIN_SCALE
 
 K, D, Z, N = 3, 12, 4, 7
 

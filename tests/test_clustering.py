@@ -21,7 +21,7 @@ from ppl_ssvae.evaluation.clustering import (
     split_accuracy,
     unit_activity,
 )
-from ppl_ssvae.nets import MIN_SCALE
+from ppl_ssvae.nn import MIN_SCALE
 
 TINY = ["--dataset", "digits", "--z-dim", "4", "--hidden", "32", "--epochs", "1",
         "--batch-size", "100", "--no-progress"]  # fmt: skip

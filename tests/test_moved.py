@@ -31,3 +31,17 @@ def test_from_import_of_an_old_path_gives_the_same_objects(monkeypatch) -> None:
 def test_unmoved_names_are_not_found_by_the_alias_finder() -> None:
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("ppl_ssvae.no_such_module")
+
+
+def test_the_split_nets_module_still_exports_every_network(monkeypatch) -> None:
+    monkeypatch.delitem(sys.modules, "ppl_ssvae.nets", raising=False)
+    with pytest.warns(DeprecationWarning, match="ppl_ssvae.nn"):
+        nets = importlib.import_module("ppl_ssvae.nets")
+    from ppl_ssvae.models.pi_vae_nets import PiEncoder
+    from ppl_ssvae.nn import ContextEncoder, init_normal_
+
+    assert (nets.ContextEncoder, nets.init_normal_, nets.PiEncoder) == (
+        ContextEncoder,
+        init_normal_,
+        PiEncoder,
+    )

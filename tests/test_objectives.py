@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.models import MODELS, build
-from ppl_ssvae.nets import MIN_SCALE
+from ppl_ssvae.nn import MIN_SCALE
 from ppl_ssvae.objectives import OBJECTIVE_NAMES, allowed_objectives
 from tests.models.exact import multi_input_gaussian, multi_input_hidden
 

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..nets import DiagonalGaussian, keep_init
+from ..nn import DiagonalGaussian, keep_init
 
 #: The base of a flow: the Gaussian guide's head on ``h`` (default), or ``N(0, I)``.
 Base = Literal["gaussian", "standard"]

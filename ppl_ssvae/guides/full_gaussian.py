@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..nets import MIN_SCALE, full_precision, head
+from ..nn import MIN_SCALE, full_precision, head
 
 
 class FullGaussian(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..nets import DiagonalGaussian
+from ..nn import DiagonalGaussian
 
 
 def diagonal_gaussian(features: int, out_dim: int) -> nn.Module:

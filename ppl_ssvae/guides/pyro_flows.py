@@ -21,7 +21,7 @@ import torch
 from pyro.distributions import transforms as T
 from torch import nn
 
-from ..nets import full_precision
+from ..nn import full_precision
 from .flows import GAUSSIAN, STANDARD, Base, conditioner_widths, gaussian_base, start_at_identity
 
 

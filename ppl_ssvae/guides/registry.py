@@ -1,7 +1,7 @@
 """Guide families by name: the posterior family of every continuous latent (z, and a).
 
 A family is a *head*: a function ``head(features, out_dim, **guide_args) -> nn.Module``
-whose module maps the shared context features ``h`` (:class:`~ppl_ssvae.nets.ContextEncoder`
+whose module maps the shared context features ``h`` (:class:`~ppl_ssvae.nn.ContextEncoder`
 output) to a distribution over ``out_dim`` units. :func:`build_latent_guide` puts it on a
 context encoder, giving a module with the library's one call convention::
 
@@ -35,7 +35,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError
-from ..nets import Conditional, ContextEncoder
+from ..nn import Conditional, ContextEncoder
 from . import flows, full_gaussian, gaussian, planar, pyro_flows, radial, zuko_flows
 
 # The config value of a guide given as a module (models.build(name, guide=module)).

@@ -1,6 +1,6 @@
 """Conditional normalizing flows from zuko, wrapped for Pyro (``pyro.contrib.zuko``).
 
-The flow's context is the shared :class:`~ppl_ssvae.nets.ContextEncoder`'s output ``h``
+The flow's context is the shared :class:`~ppl_ssvae.nn.ContextEncoder`'s output ``h``
 (``(K, B, H)`` under label enumeration), so the encoder's first layer is computed once per
 row as for the Gaussian guides.
 
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pyro.contrib.zuko import ZukoToPyro
 from torch import Size, Tensor, nn
 
-from ..nets import full_precision
+from ..nn import full_precision
 from .flows import GAUSSIAN, STANDARD, Base, conditioner_widths, gaussian_base, start_at_identity
 
 

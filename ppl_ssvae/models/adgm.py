@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ..nets import ConditionalDecoder
+from ..nn import ConditionalDecoder
 from .base import (
     DATA_PLATE,
     AuxiliaryLabelLatentModel,

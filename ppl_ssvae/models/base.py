@@ -33,7 +33,7 @@ from ..guides.registry import (
     resolve_guide_args,
 )
 from ..guides.sampling import seeded_rng, seeded_sample
-from ..nets import (
+from ..nn import (
     CategoricalHead,
     MultiInputCategorical,
     MultiInputGaussian,

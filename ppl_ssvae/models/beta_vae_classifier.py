@@ -15,7 +15,7 @@ from pyro.infer import ELBO
 from ..errors import UserError
 from ..guides.encoder import EncoderGuide
 from ..guides.sampling import seeded_sample
-from ..nets import CategoricalHead, Decoder
+from ..nn import CategoricalHead, Decoder
 from ..objectives import REPARAMETERISED, build_elbo
 from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel, StandardNormalPrior
 

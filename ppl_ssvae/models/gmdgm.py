@@ -9,7 +9,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ..nets import Decoder, LabelGaussian
+from ..nn import Decoder, LabelGaussian
 from .base import DATA_PLATE, GuideModules, LabelLatentModel, ModelConfig, split_labels
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..guides.encoder import EncoderGuide
-from ..nets import CategoricalHead, ConditionalDecoder, Decoder
+from ..nn import CategoricalHead, ConditionalDecoder, Decoder
 from ..objectives import REPARAMETERISED
 from .base import (
     DATA_PLATE,

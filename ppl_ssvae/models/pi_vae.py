@@ -14,16 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..nets import (
-    ConvDecoder,
-    ConvEncoder,
-    Decoder,
-    DenseEncoder,
-    LSTMDecoder,
-    LSTMEncoder,
-    PiEncoder,
-    output_params,
-)
+from ..nn import Decoder, output_params
 from ..objectives import REPARAMETERISED
 from .base import (
     DATA_PLATE,
@@ -33,6 +24,7 @@ from .base import (
     StandardNormalPrior,
     split_labels,
 )
+from .pi_vae_nets import ConvDecoder, ConvEncoder, DenseEncoder, LSTMDecoder, LSTMEncoder, PiEncoder
 
 VARIANTS = ("ss", "es", "eu")
 NETS = ("dense", "cnn", "rnn")

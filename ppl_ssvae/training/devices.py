@@ -18,7 +18,7 @@ from ..errors import UserError
 
 # Training-step precision: autocast dtype per name (None = off). bf16 autocast runs the
 # matrix products of the SVI steps in bfloat16 while parameters, optimiser state and every
-# distribution stay float32 (nets.full_precision). "auto" picks bf16 only where the device
+# distribution stay float32 (nn.full_precision). "auto" picks bf16 only where the device
 # multiplies bfloat16 matrices fast enough to gain (``native_bf16``).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 PRECISION_CHOICES = ("auto", *PRECISIONS)

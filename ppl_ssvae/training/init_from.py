@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..nets import Conditional, DiagonalGaussian
+from ..nn import Conditional, DiagonalGaussian
 from ..runs.directory import BEST, RunDir
 
 # Config-derived buffers: the class prior comes from this run's config and data.

@@ -4,7 +4,7 @@ import torch.distributions as td
 from pyro import poutine
 from torch.nn import functional as F
 
-from ppl_ssvae.nets import MIN_SCALE
+from ppl_ssvae.nn import MIN_SCALE
 
 
 def loss_and_sites(model, x, y, *sites):

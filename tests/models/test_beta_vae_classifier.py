@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.models import build
-from ppl_ssvae.nets import MIN_SCALE
+from ppl_ssvae.nn import MIN_SCALE
 
 D, K, Z = 12, 3, 4
 BETA, GAMMA = 0.7, 2.5

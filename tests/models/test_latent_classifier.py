@@ -8,7 +8,7 @@ from pyro import poutine
 from torch.nn import functional as F
 
 from ppl_ssvae.models import MODELS, build
-from ppl_ssvae.nets import MIN_SCALE
+from ppl_ssvae.nn import MIN_SCALE
 from tests.models.exact import loss_and_sites
 
 K, D, Z = 3, 12, 4

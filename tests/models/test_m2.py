@@ -6,7 +6,7 @@ import torch.distributions as td
 from torch.nn import functional as F
 
 from ppl_ssvae.models import build
-from ppl_ssvae.nets import MIN_SCALE, LabelConditionedTrunk
+from ppl_ssvae.nn import MIN_SCALE, LabelConditionedTrunk
 from tests.models.exact import loss_and_sites
 
 K, D, Z = 3, 12, 4
