@@ -257,7 +257,7 @@ def test_library_entry_points_refuse_a_bad_seed(seed):
 
 
 def test_the_largest_seed_trains_and_derived_seeds_stay_32_bit():
-    from ppl_ssvae.active.loop import _wrapped
+    from ppl_ssvae.active.config import wrapped_seed
     from ppl_ssvae.models import build
     from ppl_ssvae.training import fit
     from ppl_ssvae.training.distributed import rank_seed
@@ -268,7 +268,7 @@ def test_the_largest_seed_trains_and_derived_seeds_stay_32_bit():
     result = fit(model, split, epochs=1, seed=top, progress=False)
     assert len(result.history) == 1
     assert 0 <= rank_seed(top, 3) < 2**32 and rank_seed(5, 0) == 5
-    assert 0 <= _wrapped(top * 1000 + 7) < 2**32 and _wrapped(5 * 1000 + 7) == 5007
+    assert 0 <= wrapped_seed(top * 1000 + 7) < 2**32 and wrapped_seed(5 * 1000 + 7) == 5007
 
 
 # -- evaluate ----------------------------------------------------------------------------------

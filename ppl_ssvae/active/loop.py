@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,118 +24,19 @@ import pyro
 import torch
 
 from ..data import SemiSupervisedData, load, semi_supervised_split
-from ..errors import SEED_LIMIT, UserError, check_seed, is_finite_number, is_int, require
+from ..errors import is_int, require
 from ..evaluation.metrics import accuracy
 from ..models import build
 from ..models.beta_vae_classifier import BetaVAEClassifier
 from ..runs.checkpoint import read_regular_file, write_text_atomic
 from ..runs.directory import CHECKPOINT, RunDir, RunDirWarning
-from ..runs.kinds import ITERATIONS, QUERIES, run_marker
+from ..runs.kinds import ITERATIONS, run_marker
 from ..training import EarlyStopping, FitSettings, environment, fit
-from .clusters import CLUSTERINGS, Cluster, cluster
-from .confidence import DECAYS, DISTANCES, confidence, distance
-from .oracles import Answer, HumanOracle, Oracle, Query, SimulatedOracle, answer_lines, read_answers
-
-ORACLES = ("simulated", "human")
-# Settings a resume may change: the loop can be run for more iterations.
-RESUMABLE = ("iterations",)
-
-
-@dataclasses.dataclass
-class ActiveConfig:
-    """Everything the loop does, saved as-is to config.json.
-
-    Attributes:
-        dataset, data_dir: the dataset by name (``ppl_ssvae.data.load``); every training
-            label is hidden and no validation rows are carved out (they would be labels).
-        iterations: N, rounds of cluster - query - propagate - train.
-        queries: oracle queries per iteration, sub-cluster queries included (exact).
-        k: clusters per clustering, top level and sub-clusters alike (paper: 10).
-        clustering: ``"kmeans"`` or ``"gmm"``.
-        distance: ``"euclidean"`` or ``"mahalanobis"`` (k-means only; a GMM uses
-            responsibilities).
-        decay: ``"exponential"`` (eq. 2) or ``"gaussian"`` (eq. 3) (k-means only).
-        rate: a in eq. 2-3.
-        beta, gamma: eq. 1's KL weight and eq. 4's classification weight.
-        z_dim, hidden: the model's latent size and dense layers.
-        patience: step (1) stops after this many epochs without a lower reconstruction
-            loss (by ``min_improvement``, relative), or at ``pretrain_epochs``.
-        epochs: training epochs per iteration (step 6).
-        batch_size, lr: the optimiser's.
-        seed: model weights, batches, noise and clusterings.
-        oracle: ``"simulated"`` (ground truth of the rows nearest a centre) or ``"human"``.
-        purity_threshold, neighbours: the simulated oracle's (invalid below that purity
-            of the ``neighbours`` nearest rows).
-        answers_file: a human oracle's answers, one line per centre (None: stdin).
-    """
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    iterations: int = 5
-    queries: int = 20
-    k: int = 10
-    clustering: str = "kmeans"
-    distance: str = "euclidean"
-    decay: str = "gaussian"
-    rate: float = 0.1
-    beta: float = 1.0
-    gamma: float = 10.0
-    z_dim: int = 10
-    hidden: tuple[int, ...] = (256, 128)
-    patience: int = 3
-    min_improvement: float = 1e-3
-    pretrain_epochs: int = 50
-    epochs: int = 5
-    batch_size: int = 100
-    lr: float = 1e-3
-    seed: int = 0
-    oracle: str = "simulated"
-    purity_threshold: float = 0.5
-    neighbours: int = 10
-    answers_file: str | None = None
-
-    def validate(self) -> None:
-        """One UserError for the first bad field, before anything is written."""
-        _choice("clustering", self.clustering, CLUSTERINGS)
-        _choice("distance", self.distance, DISTANCES)
-        _choice("decay", self.decay, DECAYS)
-        _choice("oracle", self.oracle, ORACLES)
-        for name in ("iterations", "queries", "k", "z_dim", "patience", "pretrain_epochs",
-                     "batch_size", "neighbours"):  # fmt: skip
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 1,
-                     f"{name}={getattr(self, name)!r} must be an integer >= 1")  # fmt: skip
-        require(is_int(self.epochs) and self.epochs >= 0, f"epochs={self.epochs!r} must be >= 0")
-        check_seed(self.seed)
-        require(self.k >= 2, f"k={self.k} must be at least 2 (one cluster says nothing)")
-        for name in ("rate", "beta", "lr"):
-            require(is_finite_number(getattr(self, name)) and getattr(self, name) > 0,
-                     f"{name}={getattr(self, name)!r} must be a number > 0")  # fmt: skip
-        for name in ("gamma", "min_improvement"):
-            require(is_finite_number(getattr(self, name)) and getattr(self, name) >= 0,
-                     f"{name}={getattr(self, name)!r} must be a number >= 0")  # fmt: skip
-        require(is_finite_number(self.purity_threshold) and 0 <= self.purity_threshold <= 1,
-                 f"purity_threshold={self.purity_threshold!r} must be in [0, 1]")  # fmt: skip
-        require(isinstance(self.hidden, (tuple, list)) and len(self.hidden) > 0
-                 and all(is_int(h) and h >= 1 for h in self.hidden),
-                 f"hidden={self.hidden!r} must be one or more layer sizes >= 1")  # fmt: skip
-        require(self.answers_file is None or self.oracle == "human",
-                 "answers_file is for oracle='human' only")  # fmt: skip
-        require(isinstance(self.dataset, str), f"dataset={self.dataset!r} must be a name")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ActiveConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise UserError(f"unknown active settings {unknown}; choose from {sorted(names)}")
-        return cls(**{k: tuple(v) if k == "hidden" else v for k, v in values.items()})
-
-
-def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    require(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+from .clusters import Cluster
+from .confidence import confidence, distance
+from .config import RESUMABLE, ActiveConfig, wrapped_seed
+from .oracles import Answer, HumanOracle, Oracle, SimulatedOracle, answer_lines, read_answers
+from .queries import QueryLog, ask_tree
 
 
 # -- data, model, training ---------------------------------------------------------------------
@@ -220,142 +120,10 @@ def pretrain(
     return len(result.history)
 
 
-def _wrapped(seed: int) -> int:
-    """A seed derived from the run's (seed + iteration, seed * 1000 + i) wrapped into the
-    32 bits numpy, torch and scikit-learn take; for the derived seeds of runs with seed
-    below 2**32 / 1000 (every run so far) it is the seed itself, so their numbers stand."""
-    return seed % SEED_LIMIT
-
-
 def fit_settings(config: ActiveConfig, seed: int) -> FitSettings:
     # lr_decay 1: every iteration continues training with a fresh optimiser at the same rate.
     return FitSettings(batch_size=config.batch_size, lr=config.lr, lr_decay=1.0, seed=seed,
                        device="cpu", progress=False)  # fmt: skip
-
-
-# -- queries -----------------------------------------------------------------------------------
-class QueryLog:
-    """``queries.jsonl``: one record per answered query, rewritten atomically per answer."""
-
-    def __init__(self, run: RunDir) -> None:
-        self.path = run.file(QUERIES)
-        # A line torn by a killed write (or edited by hand) is dropped with a note and the
-        # file rewritten, as metrics.jsonl is; a query without its answer is asked again.
-        found, dropped = run.read_records(QUERIES, _query_problem)
-        self.records: dict[str, dict[str, Any]] = {r["id"]: r for r in found}
-        if dropped:
-            warnings.warn(f"{self.path}: dropped {', '.join(dropped)}; a query they answered "
-                          "is asked again", RunDirWarning, stacklevel=2)  # fmt: skip
-            self._save()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def answer(self, query_id: str) -> Answer | None:
-        record = self.records.get(query_id)
-        return None if record is None else Answer(record["label"], record["confidence"])
-
-    def add(self, query: Query, members: int, answer: Answer) -> None:
-        self.records[query.id] = {"id": query.id, "members": members,
-                                  "latent": [float(v) for v in query.latent],
-                                  **answer.to_dict()}  # fmt: skip
-        self._save()
-
-    def _save(self) -> None:
-        text = "".join(json.dumps(r) + "\n" for r in self.records.values())
-        write_text_atomic(self.path, text)
-
-    def check(self, query_id: str, members: int) -> None:
-        recorded = self.records[query_id]["members"]
-        if recorded != members:
-            raise UserError(
-                f"query {query_id} was recorded for a cluster of {recorded} rows but this "
-                f"run finds {members}: the run's clusters changed, so it cannot resume"
-            )
-
-
-def _query_problem(number: int, record: dict[str, Any]) -> str | None:
-    """Why a line of queries.jsonl cannot be used (None: it can)."""
-    label, confidence = record.get("label"), record.get("confidence")
-    ok = (isinstance(record.get("id"), str) and is_int(record.get("members"))
-          and (label is None or is_int(label))
-          and (confidence is None or is_finite_number(confidence)))  # fmt: skip
-    return None if ok else f"unreadable line {number}"
-
-
-def ask_tree(
-    iteration: int,
-    z: np.ndarray,
-    model: BetaVAEClassifier,
-    data: SemiSupervisedData,
-    config: ActiveConfig,
-    oracle: Oracle,
-    log: QueryLog,
-) -> list[tuple[Cluster, Answer]]:
-    """Steps (2)-(4): cluster, show the centres, sub-cluster the invalid ones, level by
-    level, until ``config.queries`` centres have been asked or none is left. Answers
-    already in ``log`` are reused, never asked again."""
-    seed = _wrapped(config.seed + iteration)
-    level = cluster(z, np.arange(len(z)), config.k, config.clustering, seed)
-    budget, asked = config.queries, []
-    while level and budget > 0:
-        batch = level[:budget]
-        _ask_batch(iteration, batch, z, model, data, oracle, log)
-        budget -= len(batch)
-        asked += [(node, log.answer(_qid(iteration, node))) for node in batch]
-        level = [child for node, answer in asked[-len(batch):] if answer.invalid
-                 and len(node.members) > 1
-                 for child in cluster(z, node.members, config.k, config.clustering,
-                                      seed, prefix=node.id)]  # fmt: skip
-    return asked
-
-
-def _qid(iteration: int, node: Cluster) -> str:
-    return f"{iteration}/{node.id}"
-
-
-def _ask_batch(
-    iteration: int,
-    batch: list[Cluster],
-    z: np.ndarray,
-    model: BetaVAEClassifier,
-    data: SemiSupervisedData,
-    oracle: Oracle,
-    log: QueryLog,
-) -> None:
-    for node in batch:
-        if log.answer(_qid(iteration, node)) is not None:
-            log.check(_qid(iteration, node), len(node.members))
-    pending = [n for n in batch if log.answer(_qid(iteration, n)) is None]
-    if not pending:
-        return
-    images = model.decode(torch.as_tensor(np.stack([n.centre for n in pending]))).mean.cpu().numpy()
-    queries = [Query(_qid(iteration, n), images[i], n.centre, data.image_shape,
-                     _nearest(z, n.centre)) for i, n in enumerate(pending)]  # fmt: skip
-    answers = 0
-    for query, node, answer in zip(queries, pending, oracle(queries), strict=False):
-        log.add(query, len(node.members), _checked(answer, data.num_classes))
-        answers += 1
-    if answers != len(queries):
-        raise UserError(f"the oracle gave {answers} answers for {len(queries)} centres")
-
-
-def _nearest(z: np.ndarray, centre: np.ndarray) -> Any:
-    def nearest(m: int) -> np.ndarray:
-        return np.argsort(np.linalg.norm(z - centre, axis=1), kind="stable")[:m]
-
-    return nearest
-
-
-def _checked(answer: Answer, num_classes: int) -> Answer:
-    if not isinstance(answer, Answer):
-        raise UserError(f"an oracle answers with Answer(label, confidence), got {answer!r}")
-    if answer.invalid:
-        return answer
-    ok = 0 <= answer.label < num_classes and 0.0 <= answer.confidence <= 1.0
-    require(ok, f"oracle answer {answer} needs a class id 0..{num_classes - 1} "
-                 "and a confidence in [0, 1]")  # fmt: skip
-    return answer
 
 
 # -- propagation -------------------------------------------------------------------------------
@@ -488,7 +256,7 @@ def _iterate(
     for i in range(1, config.iterations + 1):
         asked, state = _labels(i, config, data, model, run, log, oracle, state)
         fit_to(model, weighted_data(data, *state), run.file(f"iter-{i:03d}"), config.epochs,
-               fit_settings(config, _wrapped(config.seed * 1000 + i)))  # fmt: skip
+               fit_settings(config, wrapped_seed(config.seed * 1000 + i)))  # fmt: skip
         if len(records) <= i:
             total = records[-1]["queries_total"] + len(asked)
             records.append(_record(i, model, data, asked, state, total))

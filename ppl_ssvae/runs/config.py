@@ -114,7 +114,7 @@ def check_recipe(recipe: Any) -> None:
 
 
 def check_active(config: dict[str, Any]) -> None:
-    from ..active.loop import ActiveConfig
+    from ..active.config import ActiveConfig
 
     values = config.get("active")
     require(isinstance(values, dict), "'active' must be a mapping of active-labelling settings")
