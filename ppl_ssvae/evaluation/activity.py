@@ -15,10 +15,6 @@ from ..errors import UserError
 from ..guides.registry import CUSTOM, DEFAULT
 from ..models.base import SemiSupervisedModel
 
-IDENTITY, MAJORITY, HUNGARIAN = "identity", "majority", "hungarian"
-# Mapped id of a model class that no training point falls in and that has no
-# ground-truth namesake: test rows predicted there always count as errors.
-
 
 def _diagonal_normal(fn: Any, rows: int, site: str) -> Normal:
     """The per-unit Normal under a ``z`` site's distribution (unwrapping plates, masks)."""

@@ -32,7 +32,8 @@ from pyro import poutine
 from ..data.dataset import Dataset
 from ..data.split import SemiSupervisedData
 from ..errors import UserError, is_int
-from ..models.base import LabelLatentModel, SemiSupervisedModel
+from ..models.base import SemiSupervisedModel
+from ..models.label_latent import LabelLatentModel
 from ..models.pi_vae import PiVAE
 from ..plates import MAX_PLATE_NESTING
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyro
@@ -17,10 +17,6 @@ import torch
 from ..errors import UserError, is_int
 from ..guides.sampling import seeded_rng
 from ..models.base import SemiSupervisedModel
-
-if TYPE_CHECKING:
-    pass
-
 from .posterior import class_names_of
 
 

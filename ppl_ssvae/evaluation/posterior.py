@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyro
@@ -21,10 +21,6 @@ from ..guides.sampling import seeded_rng
 from ..memory import BYTES, require_memory
 from ..models.base import SemiSupervisedModel
 from ..plates import MAX_PLATE_NESTING
-
-if TYPE_CHECKING:
-    pass
-
 
 # -- the posterior as InferenceData ---------------------------------------------------------
 

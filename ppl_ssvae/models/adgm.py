@@ -9,14 +9,9 @@ import pyro.distributions as dist
 import torch
 
 from ..nn import ConditionalDecoder
-from .base import (
-    DATA_PLATE,
-    AuxiliaryLabelLatentModel,
-    GuideModules,
-    ModelConfig,
-    StandardNormalPrior,
-    split_labels,
-)
+from .base import DATA_PLATE, GuideModules, ModelConfig, split_labels
+from .label_latent import AuxiliaryLabelLatentModel
+from .priors import StandardNormalPrior
 
 
 @dataclasses.dataclass

@@ -10,7 +10,6 @@ in parallel, so models are trained with ``SVI`` + ``TraceEnum_ELBO``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import weakref
 from abc import abstractmethod
 from collections.abc import Mapping
@@ -23,25 +22,20 @@ from pyro.infer import ELBO
 from torch import nn
 
 from ..errors import UserError
-from ..guides.auxiliary import AuxiliaryGuide
-from ..guides.categorical_gaussian import CategoricalGaussianGuide
 from ..guides.registry import (
     CUSTOM,
     DEFAULT,
     build_latent_guide,
     legacy_guide_args,
-    resolve_guide_args,
 )
 from ..guides.sampling import seeded_rng, seeded_sample
 from ..nn import (
-    CategoricalHead,
-    MultiInputCategorical,
-    MultiInputGaussian,
     check_init_layers,
     init_normal_,
 )
 from ..objectives import LABEL_LATENT, build_elbo
 from ..plates import DATA_PLATE, MAX_PLATE_NESTING, split_labels
+from .config import ModelConfig
 
 # What ``guide=`` accepts besides a family name in the config: a module for z, or one module
 # per continuous latent (``{"z": q_z, "a": q_a}``).
@@ -50,119 +44,12 @@ GuideModules = nn.Module | Mapping[str, nn.Module]
 __all__ = [
     "DATA_PLATE",
     "MAX_PLATE_NESTING",
-    "AuxiliaryLabelLatentModel",
     "GuideModules",
-    "LabelLatentModel",
     "ModelConfig",
     "SemiSupervisedModel",
-    "StandardNormalPrior",
     "seeded_sample",
     "split_labels",
-    "standard_normal",
 ]
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """Fields shared by every model; subclasses add their own.
-
-    Attributes:
-        input_dim: size of a flattened input row.
-        num_classes: |y|, the classes of the model (the data's K plus any extra ones).
-        likelihood: p(x|.): ``"bernoulli"`` (pixels in [0, 1]) or ``"gaussian"`` [by the
-            data's support].
-        init_std: None keeps torch's initialisation; a number draws kernels from
-            N(0, init_std^2) with zero biases (Willetts et al. App. B: 0.001).
-        init_layers: ``"all"`` kernels (App. B's text) or ``"heads"``, the output layers
-            only (the authors' code; the other kernels Glorot-normal).
-        guide: the guide family of every continuous latent (``ppl_ssvae.guides.GUIDES``).
-        guide_args: that family's arguments.
-    """
-
-    input_dim: int
-    num_classes: int
-    likelihood: str = "bernoulli"
-    # None keeps torch's default initialisation; a number draws kernels from
-    # N(0, init_std^2) with zero biases (Willetts et al. App. B use 0.001): every kernel
-    # with init_layers="all" (App. B's text), the output layers only with "heads" (the
-    # authors' released code; the other kernels Glorot-normal).
-    init_std: float | None = None
-    init_layers: str = "all"
-    # The posterior family of every continuous latent of the guide (z, and a where the
-    # model has one): a name in ppl_ssvae.guides.GUIDES, and that family's own arguments
-    # (completed with its defaults here, so the config records exactly what was built).
-    # "custom" marks a guide module passed in Python (models.build(name, guide=module)).
-    guide: str = DEFAULT
-    guide_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    # Fields that may be 0 or negative are named here; every other number must be > 0
-    # (a zero-width layer or zero variance trains silently to chance, so it is refused).
-    may_be_zero: ClassVar[frozenset[str]] = frozenset({"alpha", "beta", "dropout"})
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_field(type(self).__name__, f.name, str(f.type), getattr(self, f.name),
-                         f.name in self.may_be_zero)  # fmt: skip
-        if self.guide == CUSTOM:
-            if self.guide_args:
-                raise UserError("guide_args apply to a guide family by name, not to 'custom'")
-        else:
-            self.guide_args = resolve_guide_args(self.guide, self.guide_args)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise UserError(f"unknown {cls.__name__} fields {sorted(unknown)}")
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**fields)
-
-
-def _check_field(owner: str, name: str, annotation: str, value: Any, may_be_zero: bool) -> None:
-    """Refuse a config value whose type or range the field cannot hold, naming the field
-    (``--model-arg z_dim=abc`` would otherwise fail deep inside torch, or train a
-    zero-width net)."""
-    optional = annotation.endswith("| None")
-    kind = annotation.removesuffix("| None").strip()
-    if value is None:
-        if not optional:
-            raise UserError(f"{owner}.{name} must not be None")
-        return
-    if kind.startswith("dict["):
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise UserError(f"{owner}.{name} must be a mapping of names to values, got {value!r}")
-        return
-    if kind.startswith("tuple["):
-        item = kind[len("tuple[") :].split(",")[0].strip()
-        if not isinstance(value, (tuple, list)):
-            raise UserError(f"{owner}.{name} must be a list of {item}s, got {value!r}")
-        for v in value:
-            _check_scalar(owner, name, item, v, may_be_zero)
-        return
-    _check_scalar(owner, name, kind, value, may_be_zero)
-
-
-def _check_scalar(owner: str, name: str, kind: str, value: Any, may_be_zero: bool) -> None:
-    what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
-    if kind not in what:
-        return
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "str": isinstance(value, str),
-        "bool": isinstance(value, bool),
-    }[kind]
-    if not ok:
-        raise UserError(f"{owner}.{name} must be {what[kind]}, got {value!r}")
-    if kind in ("int", "float"):
-        bound_ok = value >= 0 if may_be_zero else value > 0
-        if not (math.isfinite(value) and bound_ok):
-            limit = ">= 0" if may_be_zero else "> 0"
-            raise UserError(f"{owner}.{name} must be finite and {limit}, got {value!r}")
 
 
 class SemiSupervisedModel(nn.Module):
@@ -463,125 +350,6 @@ class SemiSupervisedModel(nn.Module):
                 weakref.ref(x_checked), weakref.ref(y_checked),
             )  # fmt: skip
         return x_checked, y_checked
-
-
-class LabelLatentModel(SemiSupervisedModel):
-    """Models whose label is a categorical latent of the generative model: M2, ADGM,
-    GM-DGM, AGM-DGM (Willetts et al. sec 3-5).
-
-    They share a class prior p(y) (the ``prior`` buffer, from ``config.prior``), a guide
-    module ``self.q`` called as ``q(x, y, classifier_weight=config.alpha)`` that enumerates
-    the latent label, and class-conditional generation through ``p_x_given_y``.
-    """
-
-    q: nn.Module
-    label_is_latent = True
-    reconstruction_scorer = "label_latent"
-
-    def __init__(self, config: ModelConfig, guide: GuideModules | None = None) -> None:
-        super().__init__(config, guide)
-        self.register_buffer("prior", class_prior(config.num_classes, config.prior))
-
-    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = self.check_batch(x, y)
-        pyro.module(f"{self.name}.q", self.q)
-        self.q(x, y, classifier_weight=self.config.alpha)
-
-    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.q.class_probs(x)
-
-    def label_guide(self) -> nn.Module:
-        """``q(y, z|x) = q(y|x) q(z|x, y)`` (Kingma eq. 5-7, Willetts eq. 5-7), z of the
-        config's family: the guide of M2 and GM-DGM."""
-        c = self.config
-        return CategoricalGaussianGuide(
-            q_y=CategoricalHead(c.input_dim, c.hidden, c.num_classes, c.activation),
-            q_z=self.latent_guide("z", c.z_dim, {"x": c.input_dim, "y": c.num_classes}),
-        )
-
-    @abstractmethod
-    def p_x_given_y(self, y: torch.Tensor) -> dist.Distribution:
-        """``p(x|y)`` for a batch of labels, with the other latents drawn from the prior."""
-
-    @torch.no_grad()
-    def sample(
-        self, n: int, y: torch.Tensor | int | None = None, mean: bool = False
-    ) -> torch.Tensor:
-        # With y=None, class 0 stands in so that n is checked all the same.
-        y_checked = self.check_y(0 if y is None else y, n, sampling=True)
-        if y is None and n:  # Categorical cannot draw 0 samples
-            y_checked = dist.Categorical(self.prior).sample((n,))
-        p_x = self.p_x_given_y(y_checked)
-        return p_x.mean if mean else p_x.sample()
-
-
-class AuxiliaryLabelLatentModel(LabelLatentModel):
-    """Label-latent models with an auxiliary latent ``a`` (ADGM, AGM-DGM; Willetts sec 3.3).
-
-    Shared: the guide ``q(a, y, z|x) = q(z|a, y, x) q(y|a, x) q(a|x)`` (eq. 17-20) with the
-    config's family for both ``a`` and ``z``, the Gaussian ``p(a|x, y, z)`` (eq. 16), the
-    classifier ``(1/N_s) sum_i q(y|a_i, x)`` (eq. 23/33) and sequential particles.
-    """
-
-    guide_latents = ("z", "a")
-    # The guide's point mass at the observed label (sample_latent_label) scatters a (B, 1)
-    # index into q(y|a, x)'s logits, which a vectorised particle plate makes (P, B, K).
-    vectorize_particles = False
-
-    def __init__(self, config: ModelConfig, guide: GuideModules | None = None) -> None:
-        super().__init__(config, guide)
-        if config.classify_samples < 1:
-            raise UserError("classify_samples must be at least 1")
-
-    def auxiliary_prior(self) -> nn.Module:
-        """``p(a|x, y, z)``, Gaussian (eq. 16): eq. 16's Bernoulli alternative cannot score
-        the real-valued ``a`` drawn from q(a|x). Called as ``p_a(x=x, z=z, y=y)``."""
-        c = self.config
-        inputs = {"x": c.input_dim, "z": c.z_dim, "y": c.num_classes}
-        return MultiInputGaussian(inputs, c.hidden, c.a_dim, c.activation)
-
-    def auxiliary_guide(self) -> nn.Module:
-        c = self.config
-        x_a = {"x": c.input_dim, "a": c.a_dim}
-        return AuxiliaryGuide(
-            q_a=self.latent_guide("a", c.a_dim, {"x": c.input_dim}),
-            q_y=MultiInputCategorical(x_a, c.hidden, c.num_classes, c.activation),
-            q_z=self.latent_guide("z", c.z_dim, {**x_a, "y": c.num_classes}),
-        )
-
-    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.q.class_probs(x, self.config.classify_samples)
-
-
-class StandardNormalPrior:
-    """Mixin: ``p(z) = N(0, I)`` over ``config.z_dim`` units (M2, ADGM, the latent
-    classifiers, the pi-VAE)."""
-
-    config: ModelConfig
-    prior: torch.Tensor
-
-    def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
-        return standard_normal(self.config.z_dim, self.prior, batch_shape)
-
-
-def standard_normal(
-    dim: int, like: torch.Tensor, batch_shape: torch.Size | tuple[int, ...] = ()
-) -> dist.Distribution:
-    """``N(0, I)`` over ``dim`` units, on ``like``'s device and dtype (the usual p(z))."""
-    zeros = like.new_zeros(dim)
-    return dist.Normal(zeros, 1.0).expand([*batch_shape, dim]).to_event(1)
-
-
-def class_prior(num_classes: int, prior: tuple[float, ...] | None) -> torch.Tensor:
-    """A validated class prior p(y): uniform when ``prior`` is None."""
-    if prior is None:
-        return torch.full((num_classes,), 1.0 / num_classes)
-    # On the CPU, where its values can be read, also while the model is measured on the
-    # meta device (ppl_ssvae.memory.meta_build); buffers follow the model's .to(device).
-    probs = torch.as_tensor(prior, dtype=torch.get_default_dtype(), device="cpu")
-    if probs.shape != (num_classes,) or (probs < 0).any() or abs(probs.sum().item() - 1) > 1e-5:
-        raise UserError(f"prior must be {num_classes} non-negative numbers summing to 1")
-    return probs
 
 
 def _mean_of(fn: dist.Distribution, num_samples: int) -> torch.Tensor:

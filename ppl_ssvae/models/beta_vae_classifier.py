@@ -17,7 +17,8 @@ from ..guides.encoder import EncoderGuide
 from ..guides.sampling import seeded_sample
 from ..nn import CategoricalHead, Decoder
 from ..objectives import REPARAMETERISED, build_elbo
-from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel, StandardNormalPrior
+from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel
+from .priors import StandardNormalPrior
 
 # Draws of q(z|x) averaged when a guide family has no closed-form mean (flows).
 _MEAN_SAMPLES = 32

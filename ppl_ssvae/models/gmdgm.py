@@ -10,7 +10,8 @@ import pyro.distributions as dist
 import torch
 
 from ..nn import Decoder, LabelGaussian
-from .base import DATA_PLATE, GuideModules, LabelLatentModel, ModelConfig, split_labels
+from .base import DATA_PLATE, GuideModules, ModelConfig, split_labels
+from .label_latent import LabelLatentModel
 
 
 @dataclasses.dataclass

@@ -19,11 +19,10 @@ from .base import (
     GuideModules,
     ModelConfig,
     SemiSupervisedModel,
-    StandardNormalPrior,
-    class_prior,
     seeded_sample,
     split_labels,
 )
+from .priors import StandardNormalPrior, class_prior
 
 UNLABELLED_BOUNDS = ("thesis", "marginal")
 # Proposals from p(z) per draw when sampling z ~ p(z|y) by importance resampling.

@@ -9,14 +9,9 @@ import pyro.distributions as dist
 import torch
 
 from ..nn import ConditionalDecoder
-from .base import (
-    DATA_PLATE,
-    GuideModules,
-    LabelLatentModel,
-    ModelConfig,
-    StandardNormalPrior,
-    split_labels,
-)
+from .base import DATA_PLATE, GuideModules, ModelConfig, split_labels
+from .label_latent import LabelLatentModel
+from .priors import StandardNormalPrior
 
 
 @dataclasses.dataclass

@@ -16,15 +16,9 @@ from torch.nn import functional as F
 from ..errors import UserError
 from ..nn import Decoder, output_params
 from ..objectives import REPARAMETERISED
-from .base import (
-    DATA_PLATE,
-    GuideModules,
-    ModelConfig,
-    SemiSupervisedModel,
-    StandardNormalPrior,
-    split_labels,
-)
+from .base import DATA_PLATE, GuideModules, ModelConfig, SemiSupervisedModel, split_labels
 from .pi_vae_nets import ConvDecoder, ConvEncoder, DenseEncoder, LSTMDecoder, LSTMEncoder, PiEncoder
+from .priors import StandardNormalPrior
 
 VARIANTS = ("ss", "es", "eu")
 NETS = ("dense", "cnn", "rnn")

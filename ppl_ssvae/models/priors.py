@@ -1,10 +1,15 @@
-"""Class priors for semi-unsupervised learning (Willetts et al. sec 6.1, eq. 34-35)."""
+"""Priors: the standard normal p(z), the class prior p(y), and the class priors for
+semi-unsupervised learning (Willetts et al. sec 6.1, eq. 34-35)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pyro.distributions as dist
+import torch
+
 from ..errors import UserError
+from .config import ModelConfig
 
 
 def semi_unsupervised_prior(
@@ -55,3 +60,34 @@ def semi_unsupervised_prior(
         )
     hidden = n_mask / (num_gt_classes * (n_aug + n_mask))
     return tuple(1.0 / num_gt_classes if k in visible else hidden for k in range(num_classes))
+
+
+class StandardNormalPrior:
+    """Mixin: ``p(z) = N(0, I)`` over ``config.z_dim`` units (M2, ADGM, the latent
+    classifiers, the pi-VAE)."""
+
+    config: ModelConfig
+    prior: torch.Tensor
+
+    def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
+        return standard_normal(self.config.z_dim, self.prior, batch_shape)
+
+
+def standard_normal(
+    dim: int, like: torch.Tensor, batch_shape: torch.Size | tuple[int, ...] = ()
+) -> dist.Distribution:
+    """``N(0, I)`` over ``dim`` units, on ``like``'s device and dtype (the usual p(z))."""
+    zeros = like.new_zeros(dim)
+    return dist.Normal(zeros, 1.0).expand([*batch_shape, dim]).to_event(1)
+
+
+def class_prior(num_classes: int, prior: tuple[float, ...] | None) -> torch.Tensor:
+    """A validated class prior p(y): uniform when ``prior`` is None."""
+    if prior is None:
+        return torch.full((num_classes,), 1.0 / num_classes)
+    # On the CPU, where its values can be read, also while the model is measured on the
+    # meta device (ppl_ssvae.memory.meta_build); buffers follow the model's .to(device).
+    probs = torch.as_tensor(prior, dtype=torch.get_default_dtype(), device="cpu")
+    if probs.shape != (num_classes,) or (probs < 0).any() or abs(probs.sum().item() - 1) > 1e-5:
+        raise UserError(f"prior must be {num_classes} non-negative numbers summing to 1")
+    return probs
