@@ -28,7 +28,7 @@ class _BernoulliLogProb(torch.autograd.Function):
     On CPU the element-wise work on (K, B, D) logits is bound by memory bandwidth, so the
     forward pass updates the softplus buffer in place and the backward pass computes
     ``g * (x - sigmoid(l))`` in one buffer instead of autograd's separate softplus, product
-    and accumulation buffers. Tested against torch's Bernoulli (tests/test_nets.py).
+    and accumulation buffers. Tested against torch's Bernoulli (tests/nn/test_likelihoods.py).
 
     Plain tensors only (see :func:`_bernoulli_log_prob`): ``Function.apply`` bypasses a
     tensor subclass's ``__torch_function__``, so the subclass's own ops inside ``forward``
@@ -64,7 +64,7 @@ def _bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tens
     Function's output would unwrap to its forward result, which has no grad_fn, and the
     decoder would silently get no gradient. The ops below carry both gradient and
     provenance, give the Function's values bit for bit and its gradients to rounding
-    (tests/test_nets.py).
+    (tests/nn/test_likelihoods.py).
     """
     if has_torch_function((logits, value)):
         # The Function's forward without its in-place steps, so the numbers are the same bits.

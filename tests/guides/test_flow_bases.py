@@ -110,8 +110,8 @@ def legacy():
 
 @pytest.mark.parametrize("name", sorted(LEGACY_FAMILIES))
 def test_a_config_saved_before_bases_rebuilds_what_it_trained(legacy, name):
-    """tests/fixtures/legacy_flows.pt holds tiny M2 models saved by the library before
-    flows had a Gaussian base (tests/fixtures/make_legacy_flows.py): their configs rebuild
+    """tests/guides/fixtures/legacy_flows.pt holds tiny M2 models saved by the library before
+    flows had a Gaussian base (tests/guides/fixtures/make_legacy_flows.py): their configs rebuild
     on the standard-normal base, load their weights strictly and give the same draws,
     log-densities and class probabilities."""
     saved = legacy["models"][name]

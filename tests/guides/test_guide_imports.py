@@ -110,7 +110,7 @@ def test_cli_round_trip_and_refusal_without_trust(user_module, tmp_path, capsys)
     assert config["model"]["guide"] == f"{name}:coupling"
     marker.unlink()
     env = {
-        "PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parents[1]}",
+        "PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parents[2]}",
         "OMP_NUM_THREADS": "1",
     }
     cmd = [sys.executable, "-m", "ppl_ssvae", "evaluate", str(out), "--json"]
