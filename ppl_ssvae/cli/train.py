@@ -151,18 +151,13 @@ def train(args: argparse.Namespace) -> int:
     group, device = distributed.init_from_environment(spec.fit.device or "auto")
     spec.fit.device = device
     if args.resume:
-        loaded = load_run(run)
         budget = {k: getattr(spec.fit, k) for k in (*RESUMABLE, "progress")}
-        result = loaded.resume(**budget)
-        model, data, evaluate = loaded.model, loaded.data, loaded.evaluate
+        result = load_run(run).resume(**budget)
     else:
-        data = spec.load_data()
-        model = spec.build_model(data)
-        evaluate = spec.evaluator_function()
-        result = spec.train(run, overwrite=args.overwrite, data=data, model=model)
+        result = spec.train(run, overwrite=args.overwrite)
     if group is not None and not group.is_main:
         return 0
-    _report(result, model, data, evaluate, run)
+    _report(result)
     return 0
 
 
@@ -221,9 +216,7 @@ def _differences(before: Any, after: Any, allowed: set[str], path: str = "") -> 
     return [leaf]
 
 
-def _report(result: FitResult, model: Any, data: Any, evaluate: Any, run: RunDir) -> None:
-    from ..protocol import evaluators
-
+def _report(result: FitResult) -> None:
     best = result.best
     if best is None:
         print(f"no epoch trained (stopped: {result.stopped})")
@@ -236,23 +229,14 @@ def _report(result: FitResult, model: Any, data: Any, evaluate: Any, run: RunDir
         return
     print(f"best epoch {best['epoch']} (validation accuracy {number_text(best['val_accuracy'])}): "
           f"test accuracy {number_text(best['test_accuracy'])}  {budget}")  # fmt: skip
-    if "cluster_mapping" in best and evaluate in (None, evaluators()["clustering"]):
-        _clustering_artifacts(model, data, run, best)
+    if result.artifacts is not None:
+        _clustering_lines(best, result.artifacts)
 
 
-def _clustering_artifacts(model: Any, split: Any, run: RunDir, best: dict[str, Any]) -> None:
-    """Confusion matrix and z-unit activity of the best checkpoint, into the run dir."""
-    from ..evaluation.clustering import write_clustering_artifacts
-    from ..runs.directory import BEST
-
-    source = "last epoch"
-    if run.file(BEST).is_file():
-        state = run.load_weights(model, BEST)
-        source = f"best.pt (epoch {state['epoch']})"
+def _clustering_lines(best: dict[str, Any], written: dict[str, Any]) -> None:
     print(f"cluster-and-label ({best['cluster_mapping']} mapping): visible classes "
           f"{number_text(best['test_accuracy_visible'])}, hidden classes {number_text(best['test_accuracy_hidden'])}")  # fmt: skip
-    with run.lock():
-        written = write_clustering_artifacts(model, split, run.path, source)
     if written["unit_activity_error"]:
         print(f"unit activity skipped: {written['unit_activity_error']}")
-    print(f"wrote {', '.join(p.name for p in written['files'])} to {run.path}")
+    folder = written["files"][0].parent if written["files"] else ""
+    print(f"wrote {', '.join(p.name for p in written['files'])} to {folder}")

@@ -1,9 +1,11 @@
-"""The run directory as a callback: after each epoch, metrics.jsonl, best.pt (when the
+"""The run directory as callbacks: after each epoch, metrics.jsonl, best.pt (when the
 epoch is the best so far) and checkpoint.pt, which holds the loop's and every callback's
-state. Everything training writes to disk is written here, through ``RunDir``."""
+state; at the end of a cluster-and-label run, the best checkpoint's confusion matrix and
+z-unit activity. Everything training writes to disk is written here, through ``RunDir``."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from ..runs.checkpoint import rng_state
@@ -51,3 +53,28 @@ class RunDirectory(Callback):
         trainer.checkpoint_note = (
             f"the last good checkpoint is {self.run.file(CHECKPOINT)} (epoch {trainer.epoch})"
         )
+
+
+class ClusteringArtifacts(Callback):
+    """At the end of a cluster-and-label run (hidden classes, extra model classes or no
+    labels: Willetts et al. sec 6.3), the best checkpoint's confusion matrix and z-unit
+    activity (App. C) in the run directory, for Python and CLI runs alike. The trained
+    model is left as training left it: the best weights are loaded into a copy. What was
+    written is kept in ``trainer.result.artifacts``."""
+
+    order = PERSIST
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        from ..evaluation.clustering import write_clustering_artifacts
+
+        best = trainer.result.best
+        if best is None or "cluster_mapping" not in best:
+            return
+        model, source = copy.deepcopy(trainer.model), "last epoch"
+        if self.run.file(BEST).is_file():
+            source = f"best.pt (epoch {self.run.load_weights(model, BEST)['epoch']})"
+        written = write_clustering_artifacts(model, trainer.data, self.run.path, source)
+        trainer.result.artifacts = {**written, "source": source}

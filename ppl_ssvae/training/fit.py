@@ -26,7 +26,7 @@ from ..runs.directory import CHECKPOINT, RunDir, current_budget
 from ..runs.kinds import run_marker
 from . import distributed
 from .callbacks import Callback
-from .checkpointing import RunDirectory
+from .checkpointing import ClusteringArtifacts, RunDirectory
 from .devices import environment
 from .distributed import ProcessGroup
 from .loop import FitResult, Trainer
@@ -111,6 +111,8 @@ def fit(
         run_config = {**(run_config or {}), "init_from": copy_shared_weights(model, init_from)}
     best = BestEpoch()
     keep = [RunDirectory(run if group is None or group.is_main else None, best)] if run else []
+    if run is not None and (group is None or group.is_main) and evaluate is _clustering():
+        keep.append(ClusteringArtifacts(run))
     schedule = (
         [LRScheduler(settings.lr_scheduler, settings.lr_scheduler_args)]
         if settings.lr_scheduler
@@ -304,3 +306,7 @@ def _known_options(options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise UserError(f"fit() got unknown settings {unknown}; choose from {sorted(names)}")
     return options
+
+
+def _clustering() -> Any:
+    return protocol.evaluators()["clustering"]

@@ -50,6 +50,8 @@ class FitResult:
     run_dir: Path | None = None
     # The model's recommended settings (fit_defaults) that fit applied.
     applied_defaults: dict[str, Any] = field(default_factory=dict)
+    # Files written at the end of the run beside the checkpoints (``ClusteringArtifacts``).
+    artifacts: dict[str, Any] | None = None
 
     @property
     def best(self) -> dict[str, Any] | None:

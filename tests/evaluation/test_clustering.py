@@ -243,3 +243,41 @@ def test_identity_mapping_matches_default_report():
     assert report["test_accuracy"] == pytest.approx(default["test_accuracy"])
     assert report["val_accuracy"] == pytest.approx(default["val_accuracy"])
     assert report["test_accuracy_hidden"] is None
+
+
+def test_a_python_cluster_and_label_run_writes_the_artifacts_and_keeps_the_trained_weights(
+    tmp_path,
+):
+    """The confusion matrix and unit activity come from the callback, not the CLI: a Python
+    run gets them too, from the best checkpoint loaded into a copy of the model."""
+    from ppl_ssvae.data import load, semi_supervised_split
+    from ppl_ssvae.protocol import build_for_data
+    from ppl_ssvae.runs.directory import CHECKPOINT, RunDir
+    from ppl_ssvae.training import fit
+    from ppl_ssvae.training.callbacks import EVALUATE, Callback
+
+    class FirstEpochBest(Callback):  # so that best.pt and the trained weights differ
+        order = EVALUATE + 1
+
+        def on_epoch_end(self, trainer, record):
+            record["val_accuracy"] = 1.0 if record["epoch"] == 1 else 0.0
+
+    split = semi_supervised_split(load("digits"), label_fraction=0.5, hidden_classes=(0, 1),
+                                  seed=0)  # fmt: skip
+    model = build_for_data("m2", split, 0, extra_classes=2, z_dim=4, hidden=(32,))
+    result = fit(model, split, epochs=2, seed=0, out=tmp_path / "run", progress=False,
+                 callbacks=[FirstEpochBest()])  # fmt: skip
+    last = RunDir(tmp_path / "run").load_checkpoint(CHECKPOINT)["model"]
+    written = {p.name for p in result.artifacts["files"]}
+    assert written == {"confusion_matrix.csv", "confusion_matrix.png", "unit_activity.json"}
+    assert result.artifacts["source"] == "best.pt (epoch 1)"
+    assert all((tmp_path / "run" / name).is_file() for name in written)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in last.items())  # not best.pt's
+    # A run with every class labelled is scored by accuracy: nothing is written.
+    labelled = semi_supervised_split(load("digits"), labels=100, seed=0)
+    plain = build_for_data("m2", labelled, 0, z_dim=4, hidden=(32,))
+    assert (
+        fit(plain, labelled, epochs=1, seed=0, out=tmp_path / "plain", progress=False).artifacts
+        is None
+    )
+    assert not (tmp_path / "plain" / "confusion_matrix.csv").exists()
