@@ -7,7 +7,7 @@ second round), each from a fresh run directory. Prints the CPU capability, secon
 epoch (training steps only, and the whole epoch with rank 0's evaluation) and test
 accuracy after the last epoch.
 
-    python benchmarks/ddp_speed.py --epochs 3 --processes 2 [--rounds 2]
+    python -m benchmarks.ddp_speed --epochs 3 --processes 2 [--rounds 2]
 
 On a GPU machine ``--device cuda --processes <GPUs>`` compares one GPU with several.
 
@@ -29,9 +29,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experiments.common
-
-from experiments.common import ScriptParser, positive_int  # noqa: E402
+from experiments.common import ScriptParser, positive_int
 
 
 def run_once(

@@ -6,27 +6,22 @@ batches, the contenders interleaved step by step (and the order reversed every o
 step) so that drift in the machine's speed hits all alike. Prints the CPU capability,
 ms per step and the ratio to the first guide (the diagonal Gaussian).
 
-    python benchmarks/guide_speed.py --guides gaussian,maf,pyro-iaf --steps 20
+    python -m benchmarks.guide_speed --guides gaussian,maf,pyro-iaf --steps 20
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pyro
 import torch
 
+from experiments.common import ScriptParser, name_list, positive_int
 from ppl_ssvae.guides import guide_names
 from ppl_ssvae.models import build
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experiments.common
-
-from experiments.common import ScriptParser, name_list, positive_int  # noqa: E402
 
 
 def contender(name: str) -> tuple[str, dict]:

@@ -10,7 +10,7 @@ A third contender, ``factored``, runs our own M2 modules (``W_x x`` once per row
 row enumerated as in the one-plate model) through the same objective written in plain
 PyTorch: the gap between it and ``ours`` is what Pyro's per-step machinery costs.
 
-    python benchmarks/m2_speed.py --epochs 3
+    python -m benchmarks.m2_speed --epochs 3
 
 ``--fit-against OTHER_CHECKOUT`` times something else: one epoch of the library's own
 ``fit`` (M2 784-500-50, 3000 labels, a run directory written) in this checkout and in
@@ -18,7 +18,7 @@ another, each in a fresh process, the two taking turns for ``--rounds`` rounds; 
 each round's training-step and whole-epoch seconds, the medians and the ratios
 (this / other), and whether both computed the same validation accuracy.
 
-    python benchmarks/m2_speed.py --fit-against /path/to/older/checkout --rounds 5
+    python -m benchmarks.m2_speed --fit-against /path/to/older/checkout --rounds 5
 """
 
 from __future__ import annotations
@@ -39,22 +39,19 @@ from pyro.infer import SVI
 from torch import nn
 from torch.nn import functional as F
 
-from ppl_ssvae.data import SemiSupervisedBatches, load, semi_supervised_split
-from ppl_ssvae.evaluation.metrics import accuracy
-from ppl_ssvae.models import build
-from ppl_ssvae.nn import activation
-from ppl_ssvae.plates import split_labels
-from ppl_ssvae.training import make_optimizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experiments.common
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     labelled_share,
     non_negative_float,
     positive_float,
     positive_int,
 )
+from ppl_ssvae.data import SemiSupervisedBatches, load, semi_supervised_split
+from ppl_ssvae.evaluation.metrics import accuracy
+from ppl_ssvae.models import build
+from ppl_ssvae.nn import activation
+from ppl_ssvae.plates import split_labels
+from ppl_ssvae.training import make_optimizer
 
 
 class NaiveM2(nn.Module):

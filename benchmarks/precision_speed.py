@@ -6,23 +6,22 @@ step so that drift in the machine's speed hits both alike. Prints ms per step an
 speed-up, and the CPU capability it ran on. Without AMX the bf16 column is slower than
 float32 (0.70x for M2 on an AVX512-BF16 Xeon, 7.6x slower on an AVX2 EPYC).
 
-    python benchmarks/precision_speed.py --steps 10
-    python benchmarks/precision_speed.py --models gmdgm,pi-vae-cnn --steps 5
+    python -m benchmarks.precision_speed --steps 10
+    python -m benchmarks.precision_speed --models gmdgm,pi-vae-cnn --steps 5
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
 from pyro.infer import SVI
 
+from experiments.common import ScriptParser, name_list, positive_int
 from ppl_ssvae.models import build
 from ppl_ssvae.training import (
     PRECISIONS,
@@ -31,10 +30,6 @@ from ppl_ssvae.training import (
     precision_context,
     resolve_precision,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for experiments.common
-
-from experiments.common import ScriptParser, name_list, positive_int  # noqa: E402
 
 # name -> (registry model, config, batch rows, labelled rows, classes): the semi-unsupervised
 # protocol of Willetts et al. (|y| = 30, |z| = 200, 500-500, 100 + 100 rows) and the pi-VAE

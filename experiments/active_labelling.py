@@ -1,7 +1,7 @@
 """Vengalil & Sinha's cluster-then-label active labelling against random labels (the
 shape of their Fig. 3-4): test accuracy per iteration, against the queries spent.
 
-    python experiments/active_labelling.py --budget cpu --dataset mnist-5k
+    python -m experiments.active_labelling --budget cpu --dataset mnist-5k
 
 Rows, per iteration:
 
@@ -31,18 +31,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     non_negative_float,
     positive_float,
@@ -50,12 +47,12 @@ from experiments.common import (  # noqa: E402
     run_script,
     write_results,
 )
-from ppl_ssvae import protocol  # noqa: E402
-from ppl_ssvae.active import ActiveConfig, load_unlabelled, run_active, weighted_data  # noqa: E402
-from ppl_ssvae.active.loop import build_model, evaluate, fit_settings  # noqa: E402
-from ppl_ssvae.evaluation.metrics import accuracy  # noqa: E402
-from ppl_ssvae.runs.directory import CHECKPOINT, RunDir  # noqa: E402
-from ppl_ssvae.training import fit  # noqa: E402
+from ppl_ssvae import protocol
+from ppl_ssvae.active import ActiveConfig, load_unlabelled, run_active, weighted_data
+from ppl_ssvae.active.loop import build_model, evaluate, fit_settings
+from ppl_ssvae.evaluation.metrics import accuracy
+from ppl_ssvae.runs.directory import CHECKPOINT, RunDir
+from ppl_ssvae.training import fit
 
 BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": dict(iterations=2, queries=10, k=5, z_dim=5, hidden=(64,), pretrain_epochs=2,

@@ -8,8 +8,8 @@ per dimension, on one fixed binarisation of the test images), epochs and CPU-sec
 epoch. Each run is an ordinary run directory under --runs-dir, so an interrupted comparison
 continues where it stopped: finished runs are scored again, unfinished ones resumed.
 
-    python experiments/guides_fashion_mnist.py --budget cpu
-    python experiments/guides_fashion_mnist.py --settings m2-3000 --guides gaussian,maf \\
+    python -m experiments.guides_fashion_mnist --budget cpu
+    python -m experiments.guides_fashion_mnist --settings m2-3000 --guides gaussian,maf \\
         --epochs 5 --iwae 1000 --iwae-rows 1000
 
 Budgets: ``smoke`` (1 epoch, K = 5 on 50 rows: checks the script), ``cpu`` (10 epochs, K =
@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     STARTED_FROM,
     ScriptParser,
     folder_name,
@@ -42,14 +39,14 @@ from experiments.common import (  # noqa: E402
     run_script,
     write_results,
 )
-from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.errors import UserError  # noqa: E402
-from ppl_ssvae.evaluation.likelihood import likelihood_report  # noqa: E402
-from ppl_ssvae.models import MODELS  # noqa: E402
-from ppl_ssvae.protocol import build_for_data  # noqa: E402
-from ppl_ssvae.runs.checkpoint import write_text_atomic  # noqa: E402
-from ppl_ssvae.runs.directory import BEST, CHECKPOINT, RunDir  # noqa: E402
-from ppl_ssvae.training import FitResult, fit  # noqa: E402
+from ppl_ssvae import data
+from ppl_ssvae.errors import UserError
+from ppl_ssvae.evaluation.likelihood import likelihood_report
+from ppl_ssvae.models import MODELS
+from ppl_ssvae.protocol import build_for_data
+from ppl_ssvae.runs.checkpoint import write_text_atomic
+from ppl_ssvae.runs.directory import BEST, CHECKPOINT, RunDir
+from ppl_ssvae.training import FitResult, fit
 
 # name -> (registry model, labels, fit settings beyond the model's paper defaults). The
 # latent-classifier model trains on Jurasiński's 100 labelled + 100 unlabelled batches: at

@@ -1,7 +1,7 @@
 """Jurasiński's latent classifier on Fashion-MNIST with 100 labels, beside M2, the simplified
 latent classifier and a labelled-only baseline (the shape of Jurasiński Table 1, sec 5).
 
-    python experiments/latent_fashion_mnist.py --budget cpu
+    python -m experiments.latent_fashion_mnist --budget cpu
 
 Table 1 reports, on MNIST with 100 labels, M2 93.7%, the latent classifier ("ours") 92.3%,
 its simplified version 82.1% and a supervised network trained on the 100 labelled images
@@ -33,15 +33,12 @@ results.md, results.csv, curve.png, config.json.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pyro
 
-import pyro  # noqa: E402
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     labelled_share,
     plot_curves,
@@ -50,9 +47,9 @@ from experiments.common import (  # noqa: E402
     run_script,
     write_results,
 )
-from ppl_ssvae import data, models  # noqa: E402
-from ppl_ssvae.evaluation.baselines import fit_labelled_only  # noqa: E402
-from ppl_ssvae.training import FitSettings, fit  # noqa: E402
+from ppl_ssvae import data, models
+from ppl_ssvae.evaluation.baselines import fit_labelled_only
+from ppl_ssvae.training import FitSettings, fit
 
 # Epochs of (each generative model, the baseline) per budget. A baseline epoch is one step
 # over the 100 images; on Fashion-MNIST its validation accuracy levels off (~72%) by epoch

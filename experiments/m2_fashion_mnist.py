@@ -1,6 +1,6 @@
 """M2 on Fashion-MNIST with 3000 labels (Kingma et al. 2014; Willetts et al. Table 2 setting).
 
-    python experiments/m2_fashion_mnist.py --budget cpu
+    python -m experiments.m2_fashion_mnist --budget cpu
 
 Budgets: ``smoke`` (1 epoch, to check the script runs),
 ``cpu`` (30 epochs, the acceptance budget on 2 CPU cores), ``paper`` (300 epochs).
@@ -10,13 +10,10 @@ Writes results/m2_fashion_mnist/ with results.md, results.csv, curve.png, config
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     build_seeded,
     plot_curves,
@@ -25,8 +22,8 @@ from experiments.common import (  # noqa: E402
     run_script,
     write_results,
 )
-from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.training import fit  # noqa: E402
+from ppl_ssvae import data
+from ppl_ssvae.training import fit
 
 BUDGETS = {"smoke": 1, "cpu": 30, "paper": 300}
 # The settings of `ppl-ssvae train --model m2` that this experiment reports.

@@ -1,8 +1,8 @@
 """Label-assisted anomaly detection with the pi-VAE: SS vs EU (Berkhahn et al. sec 3.2.3, Table 9).
 
-    python experiments/pi_vae_anomaly.py --budget cpu
-    python experiments/pi_vae_anomaly.py --budget cpu --classes 7 --label-fractions 0.01,0.1,0.5,1
-    python experiments/pi_vae_anomaly.py --budget paper --seeds 0,1,2
+    python -m experiments.pi_vae_anomaly --budget cpu
+    python -m experiments.pi_vae_anomaly --budget cpu --classes 7 --label-fractions 0.01,0.1,0.5,1
+    python -m experiments.pi_vae_anomaly --budget paper --seeds 0,1,2
 
 For each held-out ("anomalous") class: train on the nine normal classes, SS with the given
 fraction of their labels (1:1 labelled/unlabelled batches) and EU without labels; score
@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     build_seeded,
     folder_name,
@@ -40,15 +37,15 @@ from experiments.common import (  # noqa: E402
     unit_fraction_list,
     write_results,
 )
-from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.evaluation.anomaly import (  # noqa: E402
+from ppl_ssvae import data
+from ppl_ssvae.evaluation.anomaly import (
     anomaly_auc,
     anomaly_split,
     class_id,
     reconstruction_log_prob,
 )
-from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.training import fit  # noqa: E402
+from ppl_ssvae.models.pi_vae import PiVAE
+from ppl_ssvae.training import fit
 
 BUDGETS = {"smoke": 1, "cpu": 3, "paper": 10}
 

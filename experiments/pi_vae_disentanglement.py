@@ -1,11 +1,11 @@
 """Disentanglement of the pi-VAE's latent layer against the number of labels (Berkhahn et
 al. sec 4, App. A.4, Table 12).
 
-    python experiments/pi_vae_disentanglement.py --budget cpu
-    python experiments/pi_vae_disentanglement.py --budget paper --labels 0,100,300,1000 --labelled-only 1000
-    python experiments/pi_vae_disentanglement.py --budget cpu --label-factor x --labels 0,102,300
-    python experiments/pi_vae_disentanglement.py --budget paper --net cnn  # GPU: ~1 CPU-minute per epoch
-    python experiments/pi_vae_disentanglement.py --budget paper --dataset smallnorb --data-dir DIR --net cnn
+    python -m experiments.pi_vae_disentanglement --budget cpu
+    python -m experiments.pi_vae_disentanglement --budget paper --labels 0,100,300,1000 --labelled-only 1000
+    python -m experiments.pi_vae_disentanglement --budget cpu --label-factor x --labels 0,102,300
+    python -m experiments.pi_vae_disentanglement --budget paper --net cnn  # GPU: ~1 CPU-minute per epoch
+    python -m experiments.pi_vae_disentanglement --budget paper --dataset smallnorb --data-dir DIR --net cnn
 
 As in sec 4, the pi layer is only a loss on the latent layer: it is not fed to the decoder
 (``pi_to_decoder=False``), so the network cannot route class information around z, and
@@ -39,7 +39,6 @@ metric's classifier), its train accuracy and the pi head's test accuracy on the 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -47,9 +46,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     build_seeded,
     non_negative_float,
@@ -63,12 +60,12 @@ from experiments.common import (  # noqa: E402
     whole_labels,
     write_results,
 )
-from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
-from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.data.shapes import SHAPE_FACTORS, FactorImages, load_shapes  # noqa: E402
-from ppl_ssvae.evaluation.metrics import beta_vae_score, log_loss  # noqa: E402
-from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.training import FitResult, fit  # noqa: E402
+from experiments.pi_vae_fashion_mnist import labelled_only
+from ppl_ssvae import data
+from ppl_ssvae.data.shapes import SHAPE_FACTORS, FactorImages, load_shapes
+from ppl_ssvae.evaluation.metrics import beta_vae_score, log_loss
+from ppl_ssvae.models.pi_vae import PiVAE
+from ppl_ssvae.training import FitResult, fit
 
 
 class Budget(NamedTuple):

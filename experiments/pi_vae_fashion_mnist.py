@@ -1,9 +1,9 @@
 """The pi-VAE on Fashion-MNIST: SS vs ES classification (Berkhahn et al. Tables 7 and 8) and
 class-conditional generation grids (Figs 2, 3).
 
-    python experiments/pi_vae_fashion_mnist.py --budget cpu --labels 1000 --net dense
-    python experiments/pi_vae_fashion_mnist.py --budget cpu --labels all --net dense
-    python experiments/pi_vae_fashion_mnist.py --budget cpu --labels 1000 --net cnn --max-minutes 30
+    python -m experiments.pi_vae_fashion_mnist --budget cpu --labels 1000 --net dense
+    python -m experiments.pi_vae_fashion_mnist --budget cpu --labels all --net dense
+    python -m experiments.pi_vae_fashion_mnist --budget cpu --labels 1000 --net cnn --max-minutes 30
 
 As in sec 3.1.1, SS trains on every training image with the labels of ``--labels`` of them
 (1:1 labelled/unlabelled batches, sec 2.3) for 10 epochs, and ES on the labelled images
@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     build_seeded,
     folder_name,
@@ -51,10 +48,10 @@ from experiments.common import (  # noqa: E402
     selected_epoch_columns,
     write_results,
 )
-from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.evaluation.inspect import generation_grid  # noqa: E402
-from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.training import PRECISIONS, fit  # noqa: E402
+from ppl_ssvae import data
+from ppl_ssvae.evaluation.inspect import generation_grid
+from ppl_ssvae.models.pi_vae import PiVAE
+from ppl_ssvae.training import PRECISIONS, fit
 
 # Epochs of (SS, ES) per budget; sec 3.1.1 trains SS 10 and ES 20 epochs.
 BUDGETS = {"smoke": (1, 1), "cpu": (10, 20), "paper": (10, 20)}

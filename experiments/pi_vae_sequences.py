@@ -1,9 +1,9 @@
 """The recurrent pi-VAE on multichannel sequences: SS vs ES classification (Berkhahn et al.
 sec 3.3, Table 10; App. A.3, Table 15).
 
-    python experiments/pi_vae_sequences.py --budget cpu
-    python experiments/pi_vae_sequences.py --budget cpu --labels 1000
-    python experiments/pi_vae_sequences.py --budget paper --dataset uci-har --data-dir DIR --labels 100
+    python -m experiments.pi_vae_sequences --budget cpu
+    python -m experiments.pi_vae_sequences --budget cpu --labels 1000
+    python -m experiments.pi_vae_sequences --budget paper --dataset uci-har --data-dir DIR --labels 100
 
 The LSTM encoder and decoder of Table 15 (dense 40 -> LSTM 40 -> dense 30 along the
 feature axis, z of size 2) with a Gaussian likelihood and a learnt scale, since the
@@ -25,13 +25,10 @@ curve.png: test accuracy against CPU-minutes).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     build_seeded,
     labels_or_all,
@@ -45,10 +42,10 @@ from experiments.common import (  # noqa: E402
     whole_labels,
     write_results,
 )
-from experiments.pi_vae_fashion_mnist import labelled_only  # noqa: E402
-from ppl_ssvae import data  # noqa: E402
-from ppl_ssvae.models.pi_vae import PiVAE  # noqa: E402
-from ppl_ssvae.training import FitResult, fit  # noqa: E402
+from experiments.pi_vae_fashion_mnist import labelled_only
+from ppl_ssvae import data
+from ppl_ssvae.models.pi_vae import PiVAE
+from ppl_ssvae.training import FitResult, fit
 
 # Epochs of (SS, ES) per budget. ES on 100 labels is one step per epoch, hence its many
 # epochs on the cpu budget; SS is ~25 steps (~3 CPU-s) per epoch on the synthetic set.

@@ -1,6 +1,6 @@
 """Summarise `ppl-ssvae train` run directories into a results table.
 
-    python experiments/report_runs.py runs/m2-a runs/m2-b --name m2_fashion_mnist
+    python -m experiments.report_runs runs/m2-a runs/m2-b --name m2_fashion_mnist
 
 For each run: its command line (rebuilt from config.json), the best-validation epoch,
 validation and test accuracy there, epochs run and CPU-minutes. Clustering runs (hidden
@@ -17,21 +17,18 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     folder_name,
     plot_curves,
     run_script,
     write_results,
 )
-from ppl_ssvae.errors import UserError  # noqa: E402
-from ppl_ssvae.runs.directory import RunDir  # noqa: E402
-from ppl_ssvae.training import FitResult  # noqa: E402
+from ppl_ssvae.errors import UserError
+from ppl_ssvae.runs.directory import RunDir
+from ppl_ssvae.training import FitResult
 
 # Extra columns of clustering runs, from their best-validation epoch's metrics.
 CLUSTERING_COLUMNS = ("cluster_mapping", "test_accuracy_visible", "test_accuracy_hidden")

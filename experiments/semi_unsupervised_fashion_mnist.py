@@ -1,7 +1,7 @@
 """Semi-unsupervised and unsupervised Fashion-MNIST (Willetts et al. sec 6, Tables 1-2).
 
-    python experiments/semi_unsupervised_fashion_mnist.py --budget cpu
-    python experiments/semi_unsupervised_fashion_mnist.py --budget cpu --models gmdgm --unsupervised
+    python -m experiments.semi_unsupervised_fashion_mnist --budget cpu
+    python -m experiments.semi_unsupervised_fashion_mnist --budget cpu --models gmdgm --unsupervised
 
 Semi-unsupervised protocol (sec 6.1): classes 0-4 lose every label, 2% of the labels of
 classes 5-9 are kept, N_aug = 20 extra classes (|y| = 30), the class prior of eq. 34-35,
@@ -18,7 +18,8 @@ N(0, 0.001^2) and the other kernels Glorot-normal (``init_layers="heads"``), one
 
 Budgets: ``smoke`` (1 epoch, to check the script runs), ``cpu`` (at most 60 CPU-minutes per
 model, Adam 1e-3 so that the ~6 affordable epochs move), ``paper`` (up to 2000 epochs at
-the paper's Adam 3e-4). Each model is one ``ppl-ssvae train`` run in ``--runs-dir``; the
+the paper's Adam 3e-4). Each model is one run directory in ``--runs-dir`` (its ``RunSpec`` is
+the one ``ppl-ssvae train`` would build from the same settings); the
 table, the curves of accuracy against CPU-minutes and each run's confusion matrix and
 z-unit activity go to results/semi_unsupervised_<dataset>/ (or ``--name``) via
 ``report_runs``. ``--precision bf16`` trains under bfloat16 autocast, which on this
@@ -28,13 +29,10 @@ project's AMX CPU halves the CPU time of a step (``fit(precision=...)``).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from experiments import report_runs  # noqa: E402
-from experiments.common import (  # noqa: E402
+from experiments import report_runs
+from experiments.common import (
     ScriptParser,
     folder_name,
     name_list,
@@ -43,8 +41,8 @@ from experiments.common import (  # noqa: E402
     random_seed,
     run_script,
 )
-from ppl_ssvae.cli import main as ppl_ssvae  # noqa: E402
-from ppl_ssvae.training import PRECISIONS  # noqa: E402
+from ppl_ssvae.runs import RunSpec
+from ppl_ssvae.training import PRECISIONS
 
 # Per budget: epochs, learning rate, CPU-minute cap per model.
 BUDGETS = {
@@ -53,30 +51,29 @@ BUDGETS = {
     "paper": {"epochs": 2000, "lr": 3e-4, "max_cpu_minutes": None},
 }
 # Willetts et al. App. B and their released code.
-PROTOCOL = [
-    "--extra-classes", "20", "--std-threshold", "0.1", "--binarize", "--labelled-share", "1:1",
-    "--batch-size", "200", "--lr-decay", "1", "--activation", "relu",
-    "--model-arg", "init_std=0.001", "--model-arg", "init_layers=heads",
-]  # fmt: skip
-SEMI_UNSUPERVISED = ["--label-fraction", "0.02", "--hidden-classes", "0,1,2,3,4", "--alpha", "1.1"]
+PROTOCOL = {
+    "data": {"std_threshold": 0.1},
+    "model": {"extra_classes": 20,
+              "options": {"activation": "relu", "init_std": 0.001, "init_layers": "heads"}},
+    "fit": {"binarize": True, "labelled_share": "1:1", "batch_size": 200, "lr_decay": 1.0},
+}  # fmt: skip
+SEMI_UNSUPERVISED = {"label_fraction": 0.02, "hidden_classes": "0,1,2,3,4"}
 MODELS = ("m2", "adgm", "gmdgm", "agmdgm")
 
 
-def train_arguments(
-    model: str, budget: str, unsupervised: bool, args: argparse.Namespace
-) -> list[str]:
-    """The ``ppl-ssvae train`` arguments of one run (without ``--out``)."""
+def run_spec(model: str, budget: str, unsupervised: bool, args: argparse.Namespace) -> RunSpec:
+    """The run spec of one model's run (the same as ``ppl-ssvae train --config``'s)."""
     b = BUDGETS[budget]
-    argv = ["train", "--model", model, "--dataset", args.dataset, *PROTOCOL,
-            "--epochs", str(b["epochs"]), "--lr", str(b["lr"]), "--seed", str(args.seed),
-            "--z-dim", str(args.z_dim), "--hidden", ",".join(map(str, args.hidden)),
-            "--precision", args.precision,
-            "--no-progress"]  # fmt: skip
-    if args.data_dir:
-        argv += ["--data-dir", args.data_dir]
-    if b["max_cpu_minutes"] is not None:
-        argv += ["--max-cpu-minutes", str(b["max_cpu_minutes"])]
-    return argv + (["--labels", "0"] if unsupervised else SEMI_UNSUPERVISED)
+    data = {**PROTOCOL["data"], "dataset": args.dataset, "data_dir": args.data_dir,
+            **({"labels": 0} if unsupervised else SEMI_UNSUPERVISED)}  # fmt: skip
+    options = {**PROTOCOL["model"]["options"], "z_dim": args.z_dim, "hidden": tuple(args.hidden),
+               **({} if unsupervised else {"alpha": 1.1})}  # fmt: skip
+    fit = {**PROTOCOL["fit"], "epochs": b["epochs"], "lr": b["lr"], "seed": args.seed,
+           "precision": args.precision, "max_cpu_minutes": b["max_cpu_minutes"],
+           "progress": False}  # fmt: skip
+    model_spec = {"name": model, "extra_classes": PROTOCOL["model"]["extra_classes"],
+                  "options": options}  # fmt: skip
+    return RunSpec.from_dict({"data": data, "model": model_spec, "fit": fit})
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -109,7 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
     for unsupervised in (False, True) if args.unsupervised else (False,):
         for model in chosen:
             run = Path(args.runs_dir) / f"{model}-{'us' if unsupervised else 'su'}-{args.budget}"
-            ppl_ssvae([*train_arguments(model, args.budget, unsupervised, args), "--out", str(run)])
+            run_spec(model, args.budget, unsupervised, args).train(run)
             runs.append(str(run))
     name = args.name or f"semi_unsupervised_{args.dataset.replace('-', '_')}"
     out = report_runs.main([*runs, "--name", name, "--results-dir", args.results_dir])

@@ -15,7 +15,7 @@ self-training's repeated fits grow with them); the column ``unlabelled_rows`` sa
 Ours is M2 on 1:1 batches (half of every batch labelled) by default, and can be any model,
 guide and batch composition of the library, e.g. the latent-classifier model:
 
-    python experiments/sklearn_comparison.py --model latent \
+    python -m experiments.sklearn_comparison --model latent \
         --model-arg likelihood=gaussian --model-arg sigma2=0.1 --epochs 8
 
 ``--merge FOLDER ...`` trains nothing: it joins folders this script wrote (one per
@@ -27,21 +27,18 @@ the model on the validation split would.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+from sklearn.base import clone
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
-import numpy as np  # noqa: E402
-from sklearn.base import clone  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.neural_network import MLPClassifier  # noqa: E402
-from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier  # noqa: E402
-
-from experiments.common import (  # noqa: E402
+from experiments.common import (
     ScriptParser,
     folder_name,
     labelled_share,
@@ -54,10 +51,10 @@ from experiments.common import (  # noqa: E402
     run_script,
     write_results,
 )
-from ppl_ssvae import SSVAEClassifier, data, models  # noqa: E402
-from ppl_ssvae.data import parse_labelled_share  # noqa: E402
-from ppl_ssvae.errors import UserError  # noqa: E402
-from ppl_ssvae.runs import key_values  # noqa: E402
+from ppl_ssvae import SSVAEClassifier, data, models
+from ppl_ssvae.data import parse_labelled_share
+from ppl_ssvae.errors import UserError
+from ppl_ssvae.runs import key_values
 
 BUDGETS = {
     "smoke": {"epochs": 2, "seeds": [0], "max_unlabelled": 500, "mlp_iter": 50},

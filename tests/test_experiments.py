@@ -369,9 +369,10 @@ def test_bad_script_input_is_one_line_and_exit_2_before_writing(tmp_path, script
     import subprocess
     import sys
 
-    argv = [sys.executable, str(EXPERIMENTS / f"{script}.py"), "--dataset", "digits",
+    argv = [sys.executable, "-m", f"experiments.{script}", "--dataset", "digits",
             "--results-dir", str(tmp_path / "results"), *bad]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          cwd=EXPERIMENTS.parent)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith(f"{script}.py: error: {message}")
     assert done.stderr.count("\n") == 1

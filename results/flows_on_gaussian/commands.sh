@@ -4,10 +4,10 @@
 export OMP_NUM_THREADS=1
 
 # Step cost: M2 784-500-50, batch 200, contenders interleaved (speed_*.txt).
-python benchmarks/guide_speed.py --guides gaussian,maf@64,maf@128,maf@256,maf@500,pyro-iaf@64,pyro-iaf@128,pyro-iaf@256,pyro-iaf@500 --steps 20
-python benchmarks/guide_speed.py --guides gaussian,maf,nsf,realnvp,pyro-iaf,pyro-spline,planar,radial --steps 20
-python benchmarks/guide_speed.py --guides gaussian,realnvp@64,realnvp@96,planar@64,planar@32,radial@64,radial@96,nsf@64,pyro-spline@64 --steps 20
-python benchmarks/guide_speed.py --guides gaussian,planar@128x2,planar@64x2,planar@64x3,radial@128x2,radial@64x4,realnvp@64x1 --steps 20
+python -m benchmarks.guide_speed --guides gaussian,maf@64,maf@128,maf@256,maf@500,pyro-iaf@64,pyro-iaf@128,pyro-iaf@256,pyro-iaf@500 --steps 20
+python -m benchmarks.guide_speed --guides gaussian,maf,nsf,realnvp,pyro-iaf,pyro-spline,planar,radial --steps 20
+python -m benchmarks.guide_speed --guides gaussian,realnvp@64,realnvp@96,planar@64,planar@32,radial@64,radial@96,nsf@64,pyro-spline@64 --steps 20
+python -m benchmarks.guide_speed --guides gaussian,planar@128x2,planar@64x2,planar@64x3,radial@128x2,radial@64x4,realnvp@64x1 --steps 20
 
 # Width: M2 on mnist-5k, 100 labels, 10 epochs; seeds 0 (all widths) and 1 (128, 500).
 R=runs/flows_on_gaussian
