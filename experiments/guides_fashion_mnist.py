@@ -44,6 +44,7 @@ from ppl_ssvae.errors import UserError
 from ppl_ssvae.evaluation.likelihood import likelihood_report
 from ppl_ssvae.models import MODELS
 from ppl_ssvae.protocol import build_for_data
+from ppl_ssvae.runs import load_run
 from ppl_ssvae.runs.checkpoint import write_text_atomic
 from ppl_ssvae.runs.directory import BEST, CHECKPOINT, RunDir
 from ppl_ssvae.training import FitResult, fit
@@ -77,20 +78,27 @@ def _names(names: list[str], known: Any, what: str) -> list[str]:
 def run_one(
     setting: str, guide: str, split: data.SemiSupervisedData, args: argparse.Namespace
 ) -> tuple[dict[str, Any], FitResult]:
-    """Train (or resume, or reuse) one run directory and score its best checkpoint."""
+    """Train (or resume, or reuse) one run directory and score its best checkpoint. A run
+    already in the directory is rebuilt from its own config.json (``load_run``), never from
+    today's defaults, so a run trained before a default changed is scored as it trained."""
     name = SETTINGS[setting][0]
     labels = int(split.labelled_mask.sum())
     run = RunDir(Path(args.runs_dir) / f"{setting}-{guide}")
-    model = build_for_data(name, split, args.seed, **_model_options(name, guide, args))
-    paper = paper_fit_arguments(MODELS[name])
-    settings = {**paper, **SETTINGS[setting][2], "epochs": args.epochs, "seed": args.seed,
-                "device": args.device}  # fmt: skip
     trained = _epochs_done(run)
-    if trained is None or trained < args.epochs:
-        result = fit(model, split, out=run, resume=trained is not None, progress=False, **settings)
-    else:  # already trained this far: score it again
-        result = FitResult(history=run.read_history(), run_dir=run.path)
-        result.best_epoch = run.load_checkpoint(BEST)["epoch"]
+    if trained is None:
+        model = build_for_data(name, split, args.seed, **_model_options(name, guide, args))
+        paper = paper_fit_arguments(MODELS[name])
+        settings = {**paper, **SETTINGS[setting][2], "epochs": args.epochs, "seed": args.seed,
+                    "device": args.device}  # fmt: skip
+        result = fit(model, split, out=run, progress=False, **settings)
+    else:
+        loaded = load_run(run, data=split)
+        model = loaded.model
+        if trained < args.epochs:
+            result = loaded.resume(epochs=args.epochs, device=args.device, progress=False)
+        else:  # already trained this far: score it again
+            result = FitResult(history=run.read_history(), run_dir=run.path)
+            result.best_epoch = run.load_checkpoint(BEST)["epoch"]
     run.load_weights(model, BEST)
     x_test = split.x_test.to(model.device)
     probs = model.classify(x_test)

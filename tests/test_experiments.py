@@ -333,6 +333,18 @@ def test_guides_comparison_reads_finished_runs_scores_back(tmp_path, monkeypatch
     assert _without(again, "iwae_cpu_seconds") == _without(first, "iwae_cpu_seconds")
 
 
+def test_guides_comparison_rebuilds_a_finished_run_from_its_own_config(tmp_path):
+    """A run already in the runs directory is scored as it trained, not as today's options
+    (or defaults) would build it: here the second call no longer passes the small sizes."""
+    module = importlib.import_module("experiments.guides_fashion_mnist")
+    common = ["--budget", "smoke", "--dataset", "digits", "--settings", "m2-3000", "--guides",
+              "maf", "--labels", "100", "--iwae-rows", "20", "--runs-dir", str(tmp_path / "runs"),
+              "--results-dir", str(tmp_path)]  # fmt: skip
+    first = (module.main([*common, "--z-dim", "3", "--hidden", "16"]) / "results.csv").read_text()
+    again = (module.main(common) / "results.csv").read_text()
+    assert _without(again, "iwae_cpu_seconds") == _without(first, "iwae_cpu_seconds")
+
+
 def _without(csv_text: str, column: str) -> list[dict[str, str]]:
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert rows and all(column in row for row in rows)
