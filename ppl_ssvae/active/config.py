@@ -32,16 +32,22 @@ class ActiveConfig:
             responsibilities).
         decay: ``"exponential"`` (eq. 2) or ``"gaussian"`` (eq. 3) (k-means only).
         rate: a in eq. 2-3.
-        beta, gamma: eq. 1's KL weight and eq. 4's classification weight.
-        z_dim, hidden: the model's latent size and dense layers.
+        beta: eq. 1's KL weight.
+        gamma: eq. 4's weight of the propagated labels' classification loss.
+        z_dim: the model's latent size.
+        hidden: the model's dense layers.
         patience: step (1) stops after this many epochs without a lower reconstruction
             loss (by ``min_improvement``, relative), or at ``pretrain_epochs``.
+        min_improvement: the relative fall of the reconstruction loss that counts.
+        pretrain_epochs: the most epochs of step (1).
         epochs: training epochs per iteration (step 6).
-        batch_size, lr: the optimiser's.
+        batch_size: rows per step.
+        lr: Adam's learning rate.
         seed: model weights, batches, noise and clusterings.
         oracle: ``"simulated"`` (ground truth of the rows nearest a centre) or ``"human"``.
-        purity_threshold, neighbours: the simulated oracle's (invalid below that purity
-            of the ``neighbours`` nearest rows).
+        purity_threshold: the simulated oracle answers "invalid" below this purity of
+            the ``neighbours`` rows nearest a centre.
+        neighbours: the rows nearest a centre that the simulated oracle looks at.
         answers_file: a human oracle's answers, one line per centre (None: stdin).
     """
 

@@ -11,24 +11,24 @@ from typing import Any
 
 from ..errors import UserError
 from ..runs.directory import RunDir
-from .options import TRUST_HELP, add_trust_guide, number_text
+from .options import TRUST_HELP, add_dataclass, add_trust_guide, number_text
+from .options import given as options_given
 
 # evaluate --iwae: an hour, then the user says how long they will wait.
 IWAE_MAX_MINUTES = 60.0
 
 
 def add_parsers(sub: Any) -> None:
-    from ..data import DATASETS
+    for add in (_add_evaluate, _add_active, _add_inspect, _add_compare):
+        add(sub)
 
+
+def _add_evaluate(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="test accuracy of a run's best checkpoint",
                        description="Print the test accuracy of the best-validation checkpoint of a run.")  # fmt: skip
     e.add_argument("run_dir", help="a run directory written by `ppl-ssvae train`")
-    e.add_argument(
-        "--checkpoint",
-        choices=["best", "last"],
-        default="best",
-        help="which checkpoint to evaluate",
-    )
+    e.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="which checkpoint to evaluate")  # fmt: skip
     e.add_argument("--data-dir", help="override the data directory recorded in the run")
     e.add_argument("--iwae", type=int, metavar="K",
                    help="also estimate the test log-likelihood with K importance samples per "
@@ -42,30 +42,23 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
     add_trust_guide(e)
 
+
+def _add_active(sub: Any) -> None:
+    from ..active import ActiveConfig
+
     a = sub.add_parser("active", help="cluster-then-label active labelling (Vengalil & Sinha)",
                        description="Label a dataset from nothing: cluster the latent space, ask an "
-                       "oracle about decoded cluster centres, propagate the answers, retrain.")  # fmt: skip
-    a.add_argument("--dataset", help=f"{', '.join(DATASETS)} [digits]")
-    a.add_argument("--data-dir", help="directory with the dataset files")
-    a.add_argument("--iterations", type=int, help="cluster-ask-train rounds [5]")
-    a.add_argument("--queries", type=int, help="oracle queries per iteration [20]")
-    a.add_argument("--k", type=int, help="clusters per round [10]")
-    a.add_argument("--clustering", choices=["kmeans", "gmm"], help="[kmeans]")
-    a.add_argument("--distance", choices=["euclidean", "mahalanobis"], help="[euclidean]")
-    a.add_argument("--decay", choices=["exponential", "gaussian"],
-                   help="confidence decay with distance, eq. 2 / eq. 3 [gaussian]")  # fmt: skip
-    a.add_argument("--rate", type=float, help="decay rate a of eq. 2-3 [0.1]")
-    a.add_argument("--gamma", type=float, help="weight of the propagated labels' loss, eq. 4 [10]")
-    a.add_argument("--oracle", choices=["simulated", "human"], help="[simulated]")
-    a.add_argument("--answers-file", help="human oracle: answers, one line per centre "
-                   "('LABEL CONFIDENCE' or 'invalid') [stdin]")  # fmt: skip
-    a.add_argument("--seed", type=int, help="[0]")
+                       "oracle about decoded cluster centres, propagate the answers, retrain. "
+                       "The options are ActiveConfig's fields.")  # fmt: skip
+    add_dataclass(a.add_argument_group("active labelling"), ActiveConfig, "active", skip=set())
     a.add_argument("--out", required=True, help="run directory")
     a.add_argument("--resume", action="store_true",
                    help="continue the run in --out (only --iterations may change)")  # fmt: skip
     a.add_argument("--overwrite", action="store_true",
                    help="clear the run --out holds, its answers included, and start again")  # fmt: skip
 
+
+def _add_inspect(sub: Any) -> None:
     i = sub.add_parser("inspect", help="pictures and an arviz posterior of a run",
                        description="Write a run's pictures (confusion matrix, latent map, samples, "
                        "analogies, training curves...) and its posterior as arviz netCDF.")  # fmt: skip
@@ -76,6 +69,8 @@ def add_parsers(sub: Any) -> None:
     i.add_argument("--trust-unverified", action="store_true", help=TRUST_HELP)
     add_trust_guide(i)
 
+
+def _add_compare(sub: Any) -> None:
     c = sub.add_parser("compare", help="runs side by side: accuracy, ELBO, IWAE and its error",
                        description="One table of test accuracy, test ELBO, IWAE log p(x) with "
                        "its standard error (and the paired one against the first run), the "
@@ -181,14 +176,10 @@ def inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-ACTIVE_OPTIONS = ("dataset", "data_dir", "iterations", "queries", "k", "clustering", "distance",
-                  "decay", "rate", "gamma", "oracle", "answers_file", "seed")  # fmt: skip
-
-
 def active(args: argparse.Namespace) -> int:
     from ..active import ActiveConfig, run_active
 
-    given = {k: getattr(args, k) for k in ACTIVE_OPTIONS if getattr(args, k) is not None}
+    given = options_given(args).get("active", {})
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other; give one of them")
     if args.resume:

@@ -199,3 +199,18 @@ def test_active_refuses_bad_input_and_changed_settings_on_resume(tmp_path, capsy
                           "active": {"dataset": "digits", "k": 10}})  # fmt: skip
     assert main(["active", "--out", str(out), "--resume", "--k", "5"]) == 2
     assert "cannot change k" in capsys.readouterr().err
+
+
+def test_the_active_command_has_one_option_per_active_config_field():
+    import dataclasses
+
+    from ppl_ssvae.active import ActiveConfig
+    from ppl_ssvae.cli import build_parser
+    from ppl_ssvae.cli.options import given
+
+    args = build_parser().parse_args(["active", "--out", "x", "--beta", "2", "--hidden", "8,4"])
+    assert given(args) == {"active": {"beta": 2.0, "hidden": (8, 4)}}
+    (active,) = [a for a in build_parser()._subparsers._group_actions[0].choices.items()
+                 if a[0] == "active"]  # fmt: skip
+    dests = {a.dest.split(".", 1)[1] for a in active[1]._actions if a.dest.startswith("active.")}
+    assert dests == {f.name for f in dataclasses.fields(ActiveConfig)}
