@@ -206,33 +206,15 @@ def semi_supervised_split(
     k = dataset.num_classes
     hidden = parse_class_ids(hidden_classes, k, dataset.class_names)
     rng = np.random.default_rng(seed)
-    n = len(dataset.x_train)
-    n_val = dataset.default_validation_size if validation_size is None else validation_size
-    if not (_is_count(n_val) and 0 <= n_val < n):
-        raise UserError(
-            f"validation_size={n_val!r} must be an integer in [0, {n - 1}] for {dataset.name}"
-        )
-    order = rng.permutation(n)
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    val_idx, train_idx = _carve_validation(dataset, validation_size, rng)
+    n_val = len(val_idx)
     x_tr, y_true = dataset.x_train[train_idx], dataset.y_train[train_idx]
-
     visible = [c for c in range(k) if c not in hidden]
     counts = _per_class_counts(y_true, visible, labels, label_fraction)
-    y_kept = np.full_like(y_true, UNLABELLED)
-    for c, count in counts.items():
-        members = np.flatnonzero(y_true == c)
-        chosen = rng.choice(members, size=count, replace=False)
-        y_kept[chosen] = c
-
-    feature_mask = None
-    x_val, x_te = dataset.x_train[val_idx], dataset.x_test
-    if std_threshold is not None:
-        if not _is_number(std_threshold):
-            raise UserError(f"std_threshold={std_threshold!r} must be a number")
-        feature_mask = x_tr.std(axis=0) > std_threshold
-        if not feature_mask.any():
-            raise UserError(f"std_threshold={std_threshold} removes every feature; lower it")
-        x_tr, x_val, x_te = x_tr[:, feature_mask], x_val[:, feature_mask], x_te[:, feature_mask]
+    y_kept = _keep_labels(y_true, counts, rng)
+    x_tr, x_val, x_te, feature_mask = _select_features(
+        std_threshold, x_tr, dataset.x_train[val_idx], dataset.x_test
+    )
 
     summary = {
         "train_rows": int(len(x_tr)),
@@ -273,6 +255,44 @@ def semi_supervised_split(
             "seed": seed,
         },  # fmt: skip
     )
+
+
+def _carve_validation(
+    dataset: Dataset, validation_size: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The validation and training rows' indices (sorted), drawn first from ``rng``."""
+    n = len(dataset.x_train)
+    n_val = dataset.default_validation_size if validation_size is None else validation_size
+    if not (_is_count(n_val) and 0 <= n_val < n):
+        raise UserError(
+            f"validation_size={n_val!r} must be an integer in [0, {n - 1}] for {dataset.name}"
+        )
+    order = rng.permutation(n)
+    return np.sort(order[:n_val]), np.sort(order[n_val:])
+
+
+def _keep_labels(y_true: np.ndarray, counts: dict, rng: np.random.Generator) -> np.ndarray:
+    """The training labels with all but ``counts[c]`` random rows of each class c hidden."""
+    y_kept = np.full_like(y_true, UNLABELLED)
+    for c, count in counts.items():
+        members = np.flatnonzero(y_true == c)
+        y_kept[rng.choice(members, size=count, replace=False)] = c
+    return y_kept
+
+
+def _select_features(
+    std_threshold: float | None, x_tr: np.ndarray, x_val: np.ndarray, x_te: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Only the features whose training std exceeds ``std_threshold`` (Willetts App. B),
+    and the mask that chose them (None: every feature)."""
+    if std_threshold is None:
+        return x_tr, x_val, x_te, None
+    if not _is_number(std_threshold):
+        raise UserError(f"std_threshold={std_threshold!r} must be a number")
+    mask = x_tr.std(axis=0) > std_threshold
+    if not mask.any():
+        raise UserError(f"std_threshold={std_threshold} removes every feature; lower it")
+    return x_tr[:, mask], x_val[:, mask], x_te[:, mask], mask
 
 
 SPLIT_ARGUMENTS = ("labels", "label_fraction", "hidden_classes", "validation_size",
