@@ -54,6 +54,7 @@ def add_parsers(sub: Any) -> None:
                    help="worker processes on this machine, each with its share of the cores [1]")  # fmt: skip
     s.add_argument("--threads", type=int, metavar="T",
                    help="CPU threads of each worker [cores / jobs]")  # fmt: skip
+    s.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # --jobs' workers
     s.add_argument("--dry-run", action="store_true",
                    help="check the sweep file, print its trials and exit; nothing is written")  # fmt: skip
 
@@ -100,9 +101,9 @@ def sweep(args: argparse.Namespace) -> int:
         print(f"ppl-ssvae: interrupted; continue the sweep with: ppl-ssvae sweep --worker "
               f"{sweep.path}", file=sys.stderr)  # fmt: skip
         return 130
-    print(
-        f"sweep {sweep.path}: {describe(sweep.counts())}; its table: ppl-ssvae report {sweep.path}"
-    )
+    if not args.no_summary:
+        said = describe(sweep.counts())
+        print(f"sweep {sweep.path}: {said}; its table: ppl-ssvae report {sweep.path}")
     return code
 
 
@@ -151,8 +152,8 @@ def _print_plan(spec: Any) -> None:
 def _local_workers(path: Any, args: argparse.Namespace, threads: int) -> int:
     """``--jobs N``: N worker processes, each `ppl-ssvae sweep --worker` with ``threads``
     threads; one line for each that did not end well."""
-    command = [sys.executable, "-m", "ppl_ssvae", "sweep", "--worker", str(path),
-               "--threads", str(threads), *(["--storage", args.storage] if args.storage else [])]  # fmt: skip
+    command = [sys.executable, "-m", "ppl_ssvae", "sweep", "--worker", str(path), "--threads",
+               str(threads), "--no-summary", *(["--storage", args.storage] if args.storage else [])]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     workers = [subprocess.Popen(command, env=env) for _ in range(args.jobs)]
     try:
