@@ -101,7 +101,7 @@ def _check_path(name: str, path: str) -> None:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # a dict key by identity (its values may be lists)
 class Param:
     """One setting a sweep varies.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -224,11 +225,42 @@ def _create_or_adopt(sweep: Sweep, storage: Any) -> Any:
 
 
 def journal_storage(file: Path) -> Any:
-    """Optuna's journal file: one machine, many processes, nothing to run."""
+    """Optuna's journal file: one machine, many processes, nothing to run; its appends
+    locked with ``flock`` (``JournalLock``)."""
     optuna = optuna_module()
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(file)))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(file), JournalLock(file)))
+
+
+class JournalLock:
+    """The journal's append lock as an ``flock`` on ``FILE.flock``: the kernel releases it
+    when its process dies, so a worker killed -9 in the middle of an append holds up no
+    other (Optuna's own file locks are broken only after a 30-second grace period)."""
+
+    def __init__(self, file: Path) -> None:
+        self.path = file.with_name(file.name + ".flock")
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def database_storage(url: str) -> Any:
@@ -255,17 +287,31 @@ def database_storage(url: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
+            return storages.RDBStorage(with_driver(url), engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
                                        grace_period=GRACE_SECONDS, **{key: retry(inherit_intermediate_values=True)})  # fmt: skip
-    except ImportError as e:
-        raise UserError(f"--storage {shown_url(url)}: its database driver is not installed "
-                        f"({e.name}); pip install 'ppl-ssvae[sweep]' (psycopg2 for PostgreSQL)") from None  # fmt: skip
+    except ImportError:
+        raise UserError(f"--storage {shown_url(url)}: its database driver is not installed; "
+                        "pip install 'ppl-ssvae[sweep]' (psycopg, for PostgreSQL)") from None  # fmt: skip
     except sqlalchemy.exc.ArgumentError:
         raise UserError(f"--storage {shown_url(url)} is not a database URL "
                         "(postgresql://USER@HOST/DB, sqlite:///FILE.db)") from None  # fmt: skip
     except sqlalchemy.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise UserError(f"cannot reach the sweep storage {shown_url(url)} ({reason})") from None
+
+
+def with_driver(url: str) -> str:
+    """A ``postgresql://`` URL with the driver that is installed named in it (psycopg,
+    else psycopg2): SQLAlchemy's default driver for the bare scheme changed between its
+    versions, and the URL a user gives should work with whichever of them is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    for driver in ("psycopg", "psycopg2"):
+        if importlib.util.find_spec(driver) is not None:
+            return f"postgresql+{driver}://" + url.removeprefix("postgresql://")
+    return url
 
 
 def shown_url(url: str | None) -> str:
