@@ -140,8 +140,8 @@ def test_a_bad_base_run_is_refused_like_train_refuses_it(tmp_path):
         ("[sweep.settings]\nseed = [0]\n", ["--storage", "not a url"], "is not a database URL"),
         (
             "[sweep.settings]\nseed = [0]\n",
-            ["--storage", "postgresql+psycopg2://nobody@127.0.0.1:1/none"],
-            "postgresql+psycopg2://nobody@127.0.0.1:1/none",
+            ["--storage", "postgresql://nobody@127.0.0.1:1/none"],
+            "postgresql://nobody@127.0.0.1:1/none",
         ),
     ],
 )
