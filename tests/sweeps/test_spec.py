@@ -183,3 +183,25 @@ def spec_storage(path):
     from ppl_ssvae.sweeps.storage import read_sweep_file
 
     return read_sweep_file(path).storage()
+
+
+def test_the_readme_s_sweep_file_and_commands_are_valid(tmp_path, capsys):
+    import re
+    from pathlib import Path
+
+    from ppl_ssvae.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    toml, shell = re.findall(r"```\w*\n(.*?)```", readme.split("<!-- sweep-file -->", 1)[1], re.S)[
+        :2
+    ]
+    (tmp_path / "m2-labels.toml").write_text(toml)
+    spec = SweepSpec.from_dict(read_spec_file(tmp_path / "m2-labels.toml"))
+    assert spec.sampler == "grid" and spec.grid_size() == 9 and spec.base["fit"]["epochs"] == 30
+    for line in shell.strip().splitlines():
+        build_parser().parse_args(line.split()[1:])  # every option exists
+    argv = ["sweep", "--config", str(tmp_path / "m2-labels.toml"), "--out", str(tmp_path / "s")]
+    assert main([*argv, "--dry-run"]) == 0 and not (tmp_path / "s").exists()
+    assert capsys.readouterr().out.splitlines()[1:4] == [
+        "  labels-100_seed-0", "  labels-100_seed-1", "  labels-100_seed-2",
+    ]  # fmt: skip
