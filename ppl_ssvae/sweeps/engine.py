@@ -42,7 +42,9 @@ def take_trial(study: Any, spec: SweepSpec) -> Any | None:
     from optuna.trial import TrialState
 
     storage = study._storage
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    # Retries first: a sweep started again finishes the runs it had begun.
+    for frozen in sorted(waiting, key=lambda t: ("failed_trial" not in t.system_attrs, t.number)):
         try:
             if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
                 return _begin(study, spec, frozen._trial_id)

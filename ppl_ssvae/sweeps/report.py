@@ -87,7 +87,7 @@ class Report:
         heads = [*self.columns.values(), "runs", *(METRICS[m][0] for m in self.metrics)]
         lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for row in self.rows():
-            cells = [_cell(row[c]) for c in self.columns.values()] + [str(row["runs"])]
+            cells = [_shown(row[c]) for c in self.columns.values()] + [str(row["runs"])]
             cells += [_stat(row[m], METRICS[m][1], row["runs"]) for m in self.metrics]
             lines.append("| " + " | ".join(cells) + " |")
         if self.left_out:
@@ -301,6 +301,11 @@ def _cell(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, default=str)
+
+
+def _shown(value: Any) -> str:
+    """A setting's value in the markdown table: floats to 6 significant digits."""
+    return f"{value:.6g}" if isinstance(value, float) else _cell(value)
 
 
 def _stat(stats: dict[str, Any], fmt: str, runs: int) -> str:

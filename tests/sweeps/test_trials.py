@@ -77,3 +77,27 @@ def test_a_failed_trial_keeps_its_reason_and_the_sweep_goes_on(tmp_path):
         report.left_out == {"failed": 3}
         and "Left out (sweep trials not complete): 3 failed." in report.markdown()
     )
+
+
+IWAE = """\
+[sweep]
+objective = "iwae"
+iwae_samples = 4
+iwae_rows = 20
+
+[sweep.settings]
+guide = ["gaussian"]
+"""
+
+
+def test_the_iwae_objective_scores_validation_rows_under_the_best_checkpoint(tmp_path):
+    spec = SweepSpec.from_dict(read_spec_file(write_sweep(tmp_path, IWAE)))
+    assert run_worker(create_sweep(spec, tmp_path / "sweep"), say=lambda line: None) == {
+        "complete": 1
+    }
+    (trial,) = trials(tmp_path / "sweep")
+    assert trial.value == trial.user_attrs["val_iwae"] < 0 and trial.user_attrs["iwae_samples"] == 4
+    scores = json.loads((tmp_path / "sweep" / "guide-gaussian" / "sweep-scores.json").read_text())
+    assert scores["scores"]["val_iwae"] == trial.value and len(scores["sha256"]) == 64
+    (row,) = report_runs([tmp_path / "sweep"]).rows()
+    assert row["val_iwae"]["mean"] == trial.value and row["test_elbo"]["n"] == 1
