@@ -250,11 +250,17 @@ def _sweep_options(options: dict[str, Any], params: tuple[Param, ...]) -> dict[s
 
 
 def _check_model_options(run: Any) -> None:
-    """Model options the chosen model has no field for are refused here, before anything
-    starts, rather than by each trial's model build."""
+    """An unknown dataset or model, and model options the model has no field for, are
+    refused here, before anything starts, rather than by every trial's build."""
     import dataclasses
 
+    from ..data import DATASETS
     from ..models import MODELS
+
+    if run.data.dataset not in DATASETS:
+        raise UserError(
+            f"unknown dataset {run.data.dataset!r}; choose one of {', '.join(DATASETS)}"
+        )
 
     if run.model.name not in MODELS:
         raise UserError(f"unknown model {run.model.name!r}; choose one of {', '.join(MODELS)}")

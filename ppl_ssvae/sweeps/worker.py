@@ -59,6 +59,7 @@ def run_worker(
 def _run(study: Any, trial: Any, sweep: Sweep) -> Outcome:
     """Run ``trial`` and record its outcome; interrupted (Ctrl-C), the trial is failed and
     queued again, so the next worker resumes its run directory."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     try:
@@ -67,13 +68,17 @@ def _run(study: Any, trial: Any, sweep: Sweep) -> Outcome:
     except BaseException:
         engine.give_back(study, trial, "interrupted")
         raise
-    for key, value in outcome.attrs.items():
-        trial.set_user_attr(key, value)
-    if outcome.state == "complete":
-        study.tell(trial, outcome.value)
-    else:
-        state = TrialState.PRUNED if outcome.state == "pruned" else TrialState.FAIL
-        study.tell(trial, state=state)
+    try:
+        for key, value in outcome.attrs.items():
+            trial.set_user_attr(key, value)
+        if outcome.state == "complete":
+            study.tell(trial, outcome.value)
+        else:
+            state = TrialState.PRUNED if outcome.state == "pruned" else TrialState.FAIL
+            study.tell(trial, state=state)
+    except UpdateFinishedTrialError:  # its heartbeat was judged stale: a retry has it
+        reason = "another worker had given it up (no heartbeat); its retry takes the run over"
+        return Outcome("failed", None, {**outcome.attrs, engine.ERROR: reason}, outcome.settings)
     return outcome
 
 

@@ -118,6 +118,7 @@ BAD = [
     ("[sweep.settings]\nlr = [0.1]\n\"fit.lr\" = [0.2]\n", "name the same run spec field"),
     ("[sweep.settings]\nbeta = [1.0]\n", "model 'm2' has no settings ['beta']"),
     ("[sweep.settings]\nmodel = [\"m3\"]\n", "unknown model 'm3'"),
+    ("[sweep.settings]\ndataset = [\"digits\", \"imagenet\"]\n", "unknown dataset 'imagenet'"),
     ("", "needs a [sweep] section"),
 ]  # fmt: skip
 
