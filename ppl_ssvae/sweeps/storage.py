@@ -83,9 +83,12 @@ class Sweep:
                             "create the sweep first (ppl-ssvae sweep --config FILE --out DIR)") from None  # fmt: skip
 
     def counts(self, study: Any = None) -> dict[str, int]:
-        """Trials by state (``complete``, ``pruned``, ``fail``, ``running``, ``waiting``)."""
-        study = study or self.load_study()
-        return dict(Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False)))
+        """Trials by state (``complete``, ``pruned``, ``fail``, ``running``, ``waiting``;
+        ``retried``: failed when their worker died, and queued again)."""
+        trials = (study or self.load_study()).get_trials(deepcopy=False)
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+        return dict(Counter("retried" if t.number in retried else t.state.name.lower()
+                            for t in trials))  # fmt: skip
 
 
 def create_sweep(spec: SweepSpec, out: str | Path, storage_url: str | None = None) -> Sweep:

@@ -85,5 +85,5 @@ def _run(study: Any, trial: Any, sweep: Sweep) -> Outcome:
 def describe(counts: dict[str, int]) -> str:
     """``9 complete, 1 pruned, 1 failed`` (the states that have trials)."""
     names = (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"),
-             ("running", "running"), ("waiting", "waiting"))  # fmt: skip
+             ("running", "running"), ("waiting", "waiting"), ("retried", "retried"))  # fmt: skip
     return ", ".join(f"{counts[k]} {shown}" for k, shown in names if counts.get(k)) or "no trials"

@@ -17,6 +17,7 @@ from ppl_ssvae.cli import main
 from ppl_ssvae.runs import read_spec_file
 from ppl_ssvae.sweeps import SweepSpec, create_sweep, report_runs, run_worker
 from ppl_ssvae.sweeps.engine import OWNER
+from ppl_ssvae.sweeps.storage import read_sweep_file
 
 from .conftest import BASE, GRID, start_worker, trials, write_sweep
 
@@ -107,6 +108,7 @@ def test_a_killed_worker_s_trial_resumes_from_its_checkpoint(tmp_path):
     assert 1 <= retry.user_attrs["resumed_from_epoch"] < epochs
     assert retry.intermediate_values.keys() == {1, 2, 3}
     assert lines[0] == f"trial {retry.number} queued: a worker died in the trial it retries"
+    assert read_sweep_file(killed).counts() == {"complete": 2, "retried": 1}
     assert sorted(t.params["seed"] for t in found if t.state.name == "COMPLETE") == [0, 1]
     assert _table(killed) == _table(tmp_path / "calm")
 
