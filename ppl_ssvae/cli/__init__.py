@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import NonFiniteLossError, UserError
 from ..training.distributed import LAUNCHER_ENV, PEER_EXIT, PeerFailure
 from . import commands
+from . import sweep as sweep_command
 from . import train as train_command
 
 
@@ -33,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     train_command.add_parser(sub)
     commands.add_parsers(sub)
+    sweep_command.add_parsers(sub)
     return parser
 
 
 COMMANDS = {
     "train": train_command.train, "evaluate": commands.evaluate, "inspect": commands.inspect,
-    "active": commands.active, "compare": commands.compare,
+    "active": commands.active, "compare": commands.compare, "sweep": sweep_command.sweep,
+    "report": sweep_command.report,
 }  # fmt: skip
 
 
