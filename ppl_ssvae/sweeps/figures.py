@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import write_bytes_atomic
+from ..runs.checkpoint import write_bytes_atomic
 from .records import finite
 from .report import METRICS, Report, aggregate
 

@@ -43,9 +43,9 @@ def setting_paths() -> dict[str, str]:
     ``FitSettings`` fields, the model's name, guide and extra classes, every registered
     model's config fields and the optimizer arguments papers name (``rho``)."""
     from ..models import MODELS
-    from ..optim import OPTIMIZER_OPTIONS
     from ..runs import DataSpec
     from ..training import FitSettings
+    from ..training.optim import OPTIMIZER_OPTIONS
 
     paths = {f.name: f"data.{f.name}" for f in dataclasses.fields(DataSpec)}
     paths |= {f.name: f"fit.{f.name}" for f in dataclasses.fields(FitSettings)}

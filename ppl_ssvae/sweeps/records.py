@@ -12,9 +12,9 @@ import json
 import math
 from typing import Any
 
-from ..checkpoint import link_refusal, read_regular_file, write_text_atomic
 from ..errors import UserError
-from ..rundir import BEST, RunDir
+from ..runs.checkpoint import link_refusal, read_regular_file, write_text_atomic
+from ..runs.directory import BEST, RunDir
 
 SCORES = "sweep-scores.json"
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import read_regular_file, write_text_atomic
 from ..errors import UserError
-from ..rundir import RunDir
+from ..runs.checkpoint import read_regular_file, write_text_atomic
+from ..runs.directory import RunDir
 from .records import best_digest, finite, read_scores, summary
 
 # The report's numbers: the run's key -> (the table's heading, its format).

@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import read_regular_file, write_text_atomic
 from ..errors import UserError
-from ..rundir import RunDir
+from ..runs.checkpoint import read_regular_file, write_text_atomic
+from ..runs.directory import RunDir
 from .params import run_name
 from .spec import SweepSpec
 

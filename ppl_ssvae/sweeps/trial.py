@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NonFiniteLossError, UserError
-from ..rundir import BEST, CHECKPOINT, RunDir
+from ..runs.directory import BEST, CHECKPOINT, RunDir
 from .engine import ERROR
 from .params import run_name
 from .pruning import PRUNED, reporting_to
@@ -113,7 +113,7 @@ def _train(run_spec: Any, run: RunDir) -> tuple[list[dict[str, Any]], str, Any, 
 def _scores(spec: SweepSpec, run: RunDir, model: Any, data: Any) -> dict[str, Any]:
     """The best checkpoint's test ELBO (as ``ppl-ssvae evaluate`` reports it) and, for
     the ``iwae`` objective, its IWAE log-likelihood of validation rows; kept in the run."""
-    from ..likelihood import evaluation_inputs, likelihood_report, seeded_elbo
+    from ..evaluation.likelihood import evaluation_inputs, likelihood_report, seeded_elbo
 
     run.load_weights(model, BEST)
     scores = {"test_elbo": seeded_elbo(model, evaluation_inputs(model, data.x_test))}

@@ -81,7 +81,7 @@ def test_every_train_option_is_a_setting_name():
     """The names are generated from the spec's fields as the train command's options are,
     so every option of `ppl-ssvae train` that sets one field can be swept by its name."""
     from ppl_ssvae.cli import build_parser
-    from ppl_ssvae.optim import OPTIMIZER_OPTIONS
+    from ppl_ssvae.training.optim import OPTIMIZER_OPTIONS
 
     train = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
     paths = setting_paths()
