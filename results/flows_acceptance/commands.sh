@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 28's acceptance: Gaussian vs flow guides on Fashion-MNIST, 10 epochs, IWAE K = 5000
+# on the fixed 1000-image test subset (seed 0), best-validation checkpoint; one thread.
+#   bash results/flows_acceptance/commands.sh m2 0      # one setting and seed
+# Each run is an ordinary run directory under $RUNS; `ppl-ssvae compare` keeps its scores
+# in the run, so the table below is rebuilt without paying for an IWAE twice.
+set -euo pipefail
+export OMP_NUM_THREADS=1
+RUNS=${RUNS:-/work/runs/flows_acceptance}
+GUIDES=${GUIDES:-"gaussian maf pyro-iaf planar nsf"}
+SCORE="--iwae 5000 --iwae-rows 1000"
+setting=$1 seed=${2:-0}
+case $setting in
+  latent-100)  args="--model latent --labels 100 --labelled-share 1:1" ;;
+  latent-1000) args="--model latent --labels 1000 --labelled-share 1:1" ;;
+  m2)          args="--model m2 --labels 3000" ;;
+  gmdgm)       args="--model gmdgm --labels 3000" ;;
+  init-from)   args="--model m2 --labels 3000" ;;
+  *) echo "unknown setting $setting" >&2; exit 2 ;;
+esac
+train() {  # train OUT ARGS...: train once; a finished run is left as it is
+  local out=$1; shift
+  [ -f "$out/done" ] && return 0
+  if [ -f "$out/checkpoint.pt" ]; then ppl-ssvae train --resume --out "$out" --no-progress "$@"
+  else ppl-ssvae train --dataset fashion-mnist $args --seed "$seed" --out "$out" --no-progress "$@"; fi
+  touch "$out/done"
+}
+if [ "$setting" = init-from ]; then
+  base=$RUNS/m2-s$seed-gaussian
+  train "$base" --guide gaussian --epochs 10
+  train "$RUNS/m2-s$seed-gaussian-15" --guide gaussian --epochs 15
+  train "$RUNS/m2-s$seed-maf-from-gaussian" --guide maf --epochs 5 --init-from "$base"
+  ppl-ssvae compare $SCORE "$RUNS/m2-s$seed-gaussian-15" "$RUNS/m2-s$seed-maf-from-gaussian" "$base"
+  exit
+fi
+runs=()
+for guide in $GUIDES; do
+  out=$RUNS/$setting-s$seed-$guide
+  train "$out" --guide "$guide" --epochs 10
+  ppl-ssvae compare $SCORE "$out" > /dev/null  # score now, so an interruption keeps it
+  runs+=("$out")
+done
+ppl-ssvae compare $SCORE "${runs[@]}"
