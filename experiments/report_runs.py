@@ -1,14 +1,16 @@
-"""Summarise `ppl-ssvae train` run directories into a results table.
+"""The experiments' record of individual runs: one row per run, with the command that
+replays it, in results/<name>/.
 
     python -m experiments.report_runs runs/m2-a runs/m2-b --name m2_fashion_mnist
 
-For each run: its command line (rebuilt from config.json), the best-validation epoch,
-validation and test accuracy there, epochs run and CPU-minutes. Clustering runs (hidden
-classes, extra classes or no labels) add the cluster mapping and the test accuracy on
-visible and on hidden classes (Willetts et al. Table 1's columns). Writes results/<name>/
-with results.md, results.csv, curve.png and each run's config and metrics, and its
-confusion matrix and z-unit activity when the run has them (and curve_hidden.png: hidden-class
-accuracy against CPU-minutes, when a run has hidden classes).
+Tables across runs (grouped by the settings that vary, mean ± sd over seeds) are
+``ppl-ssvae report``'s (``ppl_ssvae.sweeps.report``); this script reads each run with that
+report's reader (``read_run``: the best-validation epoch as ``fit`` selects it, test
+accuracy there, on visible and hidden classes for cluster-and-label runs, epochs and
+CPU-minutes) and adds what a results folder keeps beside it: the ``ppl-ssvae train``
+command of each run (rebuilt from config.json, resumes included), the cluster mapping,
+curve.png (and curve_hidden.png for hidden classes), and each run's config, metrics,
+confusion matrix and z-unit activity.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from experiments.common import (
     run_script,
     write_results,
 )
-from ppl_ssvae.errors import UserError
 from ppl_ssvae.runs.directory import RunDir
+from ppl_ssvae.sweeps.report import read_run
 from ppl_ssvae.training import FitResult
 
 # Extra columns of clustering runs, from their best-validation epoch's metrics.
@@ -135,18 +137,6 @@ def _other_model_args(model: dict) -> list[str]:
     return args
 
 
-def _read_run(run: Path) -> tuple[dict, list[dict]]:
-    """A run's config and history; a one-line error for a folder that is not a run or has
-    no finished epoch to report."""
-    rundir = RunDir(run)
-    config = rundir.read_config()
-    history = rundir.read_history()
-    if not history:
-        raise UserError(f"{run} has no finished epoch (metrics.jsonl is empty); train it "
-                        "first or leave it out")  # fmt: skip
-    return config, history
-
-
 def main(argv: list[str] | None = None) -> Path:
     parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
@@ -154,29 +144,20 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
 
-    runs = {run: _read_run(run) for run in args.runs}  # all of them before anything is written
-    clustering = any("cluster_mapping" in h for _, history in runs.values() for h in history)
+    records = [read_run(run) for run in args.runs]  # all of them before anything is written
+    clustering = any(r.metrics.get("cluster_mapping") for r in records)
     rows, curves = [], {}
-    for run, (config, history) in runs.items():
-        best = max(history, key=lambda h: h["val_accuracy"])
-        row = {
-            "run": run.name,
-            "command": command_line(config) + f" --out {run}" + resume_commands(config, run),
-            "best_epoch": best["epoch"],
-            "val_accuracy": best["val_accuracy"],
-            "test_accuracy": best["test_accuracy"],
-        }
+    for run, record in zip(args.runs, records, strict=True):
+        config, m = RunDir(run).read_config(), record.metrics
+        row = {"run": run.name,
+               "command": command_line(config) + f" --out {run}" + resume_commands(config, run),
+               "best_epoch": m["best_epoch"], "val_accuracy": m["val_accuracy"],
+               "test_accuracy": m["test_accuracy"]}  # fmt: skip
         if clustering:  # blanks for a run without them, or with no hidden class (null)
-            row |= {key: "" if best.get(key) is None else best[key] for key in CLUSTERING_COLUMNS}
-        rows.append(
-            row
-            | {
-                "epochs": len(history),
-                "cpu_minutes": history[-1]["elapsed_cpu_seconds"] / 60,
-                "threads": config["environment"]["threads"],
-            }
-        )
-        curves[run.name] = FitResult(history=history)
+            row |= {key: "" if m.get(key) is None else m[key] for key in CLUSTERING_COLUMNS}
+        rows.append(row | {"epochs": m["epochs"], "cpu_minutes": m["cpu_minutes"],
+                           "threads": config["environment"]["threads"]})  # fmt: skip
+        curves[run.name] = FitResult(history=record.history)
     out = write_results(args.name, rows, {"runs": [str(r) for r in args.runs]}, args.results_dir)
     for run in args.runs:
         for name in ("config.json", "metrics.jsonl", *CLUSTERING_FILES):

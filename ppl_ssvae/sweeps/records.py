@@ -43,6 +43,11 @@ def summary(history: list[dict[str, Any]]) -> dict[str, Any]:
         "test_accuracy": best.get("test_accuracy"),
         "last_test_accuracy": last.get("test_accuracy"),
         "test_elbo": best.get("test_elbo"),
+        # Cluster-and-label runs (Willetts et al. Table 1): the model-to-true class mapping,
+        # and the accuracy on classes with labels and on those without.
+        "cluster_mapping": best.get("cluster_mapping"),
+        "test_accuracy_visible": best.get("test_accuracy_visible"),
+        "test_accuracy_hidden": best.get("test_accuracy_hidden"),
         "epochs": len(history),
         "cpu_minutes": last.get("elapsed_cpu_seconds", math.nan) / 60,
     }

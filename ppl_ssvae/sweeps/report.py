@@ -34,6 +34,8 @@ from .records import best_digest, finite, read_scores, summary
 METRICS = {
     "test_accuracy": ("test acc. (best val.)", ".4f"),
     "last_test_accuracy": ("test acc. (last)", ".4f"),
+    "test_accuracy_visible": ("test acc. visible classes", ".4f"),
+    "test_accuracy_hidden": ("test acc. hidden classes", ".4f"),
     "test_elbo": ("test ELBO", ".2f"),
     "test_iwae": ("test IWAE", ".2f"),
     "val_iwae": ("val. IWAE", ".2f"),

@@ -28,6 +28,7 @@ config file or ``--callback NAME`` name it::
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import math
 from collections.abc import Callable
@@ -82,6 +83,10 @@ class Callback:
 
 # -- registry -----------------------------------------------------------------------------
 CALLBACKS: dict[str, type[Callback]] = {}
+# The library's own callbacks that live outside training/ (which must not import them):
+# name -> the module that registers it, imported when the name is first built, so a run
+# that recorded one (a sweep trial's) resumes from Python as from the CLI.
+REGISTERED_ELSEWHERE = {"sweep_trial": "ppl_ssvae.sweeps.pruning"}
 
 
 def register_callback(name: str) -> Callable[[type[Callback]], type[Callback]]:
@@ -125,6 +130,8 @@ def callback_name(cls: type[Callback]) -> str | None:
 
 def build_callback(name: str, args: dict[str, Any] | None = None) -> Callback:
     """A registered callback by name, with its arguments checked in one line."""
+    if name not in CALLBACKS and name in REGISTERED_ELSEWHERE:
+        importlib.import_module(REGISTERED_ELSEWHERE[name])
     if name not in CALLBACKS:
         raise UserError(f"unknown callback {name!r}; choose one of {', '.join(CALLBACKS)}")
     cls, args = CALLBACKS[name], dict(args or {})

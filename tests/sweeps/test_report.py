@@ -96,3 +96,20 @@ def test_report_refuses_what_is_not_a_run(tmp_path, capsys):
     (tmp_path / "notes").mkdir()
     assert main(["report", str(tmp_path / "notes")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_cluster_and_label_runs_report_their_visible_and_hidden_class_accuracies(tmp_path):
+    """Willetts et al. Table 1's columns: accuracy on the classes that kept labels and on
+    those that lost them all, at the best-validation epoch; absent for plain runs."""
+    common = ["train", "--dataset", "digits", "--model", "m2", "--z-dim", "4", "--hidden", "16",
+              "--epochs", "1", "--batch-size", "100", "--no-progress", "--label-fraction",
+              "0.3", "--hidden-classes", "0,1"]  # fmt: skip
+    runs = [tmp_path / f"seed{s}" for s in (0, 1)]
+    for seed, run in enumerate(runs):
+        assert main([*common, "--seed", str(seed), "--out", str(run)]) == 0
+    (group,) = report_runs(runs).rows()
+    for key in ("test_accuracy_visible", "test_accuracy_hidden"):
+        values = [json.loads((r / "metrics.jsonl").read_text().splitlines()[-1])[key] for r in runs]
+        assert group[key]["mean"] == pytest.approx(statistics.fmean(values))
+        assert group[key]["n"] == 2
+    assert "test acc. hidden classes" in report_runs(runs).markdown()

@@ -101,3 +101,16 @@ def test_the_iwae_objective_scores_validation_rows_under_the_best_checkpoint(tmp
     assert scores["scores"]["val_iwae"] == trial.value and len(scores["sha256"]) == 64
     (row,) = report_runs([tmp_path / "sweep"]).rows()
     assert row["val_iwae"]["mean"] == trial.value and row["test_elbo"]["n"] == 1
+
+
+def test_a_trial_s_recorded_callback_is_rebuilt_by_name_in_a_fresh_process():
+    """A trial's run records ``sweep_trial``; resuming it from Python (``load_run``) must
+    not need the sweeps imported first."""
+    import subprocess
+    import sys
+
+    code = ("from ppl_ssvae.training.callbacks import build_callback; "
+            "print(type(build_callback('sweep_trial', {'monitor': 'elbo'})).__name__)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ReportToTrial"
