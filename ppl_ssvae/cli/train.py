@@ -155,9 +155,10 @@ def train(args: argparse.Namespace) -> int:
         result = load_run(run).resume(**budget)
     else:
         result = spec.train(run, overwrite=args.overwrite)
-    if group is not None and not group.is_main:
-        return 0
-    _report(result)
+    if group is None:
+        _report(result)
+    else:  # rank 0 reports while the others wait, so that the ranks leave the group together
+        group.on_main(lambda: _report(result))
     return 0
 
 
