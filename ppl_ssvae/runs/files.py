@@ -76,39 +76,45 @@ def _yaml(text: str, path: Path) -> Any:
 def to_toml(spec: dict[str, Any]) -> str:
     """A spec dict (``RunSpec.to_dict()``) as TOML that ``read_spec_file`` reads back to
     the same spec; None values are left out (they are the fields' defaults)."""
-    lines = [f"version = {_value(spec.get('version', 1))}"]
+    lines = [f"version = {toml_value(spec.get('version', 1))}"]
     for key in ("evaluator", "init_from"):
         if spec.get(key) is not None:
-            lines.append(f"{key} = {_value(spec[key])}")
+            lines.append(f"{key} = {toml_value(spec[key])}")
     for section in ("data", "model", "fit"):
         lines += ["", f"[{section}]"]
-        lines += [f"{k} = {_value(v)}" for k, v in spec.get(section, {}).items() if v is not None]
+        lines += [
+            f"{k} = {toml_value(v)}" for k, v in spec.get(section, {}).items() if v is not None
+        ]
     for callback in spec.get("callbacks", []):
-        lines += ["", "[[callbacks]]", f"name = {_value(callback['name'])}",
-                  f"args = {_value(callback.get('args') or {})}"]  # fmt: skip
+        lines += ["", "[[callbacks]]", f"name = {toml_value(callback['name'])}",
+                  f"args = {toml_value(callback.get('args') or {})}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def _value(value: Any) -> str:
+def toml_value(value: Any, where: str = "a run spec") -> str:
+    """``value`` as a TOML value (None-valued table entries left out); ``where`` names the
+    file in the one-line refusal of a value TOML cannot hold."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise UserError(f"{value} has no TOML form in a run spec")
+            raise UserError(f"{value} has no TOML form in {where}")
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v, where) for v in value) + "]"
     if isinstance(value, dict):
-        items = ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None)
+        items = ", ".join(f"{toml_key(k)} = {toml_value(v, where)}"
+                          for k, v in value.items() if v is not None)  # fmt: skip
         return "{ " + items + " }" if items else "{}"
-    raise UserError(f"{value!r} has no TOML form in a run spec")
+    raise UserError(f"{value!r} has no TOML form in {where}")
 
 
-def _key(key: str) -> str:
+def toml_key(key: str) -> str:
+    """A bare TOML key where it may be one, else a quoted one."""
     return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
 
 

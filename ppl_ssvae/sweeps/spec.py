@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,9 @@ SWEEP_KEYS = ("settings", "objective", "direction", "sampler", "pruner", "pruner
               "n_trials", "seed", "iwae_samples", "iwae_rows", "name")  # fmt: skip
 # How many grid points are checked one by one before anything starts.
 CHECKED_POINTS = 10_000
+
+# The file named in the refusal of a value TOML cannot hold.
+SPEC = "a sweep spec"
 
 
 @dataclass
@@ -118,12 +120,16 @@ class SweepSpec:
 
     def to_toml(self) -> str:
         """The spec as a TOML sweep file (None values are left out: they are defaults)."""
-        from ..runs import to_toml
+        from ..runs.files import to_toml, toml_key, toml_value
 
         sweep = self.to_dict()["sweep"]
         settings = sweep.pop("settings")
-        lines = ["", "[sweep]"] + [f"{k} = {_toml(v)}" for k, v in sweep.items() if v is not None]
-        lines += ["", "[sweep.settings]"] + [f"{_key(k)} = {_toml(v)}" for k, v in settings.items()]
+        lines = ["", "[sweep]"] + [
+            f"{k} = {toml_value(v, SPEC)}" for k, v in sweep.items() if v is not None
+        ]
+        lines += ["", "[sweep.settings]"] + [
+            f"{toml_key(k)} = {toml_value(v, SPEC)}" for k, v in settings.items()
+        ]
         return to_toml(self.base) + "\n".join(lines) + "\n"
 
     # -- checks ------------------------------------------------------------------------------
@@ -267,23 +273,3 @@ def _check_model_options(run: Any) -> None:
     fields = {f.name for f in dataclasses.fields(MODELS[run.model.name].config_class)}
     unknown = sorted(set(run.model.options) - fields)
     require(not unknown, f"model {run.model.name!r} has no settings {unknown}")
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, str)):
-        return json.dumps(value)
-    if isinstance(value, float):
-        require(math.isfinite(value), f"{value} has no TOML form in a sweep spec")
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items() if v is not None)
-        return "{ " + items + " }" if items else "{}"
-    raise UserError(f"{value!r} has no TOML form in a sweep spec")
-
-
-def _key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
