@@ -6,7 +6,8 @@ from typing import Any
 
 from . import moved
 
-__version__ = "0.1.0"
+# The one place the version is written (pyproject.toml reads it); SemVer, see CHANGELOG.md.
+__version__ = "0.2.0"
 
 # Old module paths (``ppl_ssvae.rundir``, ...) stay importable for one release.
 moved.install()

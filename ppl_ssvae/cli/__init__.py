@@ -13,6 +13,7 @@ import sys
 import warnings
 from typing import Any
 
+from .. import __version__
 from ..errors import NonFiniteLossError, UserError
 from ..training.distributed import LAUNCHER_ENV, PEER_EXIT, PeerFailure
 from . import commands
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="ppl-ssvae", description="Semi-supervised deep generative models in Pyro."
     )
+    parser.add_argument("--version", action="version", version=f"ppl-ssvae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     train_command.add_parser(sub)
     commands.add_parsers(sub)
