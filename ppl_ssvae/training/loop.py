@@ -31,7 +31,7 @@ from .callbacks import Callback, ordered, state_keys
 from .devices import precision_context, resolve_device, resolve_precision
 from .distributed import DataParallelSteps, ProcessGroup
 from .divergence import is_validation_error
-from .optim import SingleOptimizer
+from .optim import SingleOptimizer, weight_prior_decay
 from .scales import SiteScales
 from .settings import FitSettings, make_optimizer
 
@@ -97,8 +97,10 @@ class Trainer:
         rows = -(-max(self.step_rows) // world)  # per rank
         check_fit_memory(model, model.config.input_dim, model.config.num_classes,
                          (s.batch_size, rows), s.num_particles, self.device)  # fmt: skip
+        decay = 0.0 if s.weight_prior is None else weight_prior_decay(
+            s.weight_prior, s.batch_size * world, len(data.x_train))  # fmt: skip
         self.optim: SingleOptimizer = make_optimizer(
-            s.optimizer, s.lr, s.lr_decay ** (1.0 / len(self.batches)), s.optimizer_args
+            s.optimizer, s.lr, s.lr_decay ** (1.0 / len(self.batches)), s.optimizer_args, decay
         )
         elbo = model.make_elbo(**_objective_options(s))
         if group is None:

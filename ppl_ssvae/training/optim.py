@@ -113,6 +113,28 @@ def check_optimizer(name: str, options: dict[str, Any]) -> None:
             raise UserError(f"{setting}={value!r} must be {text} for {name}")
 
 
+def weight_prior_decay(weight_prior: float, rows_per_step: int, train_rows: int) -> float:
+    """The ``kernel_decay`` that puts Willetts et al.'s weight prior into this library's loss.
+
+    Their objective (App. B and their released code) averages each half of a 1:1 batch and
+    adds a standard-normal prior on every kernel, weighted by ``l2_reg / n_train``::
+
+        L_W = -(mean_l ELBO + mean_u ELBO + alpha mean_l log q(y|x)
+                + l2_reg * sum_W log N(W; 0, I) / n_train)
+
+    This library's loss sums over the batch's rows instead, so on a batch of ``n/2``
+    labelled and ``n/2`` unlabelled rows it is ``n/2`` times their data terms; adding
+    ``c/2 ||W||^2`` with ``c = l2_reg * (n/2) / n_train`` makes it ``n/2 * L_W`` up to a
+    constant, the same gradient direction (and, under Adam, the same updates).
+
+    Args:
+        weight_prior: ``l2_reg`` (0.5 in their runs).
+        rows_per_step: the rows one step's loss sums over (labelled and unlabelled).
+        train_rows: ``n_train``, the training set's rows, labelled or not.
+    """
+    return weight_prior * (rows_per_step / 2) / train_rows
+
+
 def _accepted(name: str) -> set[str]:
     return set(inspect.signature(OPTIMIZERS[name]).parameters)
 
@@ -129,11 +151,21 @@ class SingleOptimizer(PyroOptim):
         name: a key of ``OPTIMIZERS`` (``"adam"``, ``"adamw"``, ``"rmsprop"``...).
         lr: initial learning rate.
         lr_decay_per_step: multiplicative decay applied after each step (1 = none).
+        kernel_decay: ``c`` of an L2 penalty ``c/2 * ||W||^2`` on every kernel (every
+            parameter of two or more dimensions: weight matrices, convolution kernels, not
+            biases), added to the gradient before each step whatever the optimizer, so it
+            is the gradient of a term of the loss (coupled, unlike AdamW's decay);
+            ``weight_prior_decay`` gives Willetts et al.'s. 0: none.
         **options: further keyword arguments of the torch optimizer (``momentum``...).
     """
 
     def __init__(
-        self, name: str, lr: float, lr_decay_per_step: float = 1.0, **options: Any
+        self,
+        name: str,
+        lr: float,
+        lr_decay_per_step: float = 1.0,
+        kernel_decay: float = 0.0,
+        **options: Any,
     ) -> None:
         name = name.lower() if isinstance(name, str) else name  # as check_optimizer reads it
         if name not in OPTIMIZERS:
@@ -146,6 +178,7 @@ class SingleOptimizer(PyroOptim):
         multi_tensor = {"foreach": True} if "foreach" in _accepted(name) else {}
         self.options = {"lr": lr, **multi_tensor, **options}
         self.lr_decay_per_step = lr_decay_per_step
+        self.kernel_decay = kernel_decay
         self.optimizer: torch.optim.Optimizer | None = None
         self.param_names: list[str] = []
         self._pending_state: dict[str, Any] | None = None
@@ -153,6 +186,10 @@ class SingleOptimizer(PyroOptim):
     def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
         params = [p for p in params if p.grad is not None]
         self._add_new(params)
+        if self.kernel_decay:
+            kernels = [p for p in params if p.dim() >= 2]
+            torch._foreach_add_([p.grad for p in kernels], [p.detach() for p in kernels],
+                                alpha=self.kernel_decay)  # fmt: skip
         self.optimizer.step()
         # Release the gradients here: Pyro's SVI would otherwise replace each by a zero
         # tensor, and the next backward pass would add into it instead of assigning.

@@ -72,6 +72,10 @@ class FitSettings:
         objective: the Pyro objective by name (``ppl_ssvae.objectives``); None: the model's.
         num_particles: samples per row of the objective (vectorised); Willetts et al.
             App. B use 2.
+        weight_prior: a standard-normal prior on every kernel weighted as Willetts et al.
+            App. B weight theirs (``l2_reg``, 0.5 in their runs): an L2 penalty whose
+            strength per row matches their batch-mean objective
+            (``ppl_ssvae.training.optim.weight_prior_decay``); None: no prior.
         divergence_factor: stop, like a non-finite loss (``DivergenceError``, the last
             good checkpoint intact), when a step's loss per row grows past this many times
             the first step's (``ppl_ssvae.training.divergence.DivergenceGuard``, which says why 1e4);
@@ -96,6 +100,7 @@ class FitSettings:
     precision: str = "fp32"
     objective: str | None = None
     num_particles: int = 1
+    weight_prior: float | None = None
     divergence_factor: float | None = DIVERGENCE_FACTOR
     progress: bool = True
 
@@ -149,6 +154,8 @@ class FitSettings:
                  f"objective={self.objective!r} must be a name")  # fmt: skip
         require(is_int(self.num_particles) and self.num_particles >= 1,
                  f"num_particles={self.num_particles!r} must be an integer >= 1")  # fmt: skip
+        require(self.weight_prior is None or _positive(self.weight_prior),
+                f"weight_prior={self.weight_prior!r} must be a finite number > 0 (or None)")  # fmt: skip
         factor = self.divergence_factor
         require(factor is None or (is_finite_number(factor) and factor > 1),
                 f"divergence_factor={factor!r} must be a finite number > 1 (or None)")  # fmt: skip
@@ -215,8 +222,13 @@ def _positive(value: Any) -> bool:
 
 
 def make_optimizer(
-    name: str, lr: float, lr_decay_per_step: float = 1.0, options: dict[str, Any] | None = None
+    name: str,
+    lr: float,
+    lr_decay_per_step: float = 1.0,
+    options: dict[str, Any] | None = None,
+    kernel_decay: float = 0.0,
 ) -> SingleOptimizer:
     """The optimizer ``fit`` uses: one torch optimizer (any ``torch.optim`` name) over all
-    parameters, with the learning rate multiplied by ``lr_decay_per_step`` after each step."""
-    return SingleOptimizer(name, lr, lr_decay_per_step, **(options or {}))
+    parameters, with the learning rate multiplied by ``lr_decay_per_step`` after each step
+    and an L2 penalty of strength ``kernel_decay`` on the kernels."""
+    return SingleOptimizer(name, lr, lr_decay_per_step, kernel_decay, **(options or {}))
