@@ -4,6 +4,7 @@ and the refusals of bad sweeps, in one line and before anything is written."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from ppl_ssvae.sweeps import SweepSpec
 from ppl_ssvae.sweeps.params import run_name, setting_paths
 
 from .conftest import BASE, write_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
 
 optuna = pytest.importorskip("optuna")
 
@@ -206,3 +209,19 @@ def test_the_readme_s_sweep_file_and_commands_are_valid(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[1:4] == [
         "  labels-100_seed-0", "  labels-100_seed-1", "  labels-100_seed-2",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sweep_file",
+    sorted(p.relative_to(ROOT) for p in (ROOT / "results").rglob("*.toml")),
+    ids=str,
+)
+def test_every_committed_sweep_file_is_valid(sweep_file, tmp_path, capsys):
+    # The results' sweep files are how a table is rerun: a setting renamed in the library
+    # must fail here, not weeks later on a cluster.
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--config", str(ROOT / sweep_file), "--out", str(out), "--dry-run"]) == 0
+    assert not out.exists()
+    trials = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    comment = (ROOT / sweep_file).read_text().split("\n", 1)[0]
+    assert trials and comment.startswith("# ")  # each file says which table it is
