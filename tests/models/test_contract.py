@@ -496,3 +496,9 @@ def test_image_nets_get_the_image_shape_from_the_data_or_refuse_a_feature_mask()
     masked = semi_supervised_split(load_digits(), labels=50, std_threshold=0.1)
     with pytest.raises(UserError, match="needs x as images.*feature mask"):
         build_for_data("m2", masked, net="conv", **SMALL)
+
+
+@pytest.mark.parametrize("name", NET_MODELS)
+def test_nets_that_cannot_read_the_label_are_refused_in_one_line(name):
+    with pytest.raises(UserError, match="net 'pi-vae-cnn' reads one code.*takes: dense, conv"):
+        build(name, input_dim=PIXELS, num_classes=K, **SMALL, net="pi-vae-cnn", image_shape=IMAGE)
