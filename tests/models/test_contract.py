@@ -502,3 +502,13 @@ def test_image_nets_get_the_image_shape_from_the_data_or_refuse_a_feature_mask()
 def test_nets_that_cannot_read_the_label_are_refused_in_one_line(name):
     with pytest.raises(UserError, match="net 'pi-vae-cnn' reads one code.*takes: dense, conv"):
         build(name, input_dim=PIXELS, num_classes=K, **SMALL, net="pi-vae-cnn", image_shape=IMAGE)
+
+
+@pytest.mark.parametrize("name", NET_MODELS)
+def test_init_std_reaches_the_conv_kernels_too(name):
+    torch.manual_seed(0)
+    model = _netted((name, "gaussian", "conv"), init_std=1e-3, init_layers="all")
+    kernels = _kernels_after_checking_zero_biases(model)
+    assert any(p.dim() == 4 for _, p in kernels)
+    values = torch.cat([p.flatten() for _, p in kernels])
+    assert values.abs().max() < 0.01 and 0.8e-3 < values.std() < 1.2e-3
