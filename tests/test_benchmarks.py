@@ -66,3 +66,15 @@ def test_guide_benchmark_times_every_guide_it_is_given():
     assert ratios["maf"] > 0 and ratios["pyro-iaf@100"] > 0
     with pytest.raises(SystemExit):
         module.main(["--guides", "gaussian,maf@wide"])
+
+
+def test_net_benchmark_times_every_net_it_is_given():
+    spec = importlib.util.spec_from_file_location("net_speed", SCRIPT.parent / "net_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ratios = module.main(["--nets", "dense,conv@4x8", "--steps", "1"])
+    assert set(ratios) == {"dense", "conv@4x8"}
+    assert ratios["dense"] == 1.0 and ratios["conv@4x8"] > 0
+    for bad in ("dense,conv@wide", "dense,resnet"):
+        with pytest.raises(SystemExit):
+            module.main(["--nets", bad])

@@ -78,6 +78,16 @@ def _scalar_or_text(text: str) -> Any:
     return value if isinstance(value, (int, float, str)) else text
 
 
+class _KeyValues(argparse.Action):
+    """A mapping field's option, ``--net-args KEY=VALUE``, repeatable: each adds an entry
+    (the value parsed as JSON, else kept as text)."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option_string: Any = None) -> None:
+        entries = dict(getattr(namespace, self.dest, None) or {})
+        entries.update(key_values([value], option_string))
+        setattr(namespace, self.dest, entries)
+
+
 def add_field(group: Any, name: str, annotation: str, help_text: str, dest: str) -> None:
     """One ``--name`` option for a dataclass field of type ``annotation``."""
     flag = "--" + name.replace("_", "-")
@@ -97,6 +107,9 @@ def add_field(group: Any, name: str, annotation: str, help_text: str, dest: str)
         group.add_argument(flag, type=_number_list(int), metavar="N,N", **common)
     elif kind.startswith("tuple[float"):
         group.add_argument(flag, type=_number_list(float), metavar="X,X", **common)
+    elif kind.startswith("dict["):
+        common["help"] = f"{help_text} (repeatable)" if help_text else "repeatable"
+        group.add_argument(flag, action=_KeyValues, metavar="KEY=VALUE", **common)
     else:  # unions of scalars (labelled_share: "1:1" or 0.5)
         group.add_argument(flag, type=_scalar_or_text, metavar="VALUE", **common)
 

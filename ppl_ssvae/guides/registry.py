@@ -231,6 +231,8 @@ def build_latent_guide(
     inputs: Mapping[str, int],
     hidden: Sequence[int],
     activation: str = "relu",
+    *,
+    embed: Mapping[str, nn.Module] | None = None,
     **guide_args: Any,
 ) -> Conditional:
     """``q(latent | inputs)`` of family ``name`` on a shared context encoder.
@@ -242,6 +244,8 @@ def build_latent_guide(
             ``"y"`` is the number of classes.
         hidden: the context encoder's hidden sizes; ``h`` has ``hidden[-1]`` features.
         activation: the encoder's activation.
+        embed: trunks run on inputs first (a conv trunk on x), as for
+            :class:`~ppl_ssvae.nn.ContextEncoder`.
         guide_args: the family's own arguments (see :func:`describe_guides`).
 
     Returns:
@@ -250,5 +254,5 @@ def build_latent_guide(
     """
     spec = family(name)
     args = resolve_guide_args(name, guide_args)
-    trunk = ContextEncoder(inputs, hidden, activation)
+    trunk = ContextEncoder(inputs, hidden, activation, embed)
     return Conditional(trunk, spec.head(trunk.features, out_dim, **args))

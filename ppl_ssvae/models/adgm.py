@@ -8,14 +8,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ..nn import ConditionalDecoder
-from .base import DATA_PLATE, GuideModules, ModelConfig, split_labels
+from .base import DATA_PLATE, GuideModules, split_labels
+from .config import NetConfig
 from .label_latent import AuxiliaryLabelLatentModel
 from .priors import StandardNormalPrior
 
 
 @dataclasses.dataclass
-class ADGMConfig(ModelConfig):
+class ADGMConfig(NetConfig):
     """ADGM hyper-parameters; defaults follow Maaløe et al. (two hidden layers of 500,
     a = z = 100).
 
@@ -77,15 +77,7 @@ class ADGM(StandardNormalPrior, AuxiliaryLabelLatentModel):
     def __init__(self, config: ADGMConfig, guide: GuideModules | None = None) -> None:
         super().__init__(config, guide)
         c = self.config
-        self.p_x = ConditionalDecoder(
-            c.z_dim,
-            c.num_classes,
-            c.hidden[::-1],
-            c.input_dim,
-            c.likelihood,
-            c.sigma2,
-            c.activation,
-        )
+        self.p_x = self.net_decoder({"z": c.z_dim, "y": c.num_classes})
         self.p_a = self.auxiliary_prior()
         self.q = self.auxiliary_guide()
         self._initialise()

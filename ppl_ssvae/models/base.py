@@ -123,7 +123,14 @@ class SemiSupervisedModel(nn.Module):
             return self._custom_guides[latent]
         c = self.config
         name, args = (DEFAULT, {}) if c.guide == CUSTOM else (c.guide, c.guide_args)
-        return build_latent_guide(name, out_dim, inputs, c.hidden, c.activation, **args)
+        embed = self.input_trunks(inputs)
+        return build_latent_guide(name, out_dim, inputs, c.hidden, c.activation, embed=embed,
+                                  **args)  # fmt: skip
+
+    def input_trunks(self, inputs: dict[str, int]) -> dict[str, nn.Module]:
+        """Trunks that a context encoder on ``inputs`` runs its inputs through first (a conv
+        trunk on x, for models whose nets are chosen by name); none here."""
+        return {}
 
     # -- the Pyro pair -------------------------------------------------------------
     @abstractmethod

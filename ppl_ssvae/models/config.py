@@ -14,6 +14,7 @@ from ..guides.registry import (
     DEFAULT,
     resolve_guide_args,
 )
+from ..nn.nets import check_net
 
 # What ``guide=`` accepts besides a family name in the config: a module for z, or one module
 
@@ -119,3 +120,27 @@ def _check_scalar(owner: str, name: str, kind: str, value: Any, may_be_zero: boo
         if not (math.isfinite(value) and bound_ok):
             limit = ">= 0" if may_be_zero else "> 0"
             raise UserError(f"{owner}.{name} must be finite and {limit}, got {value!r}")
+
+
+@dataclasses.dataclass
+class NetConfig(ModelConfig):
+    """A model config whose networks are chosen by name (``ppl_ssvae.nn.NETS``).
+
+    Attributes:
+        net: the networks of every part that reads x or generates it: ``"dense"`` (MLPs on
+            the flattened x, the default) or ``"conv"`` (a strided conv trunk under every
+            encoder and a deconvolutional decoder; images only); the pi-VAE's own ``net``
+            is dense, cnn or rnn.
+        net_args: that family's arguments (conv: ``channels``, e.g. ``channels=[32,64]``).
+        image_shape: (C, H, W) of the flattened images, which image nets need; filled in
+            from image data (None for other data, or when a feature mask drops pixels).
+    """
+
+    net: str = "dense"
+    net_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    image_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Completed with the family's defaults, so the config records what was built.
+        self.net_args = check_net(self.net, self.net_args, self.input_dim, self.image_shape)

@@ -9,13 +9,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ..nn import Decoder, LabelGaussian
-from .base import DATA_PLATE, GuideModules, ModelConfig, split_labels
+from ..nn import LabelGaussian
+from .base import DATA_PLATE, GuideModules, split_labels
+from .config import NetConfig
 from .label_latent import LabelLatentModel
 
 
 @dataclasses.dataclass
-class GMDGMConfig(ModelConfig):
+class GMDGMConfig(NetConfig):
     """GM-DGM hyper-parameters; defaults follow Willetts et al. App. B (two hidden layers,
     z = 200) and, where App. B is silent or terse, the authors' released code (ReLU, alpha,
     initialisation).
@@ -77,9 +78,7 @@ class GMDGM(LabelLatentModel):
         super().__init__(config, guide)
         c = self.config
         self.p_z = LabelGaussian(c.num_classes, c.z_dim)
-        self.p_x = Decoder(
-            c.z_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation
-        )
+        self.p_x = self.net_decoder({"z": c.z_dim})
         self.q = self.label_guide()
         self._initialise()
 

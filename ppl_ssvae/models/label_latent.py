@@ -16,24 +16,23 @@ from ..errors import UserError
 from ..guides.auxiliary import AuxiliaryGuide
 from ..guides.categorical_gaussian import CategoricalGaussianGuide
 from ..nn import (
-    CategoricalHead,
     MultiInputCategorical,
     MultiInputGaussian,
 )
-
-# What ``guide=`` accepts besides a family name in the config: a module for z, or one module
 from .base import GuideModules, SemiSupervisedModel
 from .config import ModelConfig
+from .networks import NetsByName
 from .priors import class_prior
 
 
-class LabelLatentModel(SemiSupervisedModel):
+class LabelLatentModel(NetsByName, SemiSupervisedModel):
     """Models whose label is a categorical latent of the generative model: M2, ADGM,
     GM-DGM, AGM-DGM (Willetts et al. sec 3-5).
 
     They share a class prior p(y) (the ``prior`` buffer, from ``config.prior``), a guide
     module ``self.q`` called as ``q(x, y, classifier_weight=config.alpha)`` that enumerates
-    the latent label, and class-conditional generation through ``p_x_given_y``.
+    the latent label, and class-conditional generation through ``p_x_given_y``. Their
+    networks are the config's ``net`` family (:class:`~ppl_ssvae.models.networks.NetsByName`).
     """
 
     q: nn.Module
@@ -57,7 +56,7 @@ class LabelLatentModel(SemiSupervisedModel):
         config's family: the guide of M2 and GM-DGM."""
         c = self.config
         return CategoricalGaussianGuide(
-            q_y=CategoricalHead(c.input_dim, c.hidden, c.num_classes, c.activation),
+            q_y=self.x_classifier(),
             q_z=self.latent_guide("z", c.z_dim, {"x": c.input_dim, "y": c.num_classes}),
         )
 
@@ -100,14 +99,17 @@ class AuxiliaryLabelLatentModel(LabelLatentModel):
         the real-valued ``a`` drawn from q(a|x). Called as ``p_a(x=x, z=z, y=y)``."""
         c = self.config
         inputs = {"x": c.input_dim, "z": c.z_dim, "y": c.num_classes}
-        return MultiInputGaussian(inputs, c.hidden, c.a_dim, c.activation)
+        return MultiInputGaussian(inputs, c.hidden, c.a_dim, c.activation,
+                                  self.input_trunks(inputs))  # fmt: skip
 
     def auxiliary_guide(self) -> nn.Module:
         c = self.config
         x_a = {"x": c.input_dim, "a": c.a_dim}
         return AuxiliaryGuide(
             q_a=self.latent_guide("a", c.a_dim, {"x": c.input_dim}),
-            q_y=MultiInputCategorical(x_a, c.hidden, c.num_classes, c.activation),
+            q_y=MultiInputCategorical(
+                x_a, c.hidden, c.num_classes, c.activation, self.input_trunks(x_a)
+            ),
             q_z=self.latent_guide("z", c.z_dim, {**x_a, "y": c.num_classes}),
         )
 

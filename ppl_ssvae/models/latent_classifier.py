@@ -12,16 +12,17 @@ from torch import nn
 
 from ..errors import UserError
 from ..guides.encoder import EncoderGuide
-from ..nn import CategoricalHead, ConditionalDecoder, Decoder
+from ..nn import CategoricalHead
 from ..objectives import REPARAMETERISED
 from .base import (
     DATA_PLATE,
     GuideModules,
-    ModelConfig,
     SemiSupervisedModel,
     seeded_sample,
     split_labels,
 )
+from .config import NetConfig
+from .networks import NetsByName
 from .priors import StandardNormalPrior, class_prior
 
 UNLABELLED_BOUNDS = ("thesis", "marginal")
@@ -32,7 +33,7 @@ _MIN_PRIOR = 1e-8
 
 
 @dataclasses.dataclass
-class LatentClassifierConfig(ModelConfig):
+class LatentClassifierConfig(NetConfig):
     """Latent-classifier hyper-parameters; defaults follow Jurasiński App. B (one hidden
     layer of 500, softplus, z = 50) and his best lambda for the full model (Table 1).
 
@@ -58,7 +59,7 @@ class LatentClassifierConfig(ModelConfig):
     classify_samples: int = 10
 
 
-class LatentClassifier(StandardNormalPrior, SemiSupervisedModel):
+class LatentClassifier(NetsByName, StandardNormalPrior, SemiSupervisedModel):
     r"""Jurasiński's model (sec 4.1, Prop. 1-2): no categorical latent in the guide.
 
     Generative story::
@@ -120,15 +121,7 @@ class LatentClassifier(StandardNormalPrior, SemiSupervisedModel):
 
     def _decoder(self) -> nn.Module:
         c = self.config
-        return ConditionalDecoder(
-            c.z_dim,
-            c.num_classes,
-            c.hidden[::-1],
-            c.input_dim,
-            c.likelihood,
-            c.sigma2,
-            c.activation,
-        )
+        return self.net_decoder({"z": c.z_dim, "y": c.num_classes})
 
     def row_weights(self, observed: torch.Tensor) -> torch.Tensor:
         """lambda on labelled rows, 1 on unlabelled rows."""
@@ -232,8 +225,7 @@ class SimplifiedLatentClassifier(LatentClassifier):
     vectorize_particles = True  # no per-class decoder pass here
 
     def _decoder(self) -> nn.Module:
-        c = self.config
-        return Decoder(c.z_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation)
+        return self.net_decoder({"z": self.config.z_dim})
 
     def _observe_x(
         self,

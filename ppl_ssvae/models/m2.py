@@ -8,14 +8,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ..nn import ConditionalDecoder
-from .base import DATA_PLATE, GuideModules, ModelConfig, split_labels
+from .base import DATA_PLATE, GuideModules, split_labels
+from .config import NetConfig
 from .label_latent import LabelLatentModel
 from .priors import StandardNormalPrior
 
 
 @dataclasses.dataclass
-class M2Config(ModelConfig):
+class M2Config(NetConfig):
     """M2 hyper-parameters; defaults follow Kingma et al. (one hidden layer of 500, z = 50).
 
     Attributes:
@@ -65,10 +65,7 @@ class M2(StandardNormalPrior, LabelLatentModel):
     def __init__(self, config: M2Config, guide: GuideModules | None = None) -> None:
         super().__init__(config, guide)
         c = self.config
-        self.p_x = ConditionalDecoder(
-            c.z_dim, c.num_classes, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2,
-            c.activation,
-        )  # fmt: skip
+        self.p_x = self.net_decoder({"z": c.z_dim, "y": c.num_classes})
         self.q = self.label_guide()
         self._initialise()
 

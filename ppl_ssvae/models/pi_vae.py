@@ -15,9 +15,10 @@ from torch.nn import functional as F
 
 from ..errors import UserError
 from ..nn import Decoder, output_params
+from ..nn.nets import family
 from ..objectives import REPARAMETERISED
 from .base import DATA_PLATE, GuideModules, ModelConfig, SemiSupervisedModel, split_labels
-from .pi_vae_nets import ConvDecoder, ConvEncoder, DenseEncoder, LSTMDecoder, LSTMEncoder, PiEncoder
+from .pi_vae_nets import PI_VAE_CNN, DenseEncoder, LSTMDecoder, LSTMEncoder, PiEncoder
 from .priors import StandardNormalPrior
 
 VARIANTS = ("ss", "es", "eu")
@@ -32,8 +33,8 @@ class PiVAEConfig(ModelConfig):
         variant: ``"ss"`` the semi-supervised model (Fig. 1a), ``"es"`` its supervised
             sibling (encoder + pi layer, cross-entropy only), ``"eu"`` its unsupervised
             sibling (the VAE without the pi layer and its loss); Table 2.
-        net: ``"dense"`` (Table 13), ``"cnn"`` (Table 14, images) or ``"rnn"`` (Table 15,
-            multichannel sequences).
+        net: ``"dense"`` (Table 13), ``"cnn"`` (Table 14, images; the network registry's
+            ``pi-vae-cnn`` family) or ``"rnn"`` (Table 15, multichannel sequences).
         z_dim: size of the Gaussian latent (2 in Tables 13-15).
         hidden: dense encoder widths; the dense decoder uses them reversed.
         activation: activation of the dense layers.
@@ -337,9 +338,14 @@ def _validate(c: PiVAEConfig) -> None:
         raise UserError(f"rnn_hidden={tuple(c.rnn_hidden)} must give three widths (Table 15)")
 
 
+def _cnn_args(c: PiVAEConfig) -> dict[str, Any]:
+    """The ``net_args`` of the registry's ``pi-vae-cnn`` family, from the config's fields."""
+    return {"channels": c.conv_channels, "features": c.conv_hidden, "dropout": c.dropout}
+
+
 def _encoder_trunk(c: PiVAEConfig) -> nn.Module:
     if c.net == "cnn":
-        return ConvEncoder(c.image_shape, c.conv_channels, c.conv_hidden, c.dropout)
+        return family(PI_VAE_CNN).trunk(c.input_dim, c.image_shape, c.activation, **_cnn_args(c))
     if c.net == "rnn":
         steps = c.input_dim // c.sequence_channels
         return LSTMEncoder(steps, c.sequence_channels, c.rnn_hidden)
@@ -348,9 +354,10 @@ def _encoder_trunk(c: PiVAEConfig) -> nn.Module:
 
 def _decoder(c: PiVAEConfig, code_dim: int) -> nn.Module:
     if c.net == "cnn":
-        return ConvDecoder(
-            code_dim, c.image_shape, c.conv_channels, c.dropout, c.likelihood, c.sigma2
-        )
+        return family(PI_VAE_CNN).decoder(
+            {"code": code_dim}, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2,
+            c.activation, c.image_shape, **_cnn_args(c),
+        )  # fmt: skip
     if c.net == "rnn":
         steps = c.input_dim // c.sequence_channels
         return LSTMDecoder(

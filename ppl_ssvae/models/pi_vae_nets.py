@@ -5,19 +5,26 @@ An encoder trunk maps flattened inputs (B, D) to features (B, F) and exposes
 ``features``; heads on top return distributions. A decoder maps a code (B, C) to the
 distribution of the flattened input. CNN and LSTM nets reshape internally, so every
 model still sees x as (N, D).
+
+The CNN is the ``pi-vae-cnn`` family of the network registry (:mod:`ppl_ssvae.nn.nets`),
+which the pi-VAE's ``net="cnn"`` builds; the label-latent models refuse it (its decoder
+reads one code and its batch norm would see the enumerated classes as rows).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..nn.context import DiagonalGaussian
+from ..nn.conv import check_image
 from ..nn.layers import full_precision, head, mlp, output_width
 from ..nn.likelihoods import output_distribution, output_params
+from ..nn.nets import NetFamily, register_net
 
 
 class DenseEncoder(nn.Module):
@@ -123,6 +130,38 @@ class ConvDecoder(nn.Module):
         return output_distribution(
             self.likelihood_name, [p.flatten(1) for p in params], self.sigma2
         )
+
+
+PI_VAE_CNN = "pi-vae-cnn"
+
+
+def pi_vae_cnn_trunk(
+    input_dim: int, image_shape: Sequence[int] | None, act: str,
+    channels: int = 64, features: int = 512, dropout: float = 0.5,
+) -> ConvEncoder:  # fmt: skip
+    """Table 14's encoder; ``features`` is its dense layer's width (the config's conv_hidden)."""
+    return ConvEncoder(check_image(input_dim, image_shape, PI_VAE_CNN), channels, features,
+                       dropout)  # fmt: skip
+
+
+def pi_vae_cnn_decoder(
+    inputs: Mapping[str, int], hidden: Sequence[int], output_dim: int, likelihood: str,
+    sigma2: float | None, act: str, image_shape: Sequence[int] | None,
+    channels: int = 64, features: int = 512, dropout: float = 0.5,
+) -> ConvDecoder:  # fmt: skip
+    """Table 14's decoder on one code (the pi-VAE's ``pi ⊕ z``)."""
+    if len(inputs) != 1:
+        raise UserError(f"the {PI_VAE_CNN} decoder reads one code; got ({', '.join(inputs)})")
+    (code_dim,) = inputs.values()
+    shape = check_image(output_dim, image_shape, PI_VAE_CNN)
+    return ConvDecoder(code_dim, shape, channels, dropout, likelihood, sigma2)
+
+
+register_net(PI_VAE_CNN, NetFamily(
+    pi_vae_cnn_trunk, pi_vae_cnn_decoder,
+    "the pi-VAE's Table 14 CNN: batch norm, dropout, one code input (images)",
+    needs_image=True, conditional=False,
+))  # fmt: skip
 
 
 class LSTMEncoder(nn.Module):

@@ -7,8 +7,10 @@ Conditional networks share one first layer, :class:`ContextEncoder`: they never 
 row and ``W_y y`` an embedding lookup that broadcasts over an enumerated label dimension.
 Guide families for the continuous latents (Gaussians, flows) are heads on that encoder
 (:mod:`ppl_ssvae.guides.registry`). ``layers``: activations, ``mlp``, initialisation;
-``likelihoods``: p(x|.) heads; ``context``: the context encoder and the heads on it. The
-pi-VAE's unconditional nets live beside it (:mod:`ppl_ssvae.models.pi_vae_nets`).
+``likelihoods``: p(x|.) heads; ``context``: the context encoder and the heads on it;
+``conv``: the conv trunk and deconvolutional decoder; ``nets``: network families by name
+(``net = "dense" | "conv"`` in a model's config). The pi-VAE's unconditional nets live
+beside it (:mod:`ppl_ssvae.models.pi_vae_nets`).
 """
 
 from .context import (
@@ -25,6 +27,7 @@ from .context import (
     MultiInputCategorical,
     MultiInputGaussian,
 )
+from .conv import ConvTrunk, DeconvDecoder
 from .layers import (
     ACTIVATIONS,
     INIT_LAYERS,
@@ -47,5 +50,6 @@ from .likelihoods import (
     output_distribution,
     output_params,
 )
+from .nets import NETS, NetFamily, describe_nets, register_net, resolve_net_args
 
-__all__ = ["ACTIVATIONS", "LIKELIHOODS", "BernoulliLikelihood", "BernoulliPixels", "CategoricalHead", "Conditional", "ConditionalDecoder", "ConditionalGaussian", "ContextEncoder", "Decoder", "DiagonalGaussian", "GaussianLikelihood", "INIT_LAYERS", "LABEL", "LabelConditionedTrunk", "LabelGaussian", "MIN_SCALE", "MultiInputCategorical", "MultiInputGaussian", "activation", "check_init_layers", "full_precision", "head", "init_normal_", "keep_init", "likelihood", "mlp", "output_distribution", "output_params", "output_width"]  # fmt: skip
+__all__ = ["ACTIVATIONS", "LIKELIHOODS", "NETS", "ConvTrunk", "DeconvDecoder", "NetFamily", "describe_nets", "register_net", "resolve_net_args", "BernoulliLikelihood", "BernoulliPixels", "CategoricalHead", "Conditional", "ConditionalDecoder", "ConditionalGaussian", "ContextEncoder", "Decoder", "DiagonalGaussian", "GaussianLikelihood", "INIT_LAYERS", "LABEL", "LabelConditionedTrunk", "LabelGaussian", "MIN_SCALE", "MultiInputCategorical", "MultiInputGaussian", "activation", "check_init_layers", "full_precision", "head", "init_normal_", "keep_init", "likelihood", "mlp", "output_distribution", "output_params", "output_width"]  # fmt: skip

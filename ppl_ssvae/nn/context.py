@@ -40,6 +40,9 @@ class ContextEncoder(nn.Module):
             classes (its values are class ids).
         hidden: hidden layer sizes (at least one); the output has ``hidden[-1]`` features.
         act: activation name (:data:`ACTIVATIONS`).
+        embed: input name -> a trunk run on that input first (a conv trunk on images,
+            :mod:`ppl_ssvae.nn.nets`), exposing ``features``; its block is then
+            ``W_i trunk(u_i)``. The trunk runs on the input's own rows, once per row.
 
     Example:
         >>> enc = ContextEncoder({"x": 6, "y": 3}, (5,))
@@ -47,7 +50,13 @@ class ContextEncoder(nn.Module):
         torch.Size([3, 4, 5])
     """
 
-    def __init__(self, inputs: Mapping[str, int], hidden: Sequence[int], act: str = "relu"):
+    def __init__(
+        self,
+        inputs: Mapping[str, int],
+        hidden: Sequence[int],
+        act: str = "relu",
+        embed: Mapping[str, nn.Module] | None = None,
+    ):
         super().__init__()
         if not hidden:
             raise UserError("a conditional network needs at least one hidden layer")
@@ -55,13 +64,16 @@ class ContextEncoder(nn.Module):
         self.continuous = tuple(n for n in inputs if n != LABEL)
         if not self.continuous:
             raise UserError("a conditional network needs at least one continuous input")
+        # None, not an empty ModuleDict, keeps dense networks' modules exactly as before.
+        self.embed = nn.ModuleDict(embed) if embed else None
+        widths = {n: embed[n].features if embed and n in embed else inputs[n] for n in inputs}
         # One bias is enough: the blocks are summed before the activation.
         self.layers = nn.ModuleList(
-            nn.Linear(inputs[n], hidden[0], bias=i == 0) for i, n in enumerate(self.continuous)
+            nn.Linear(widths[n], hidden[0], bias=i == 0) for i, n in enumerate(self.continuous)
         )
         self.y_layer = nn.Embedding(inputs[LABEL], hidden[0]) if LABEL in inputs else None
         if self.y_layer is not None:
-            width = sum(inputs[n] for n in self.continuous)
+            width = sum(widths[n] for n in self.continuous)
             nn.init.normal_(self.y_layer.weight, std=width**-0.5)
         # The first layer's output is a fresh sum that no backward pass needs.
         self.act = activation(act, inplace=True)
@@ -73,7 +85,10 @@ class ContextEncoder(nn.Module):
         values = self.bind(args, named)
         h = None
         for name, layer in zip(self.continuous, self.layers, strict=True):
-            term = layer(values[name])
+            u = values[name]
+            if self.embed is not None and name in self.embed:
+                u = self.embed[name](u)
+            term = layer(u)
             h = term if h is None else h + term
         if self.y_layer is not None:
             h = h + self.y_layer(values[LABEL])
@@ -121,17 +136,28 @@ class LabelConditionedTrunk(ContextEncoder):
 
 
 class CategoricalHead(nn.Module):
-    """``q(y|x) = Cat(softmax(f(x)))`` (Kingma eq. 6 / Willetts eq. 6)."""
+    """``q(y|x) = Cat(softmax(f(x)))`` (Kingma eq. 6 / Willetts eq. 6); with a ``trunk``
+    (a conv trunk exposing ``features``), ``f`` reads ``trunk(x)``."""
 
-    def __init__(self, input_dim: int, hidden: Sequence[int], num_classes: int, act: str = "relu"):
+    def __init__(
+        self,
+        input_dim: int,
+        hidden: Sequence[int],
+        num_classes: int,
+        act: str = "relu",
+        trunk: nn.Module | None = None,
+    ):
         super().__init__()
+        self.trunk = trunk
+        width = input_dim if trunk is None else trunk.features
         self.net = nn.Sequential(
-            mlp([input_dim, *hidden], act),
-            head(nn.Linear(output_width(input_dim, hidden), num_classes)),
+            mlp([width, *hidden], act),
+            head(nn.Linear(output_width(width, hidden), num_classes)),
         )
 
     def forward(self, x: torch.Tensor) -> dist.Categorical:
-        return dist.Categorical(logits=full_precision(self.net(x)))
+        h = x if self.trunk is None else self.trunk(x)
+        return dist.Categorical(logits=full_precision(self.net(h)))
 
 
 class DiagonalGaussian(nn.Module):
@@ -178,9 +204,14 @@ class MultiInputGaussian(Conditional):
     """
 
     def __init__(
-        self, inputs: Mapping[str, int], hidden: Sequence[int], out_dim: int, act: str = "relu"
+        self,
+        inputs: Mapping[str, int],
+        hidden: Sequence[int],
+        out_dim: int,
+        act: str = "relu",
+        embed: Mapping[str, nn.Module] | None = None,
     ):
-        trunk = ContextEncoder(inputs, hidden, act)
+        trunk = ContextEncoder(inputs, hidden, act, embed)
         super().__init__(trunk, DiagonalGaussian(trunk.features, out_dim))
 
 
@@ -222,10 +253,15 @@ class MultiInputCategorical(nn.Module):
     eq. 19). Call as ``net(x=x, a=a)``."""
 
     def __init__(
-        self, inputs: Mapping[str, int], hidden: Sequence[int], num_classes: int, act: str = "relu"
+        self,
+        inputs: Mapping[str, int],
+        hidden: Sequence[int],
+        num_classes: int,
+        act: str = "relu",
+        embed: Mapping[str, nn.Module] | None = None,
     ):
         super().__init__()
-        self.trunk = ContextEncoder(inputs, hidden, act)
+        self.trunk = ContextEncoder(inputs, hidden, act, embed)
         self.logits = head(nn.Linear(self.trunk.features, num_classes))
 
     def forward(self, *args: torch.Tensor, **named: torch.Tensor) -> dist.Categorical:

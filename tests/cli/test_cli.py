@@ -214,3 +214,28 @@ def test_the_active_command_has_one_option_per_active_config_field():
                  if a[0] == "active"]  # fmt: skip
     dests = {a.dest.split(".", 1)[1] for a in active[1]._actions if a.dest.startswith("active.")}
     assert dests == {f.name for f in dataclasses.fields(ActiveConfig)}
+
+
+def test_net_and_net_args_round_trip_train_resume_evaluate(tmp_path, capsys):
+    """--net and --net-args (generated from the config's fields) are recorded in
+    config.json with the image shape the data gave; --resume and evaluate rebuild the conv
+    nets (dense ones would not load the weights)."""
+    out = str(tmp_path / "run")
+    argv = ["train", *TINY, "--net", "conv", "--net-args", "channels=[4,8]", "--epochs", "1",
+            "--out", out]  # fmt: skip
+    assert main(argv) == 0
+    model = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert (model["net"], model["net_args"], model["image_shape"]) == (
+        "conv", {"channels": [4, 8]}, [1, 8, 8])  # fmt: skip
+    assert main(["train", "--out", out, "--resume", "--epochs", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", out, "--checkpoint", "last", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["epoch"] == 2
+
+
+def test_image_nets_on_masked_features_are_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--net", "conv", "--std-threshold", "0.1", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs x as images" in err and len(err.splitlines()) == 1 and not out.exists()

@@ -362,3 +362,153 @@ def test_a_broken_model_fails_the_contract_with_its_name():
             check_model("silent-m2", guides=["gaussian"])
     finally:
         MODELS.pop("silent-m2")
+
+
+# -- every net family on every model that takes nets by name, with every guide ---------------
+# Triples come from the registries too. Image nets run on tiny 8x8 images with few channels.
+from ppl_ssvae.models.config import NetConfig  # noqa: E402
+from ppl_ssvae.nn import NETS  # noqa: E402
+
+NET_MODELS = [m for m in sorted(MODELS) if issubclass(MODELS[m].config_class, NetConfig)]
+IMAGE, PIXELS = (1, 8, 8), 64
+NET_ARGS = {"conv": {"channels": [4, 8]}}
+# dense is every pair above; here the other families that condition on the label.
+TRIPLES = [(m, g, n) for m in NET_MODELS for g in GUIDES for n in NETS
+           if n != "dense" and NETS[n].conditional and MODELS[m].guide_latents]  # fmt: skip
+
+
+@pytest.fixture(params=TRIPLES, ids=lambda t: "-".join(t))
+def triple(request):
+    return request.param
+
+
+def _netted(triple, **config):
+    name, guide, net = triple
+    pyro.set_rng_seed(0)
+    return build(name, input_dim=PIXELS, num_classes=K, **SMALL, guide=guide, net=net,
+                 net_args=NET_ARGS.get(net, {}), image_shape=IMAGE, **config)  # fmt: skip
+
+
+def _image_batch(kind):
+    _, y = _batch(kind)
+    return torch.bernoulli(torch.full((len(y), PIXELS), 0.4)), y
+
+
+def test_every_triple_trains_and_every_parameter_gets_a_gradient(triple):
+    model = _netted(triple)
+    elbo = model.make_elbo()
+    for kind in ("labelled", "unlabelled", "mixed"):
+        pyro.set_rng_seed(1)
+        assert math.isfinite(elbo.loss(model.model, model.guide, *_image_batch(kind))), kind
+    svi = pyro.infer.SVI(model.model, model.guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+    svi.step(*_image_batch("mixed"))  # a flow's first layers get gradients from step two
+    model.zero_grad()
+    elbo.loss_and_grads(model.model, model.guide, *_image_batch("mixed"))
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert missing == []
+    probs = model.classify(torch.rand(7, PIXELS))
+    assert probs.shape == (7, K) and torch.allclose(probs.sum(-1), torch.ones(7))
+    assert model.sample(4, y=2).shape == (4, PIXELS)
+
+
+def test_every_triple_round_trips_through_its_config(triple, tmp_path):
+    model = _netted(triple)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    config = json.loads(json.dumps(model.to_config()))
+    assert (config["guide"], config["net"]) == triple[1:]
+    assert config["net_args"] == NET_ARGS.get(triple[2], {}) and config["image_shape"] == [1, 8, 8]
+    rebuilt = from_config(config)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    rebuilt.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    x = torch.rand(5, PIXELS)
+    assert torch.equal(rebuilt.classify(x), model.classify(x))
+
+
+@pytest.mark.parametrize("name", NET_MODELS)
+def test_a_config_from_before_nets_had_names_loads_as_dense(name, tmp_path):
+    """A config.json written before the ``net`` fields existed rebuilds the dense networks,
+    its checkpoint loads into them and they classify alike."""
+    model = _model(name)
+    config = json.loads(json.dumps(model.to_config()))
+    assert (config["net"], config["net_args"], config["image_shape"]) == ("dense", {}, None)
+    old = {k: v for k, v in config.items() if k not in ("net", "net_args", "image_shape")}
+    rebuilt = from_config(old)
+    assert rebuilt.config.net == "dense"
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.rand(5, D)
+    assert torch.equal(rebuilt.classify(x), model.classify(x))
+
+
+def test_dense_m2_keeps_the_parameter_names_it_always_had():
+    """The names of the checkpoints written before nets had names (M2, 10-8-3, 3 classes)."""
+    assert [(k, tuple(v.shape)) for k, v in _model("m2").state_dict().items()] == [
+        ("prior", (3,)),
+        ("p_x.trunk.layers.0.weight", (8, 3)), ("p_x.trunk.layers.0.bias", (8,)),
+        ("p_x.trunk.y_layer.weight", (3, 8)),
+        ("p_x.head.logits.weight", (10, 8)), ("p_x.head.logits.bias", (10,)),
+        ("q.q_y.net.0.0.weight", (8, 10)), ("q.q_y.net.0.0.bias", (8,)),
+        ("q.q_y.net.1.weight", (3, 8)), ("q.q_y.net.1.bias", (3,)),
+        ("q.q_z.trunk.layers.0.weight", (8, 10)), ("q.q_z.trunk.layers.0.bias", (8,)),
+        ("q.q_z.trunk.y_layer.weight", (3, 8)),
+        ("q.q_z.head.loc.weight", (3, 8)), ("q.q_z.head.loc.bias", (3,)),
+        ("q.q_z.head.scale.weight", (3, 8)), ("q.q_z.head.scale.bias", (3,)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NET_MODELS)
+def test_the_conv_trunks_run_once_per_row_under_enumeration(name):
+    """Every conv trunk sees the B data rows once per loss, not K x B: its features enter
+    the context encoders' W_x block, which broadcasts over the enumerated label. The
+    decoder, after y, does run on K x B rows."""
+    model = _netted((name, "gaussian", "conv"))
+    rows = {"trunks": [], "decoder": []}
+    for module in model.modules():
+        if type(module).__name__ == "ConvTrunk":
+            module.register_forward_hook(lambda m, i, o: rows["trunks"].append(i[0].shape[:-1]))
+    if type(model.p_x).__name__ == "DeconvDecoder":
+        model.p_x.deconvs.register_forward_hook(lambda m, i, o: rows["decoder"].append(len(i[0])))
+    x, y = _image_batch("unlabelled")
+    model.make_elbo().loss(model.model, model.guide, x, y)
+    assert rows["trunks"] and set(rows["trunks"]) == {(6,)}
+    if model.label_is_latent:
+        assert rows["decoder"] == [K * 6]
+
+
+def test_image_nets_refuse_data_that_is_not_images_in_one_line():
+    for shape in (None, (1, 4, 4), (8, 8, 1, 1)):
+        with pytest.raises(UserError) as error:
+            build("m2", input_dim=PIXELS - 1, num_classes=K, **SMALL, net="conv",
+                  image_shape=shape)  # fmt: skip
+        message = str(error.value)
+        assert "\n" not in message and "needs x as images" in message
+        assert "--image-shape" in message and "net='dense'" in message
+
+
+def test_image_nets_get_the_image_shape_from_the_data_or_refuse_a_feature_mask():
+    from ppl_ssvae.data.datasets import load_digits
+    from ppl_ssvae.protocol import build_for_data
+
+    digits = semi_supervised_split(load_digits(), labels=50)
+    model = build_for_data("m2", digits, net="conv", net_args={"channels": [4]}, **SMALL)
+    assert model.config.image_shape == (1, 8, 8)
+    masked = semi_supervised_split(load_digits(), labels=50, std_threshold=0.1)
+    with pytest.raises(UserError, match="needs x as images.*feature mask"):
+        build_for_data("m2", masked, net="conv", **SMALL)
+
+
+@pytest.mark.parametrize("name", NET_MODELS)
+def test_nets_that_cannot_read_the_label_are_refused_in_one_line(name):
+    with pytest.raises(UserError, match="net 'pi-vae-cnn' reads one code.*takes: dense, conv"):
+        build(name, input_dim=PIXELS, num_classes=K, **SMALL, net="pi-vae-cnn", image_shape=IMAGE)
+
+
+@pytest.mark.parametrize("name", NET_MODELS)
+def test_init_std_reaches_the_conv_kernels_too(name):
+    torch.manual_seed(0)
+    model = _netted((name, "gaussian", "conv"), init_std=1e-3, init_layers="all")
+    kernels = _kernels_after_checking_zero_biases(model)
+    assert any(p.dim() == 4 for _, p in kernels)
+    values = torch.cat([p.flatten() for _, p in kernels])
+    assert values.abs().max() < 0.01 and 0.8e-3 < values.std() < 1.2e-3

@@ -119,3 +119,39 @@ def test_label_conditioned_layer_is_exact_and_computes_x_part_once():
         onehot = F.one_hot(torch.full((5,), k), K).float()
         concat = F.linear(torch.cat([x, onehot], 1), weight, trunk.x_layer.bias)
         assert torch.allclose(out[k], trunk.rest(trunk.act(concat)), atol=1e-6)
+
+
+def _per_class_terms(model, x, z):
+    """``L(x, k)`` and ``log q(y|x)`` with each network run on one class at a time (labels
+    of shape (B,), nothing broadcast) and the densities written with torch.distributions."""
+    log_q_y = F.log_softmax(model.q.q_y(x).logits, -1)
+    bounds = []
+    for k in range(K):
+        label = torch.full((len(x),), k)
+        q_z = model.q.q_z(x=x, y=label).base_dist
+        q_z = td.Normal(q_z.loc, q_z.scale)
+        log_px = td.Bernoulli(logits=model.p_x(z[k], label).logits).log_prob(x).sum(-1)
+        log_pz = td.Normal(0.0, 1.0).log_prob(z[k]).sum(-1)
+        bounds.append(
+            log_px + torch.log(torch.tensor(1.0 / K)) + log_pz - q_z.log_prob(z[k]).sum(-1)
+        )
+    return torch.stack(bounds, -1), log_q_y
+
+
+@pytest.mark.parametrize("y", [[2, -1, 0, -1, -1, 1], [-1] * 6])
+def test_conv_loss_equals_the_bound_computed_one_class_at_a_time(y):
+    """With the conv nets (12 pixels as a 3x4 image), the enumerated loss is Kingma's bound
+    with every class's networks run separately: the trunk's features, computed once per
+    row, broadcast over the enumerated label exactly."""
+    torch.manual_seed(0)
+    model = _m2(alpha=2.5, net="conv", net_args={"channels": [3, 5]}, image_shape=(1, 3, 4))
+    x = torch.bernoulli(torch.rand(6, D))
+    y = torch.tensor(y)
+    with torch.no_grad():
+        loss, z = _loss_and_z(model, x, y)
+        L, log_q = _per_class_terms(model, x, z)
+        labelled, y0 = y >= 0, y.clamp(min=0)[:, None]
+        q = log_q.exp()
+        bound = torch.where(labelled, (L + 2.5 * log_q).gather(1, y0).squeeze(1),
+                            (q * L).sum(-1) - (q * log_q).sum(-1))  # fmt: skip
+    assert loss == pytest.approx(-bound.sum().item(), rel=1e-6)

@@ -302,3 +302,30 @@ def test_factor_heads_each_add_their_own_normalised_cross_entropy():
         model.check_y(torch.zeros(6, 3, dtype=torch.long), 6)
     with pytest.raises(UserError, match="pi head 1 must be in -1..2"):
         model.check_y(torch.tensor([[0, 3]] * 6), 6)
+
+
+def test_the_cnn_is_the_pi_vae_cnn_family_of_the_network_registry(monkeypatch):
+    """net="cnn" builds its encoder trunk and decoder through the registry entry, with the
+    config's conv fields as the family's net_args."""
+    import dataclasses
+
+    from ppl_ssvae.models.pi_vae_nets import ConvDecoder, ConvEncoder
+    from ppl_ssvae.nn import NETS
+
+    calls = []
+    cnn = NETS["pi-vae-cnn"]
+
+    def recorded(part):
+        def build_part(*args, **net_args):
+            calls.append((part, net_args))
+            return getattr(cnn, part)(*args, **net_args)
+
+        return build_part
+
+    spy = dataclasses.replace(cnn, trunk=recorded("trunk"), decoder=recorded("decoder"))
+    monkeypatch.setitem(NETS, "pi-vae-cnn", spy)
+    model = _pi_vae(net="cnn", image_shape=(1, 3, 4), conv_channels=5, conv_hidden=6, dropout=0.25)
+    args = {"channels": 5, "features": 6, "dropout": 0.25}
+    # (build draws the model twice: once on the meta device to check its size)
+    assert calls[-2:] == [("trunk", args), ("decoder", args)]
+    assert isinstance(model.encoder.trunk, ConvEncoder) and isinstance(model.decoder, ConvDecoder)

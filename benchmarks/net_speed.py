@@ -1,0 +1,114 @@
+"""Training-step cost of each network family on M2 at Fashion-MNIST sizes.
+
+M2 784-500-50 on 28x28 images, 10 classes, batches of 100 labelled + 100 unlabelled rows
+(the 1:1 share), Adam, the model's TraceEnum_ELBO, the default Gaussian guide. Every net's
+step is timed (wall and CPU) on the same batches, the contenders interleaved step by step
+(the order reversed every other step) so that drift in the machine's speed hits all alike.
+Prints the CPU capability, ms per step, the ratio to the first net (dense) and the CPU
+seconds of an epoch of ``--epoch-rows`` rows at that cost.
+
+    python -m benchmarks.net_speed --nets dense,conv,conv@16x32 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import pyro
+import torch
+
+from experiments.common import ScriptParser, name_list, positive_int
+from ppl_ssvae.models import build
+from ppl_ssvae.nn import NETS
+
+PIXELS, CLASSES, IMAGE = 784, 10, (1, 28, 28)
+
+
+def contender(name: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME@C1xC2...`` (conv channels) as a net family and its net_args."""
+    family, _, spec = name.partition("@")
+    return family, {"channels": [int(c) for c in spec.split("x")]} if spec else {}
+
+
+def stepper(net: str, seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One optimisation step of M2 with ``net`` (its own optimizer and parameters)."""
+    pyro.set_rng_seed(seed)
+    family, net_args = contender(net)
+    model = build("m2", input_dim=PIXELS, num_classes=CLASSES, z_dim=50, hidden=(500,),
+                  net=family, net_args=net_args, image_shape=IMAGE)  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    elbo = model.make_elbo()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        # Every M2 registers its networks as "m2.*" in Pyro's param store: cleared per step
+        # so that pyro.module hands each contender its own weights.
+        pyro.clear_param_store()
+        optimizer.zero_grad()
+        elbo.differentiable_loss(model.model, model.guide, x, y).backward()
+        optimizer.step()
+
+    return step
+
+
+def batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` batches of 100 labelled and 100 unlabelled rows of random binary pixels."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.bernoulli(torch.full((200, PIXELS), 0.3), generator=g)
+        y = torch.cat([torch.randint(0, CLASSES, (100,), generator=g), torch.full((100,), -1)])
+        out.append((x, y))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nets", type=name_list, default="dense,conv",
+                        help="comma-separated, NAME or conv@C1xC2 (channels), from "
+                        f"{', '.join(NETS)}")  # fmt: skip
+    parser.add_argument("--steps", type=positive_int, default=20, help="timed steps per net")
+    parser.add_argument("--epoch-rows", type=positive_int, default=50_000,
+                        help="rows of an epoch, for its CPU seconds (Fashion-MNIST's training "
+                        "rows less 10,000 for validation)")  # fmt: skip
+    args = parser.parse_args(argv)
+    names = args.nets
+    specs = [n.partition("@")[2].split("x") for n in names if "@" in n]
+    if not all(all(v.isdigit() and int(v) > 0 for v in s) for s in specs):
+        parser.error(f"after @ give channels as C1xC2..., got {args.nets!r}")
+    unknown = sorted({contender(n)[0] for n in names} - set(NETS))
+    if unknown:
+        parser.error(f"unknown nets {unknown}; choose from {', '.join(NETS)}")
+    steps = {name: stepper(name) for name in names}
+    data = batches(4)
+    for name in names:  # warm-up, not timed
+        for x, y in data[:2]:
+            steps[name](x, y)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(args.steps):
+        x, y = data[i % len(data)]
+        for name in names if i % 2 == 0 else names[::-1]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            steps[name](x, y)
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    per_epoch = args.epoch_rows / len(data[0][0])
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} thread(s), {args.steps} interleaved steps of 100 + 100 "
+          f"rows, median per step; epoch = {args.epoch_rows} rows")  # fmt: skip
+    print(f"{'net':<16}{'wall ms':>10}{'CPU ms':>10}{'x first (CPU)':>15}{'CPU s/epoch':>13}")
+    base = statistics.median(cpu[names[0]])
+    ratios = {}
+    for name in names:
+        c = statistics.median(cpu[name])
+        ratios[name] = c / base
+        print(f"{name:<16}{1000 * statistics.median(wall[name]):>10.1f}{1000 * c:>10.1f}"
+              f"{c / base:>14.2f}x{c * per_epoch:>13.0f}")  # fmt: skip
+    return ratios
+
+
+if __name__ == "__main__":
+    main()
