@@ -193,9 +193,7 @@ def test_the_docs_sweep_file_and_commands_are_valid(tmp_path, capsys):
     from ppl_ssvae.cli import build_parser
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "sweeps.md").read_text()
-    toml, shell = re.findall(r"```\w*\n(.*?)```", page.split("<!-- sweep-file -->", 1)[1], re.S)[
-        :2
-    ]
+    toml, shell = re.findall(r"```\w*\n(.*?)```", page.split("<!-- sweep-file -->", 1)[1], re.S)[:2]
     (tmp_path / "m2-labels.toml").write_text(toml)
     spec = SweepSpec.from_dict(read_spec_file(tmp_path / "m2-labels.toml"))
     assert spec.sampler == "grid" and spec.grid_size() == 9 and spec.base["fit"]["epochs"] == 30
