@@ -38,15 +38,34 @@ def public_modules() -> list[str]:
 
 def defined_names(module: str) -> list[str]:
     """The public functions and classes a module defines itself (not those it imports)."""
-    path = ROOT / Path(*module.split("."))
-    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(source_of(module).read_text())
     kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     return [n.name for n in tree.body if isinstance(n, kinds) and not n.name.startswith("_")]
 
 
 def is_package(module: str) -> bool:
     return (ROOT / Path(*module.split(".")) / "__init__.py").is_file()
+
+
+def source_of(module: str) -> Path:
+    path = ROOT / Path(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def contents(package: str) -> str:
+    """A package page's table of its modules and subpackages, with their summaries."""
+    rows = []
+    for module in public_modules():
+        parent, _, name = module.rpartition(".")
+        if parent != package:
+            continue
+        doc = ast.get_docstring(ast.parse(source_of(module).read_text())) or ""
+        first = " ".join(doc.split("\n\n")[0].split()).replace("|", "\\|")
+        link = f"{name}/index.md" if is_package(module) else f"{name}.md"
+        rows.append(f"| [`{module}`]({link}) | {first} |")
+    if not rows:
+        return ""
+    return "\n## Modules\n\n| module | |\n|---|---|\n" + "\n".join(rows) + "\n"
 
 
 def reference_pages() -> dict[str, str]:
@@ -62,7 +81,7 @@ def reference_pages() -> dict[str, str]:
             page = "/".join(parts) + "/index.md"
             members = defined_names(module)
             option = f"members: [{', '.join(members)}]" if members else "members: false"
-            body = f"::: {module}\n    options:\n      {option}\n"
+            body = f"::: {module}\n    options:\n      {option}\n" + contents(module)
         else:
             page = "/".join(parts) + ".md"
             body = f"::: {module}\n"
@@ -71,11 +90,15 @@ def reference_pages() -> dict[str, str]:
 
 
 def summary(pages: dict[str, str]) -> str:
-    """The literate-nav SUMMARY.md: modules nested under their packages."""
+    """The literate-nav SUMMARY.md: ``ppl_ssvae`` and its modules and subpackages at the
+    top (nested under one ``ppl_ssvae`` entry, Material shows the section empty), each
+    subpackage's modules under it."""
     lines = []
     for page in pages:
         parts = page.removesuffix(".md").removesuffix("/index").split("/")
-        lines.append("    " * (len(parts) - 1) + f"* [{parts[-1]}]({page})")
+        depth = max(len(parts) - 2, 0)
+        title = ".".join(parts) if depth == 0 else parts[-1]
+        lines.append("    " * depth + f"* [{title}]({page})")
     return "\n".join(lines) + "\n"
 
 
