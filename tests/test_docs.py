@@ -108,3 +108,13 @@ def test_readme_links_resolve():
     readme = (ROOT / "README.md").read_text()
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme):
         assert (ROOT / target).exists(), target
+
+
+def test_display_math_stands_in_its_own_block():
+    # arithmatex takes \[ ... \] as math only as a block of its own; glued to the text or
+    # to the equation before it, the TeX is rendered as Markdown.
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip() == r"\[":
+                assert i == 0 or not lines[i - 1].strip(), f"{page.name}:{i + 1}"
