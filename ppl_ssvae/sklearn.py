@@ -183,9 +183,15 @@ class SSVAEClassifier(ClassifierMixin, _SSVAEBase):
     Args:
         model: a name in :data:`ppl_ssvae.models.MODELS` (m2, adgm, gmdgm, ...).
         guide: the guide family of z (gaussian, maf, pyro-iaf...).
-        epochs, batch_size, lr, lr_decay, optimizer, optimizer_args, lr_scheduler,
-            lr_scheduler_args: as :class:`ppl_ssvae.training.FitSettings` (None: the
-            model's recommendation, else the library's default).
+        epochs: as :class:`ppl_ssvae.training.FitSettings`, like the seven below (None:
+            the model's recommendation, else the library's default).
+        batch_size: as ``FitSettings``.
+        lr: as ``FitSettings``.
+        lr_decay: as ``FitSettings``.
+        optimizer: as ``FitSettings``.
+        optimizer_args: as ``FitSettings``.
+        lr_scheduler: as ``FitSettings``.
+        lr_scheduler_args: as ``FitSettings``.
         callbacks: training callbacks (``ppl_ssvae.training``), e.g. ``[KLWarmup(10)]``;
             each fit uses fresh copies.
         labelled_share: the labelled rows' share of each batch: ``"natural"`` (the data's
@@ -310,7 +316,9 @@ class SSVAEClusterer(ClusterMixin, _SSVAEBase):
 
     Args:
         n_clusters: mixture components.
-        Other arguments as :class:`SSVAEClassifier` (``model`` fixed to ``"gmdgm"``).
+
+    The other arguments are those of :class:`SSVAEClassifier` (``model`` fixed to
+    ``"gmdgm"``).
 
     Attributes:
         labels_: the cluster of every training row.

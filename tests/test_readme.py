@@ -1,4 +1,6 @@
-"""Every snippet of the README's "Changing how a model trains" runs, on small data.
+"""Every snippet of the documentation's "Training" page (docs/training.md, which was the
+README's "Changing how a model trains") runs, on small data; the README keeps pointing
+there.
 
 Each snippet is the fenced block after a ``<!-- snippet: NAME -->`` line. It is run as
 written but for its budget (``epochs=N`` becomes 2 epochs), its paths (``runs/`` goes to
@@ -20,7 +22,9 @@ from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split
 from ppl_ssvae.models import MODELS, build
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "training.md"
 SNIPPETS = ("kl-warmup", "early-stopping", "tensorboard", "cosine-adamw", "custom-callback",
             "config-file", "user-model")  # fmt: skip
 
@@ -28,7 +32,7 @@ SNIPPETS = ("kl-warmup", "early-stopping", "tensorboard", "cosine-adamw", "custo
 def snippet(name: str) -> list[str]:
     """The fenced blocks that follow ``<!-- snippet: name -->`` (a block and, where the
     snippet has one, the shell line that goes with it)."""
-    text = README.read_text()
+    text = PAGE.read_text()
     start = text.index(f"<!-- snippet: {name} -->")
     rest = text[start:].split("\n", 1)[1]
     blocks = re.findall(
@@ -66,7 +70,7 @@ def test_each_snippet_is_short_and_public(name):
                                   "custom-callback"])  # fmt: skip
 def test_python_snippets_run(name, quick_start, tmp_path, capsys):
     scope = dict(quick_start)
-    exec(small(snippet(name)[0], tmp_path), scope)  # noqa: S102 - the README's own code
+    exec(small(snippet(name)[0], tmp_path), scope)  # noqa: S102 - the docs' own code
     printed = capsys.readouterr().out
     if name == "kl-warmup":
         weights = json.loads(printed.strip().splitlines()[-1])
@@ -115,7 +119,7 @@ class MyM2(M2):
 def test_user_model_snippet_checks_and_an_installed_plugin_trains_by_name(tmp_path):
     python, shell = snippet("user-model")
     try:
-        exec(python, {})  # noqa: S102 - the README's own code
+        exec(python, {})  # noqa: S102 - the docs' own code
     finally:
         MODELS.pop("my-m2", None)
     # An installed package: its module and its dist-info with the entry point.
@@ -128,10 +132,13 @@ def test_user_model_snippet_checks_and_an_installed_plugin_trains_by_name(tmp_pa
     (info / "entry_points.txt").write_text("[ppl_ssvae.models]\nmy-m2 = my_package.models:MyM2\n")
     argv = small(shell, tmp_path).split()[1:] + ["--z-dim", "4", "--hidden", "16", "--epochs",
                                                  "1", "--no-progress"]  # fmt: skip
-    root = Path(__file__).resolve().parent.parent
-    env = {"PYTHONPATH": f"{tmp_path}:{root}", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-m", "ppl_ssvae", *argv], capture_output=True,
                           text=True, env=env, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     config = json.loads((tmp_path / "my-m2" / "config.json").read_text())
     assert config["model"]["model"] == "my-m2"
+
+
+def test_readme_links_to_the_training_page():
+    assert "docs/training.md" in README.read_text()

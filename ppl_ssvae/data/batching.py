@@ -40,8 +40,9 @@ class SemiSupervisedBatches:
     """Iterate mixed batches of ``batch_size`` rows, ``y == -1`` marking unlabelled rows.
 
     Args:
-        x, y: training inputs and kept labels (``-1`` for unlabelled); ``y`` may be
-            ``(N, F)``, one column per label factor.
+        x: training inputs.
+        y: kept labels (``-1`` for unlabelled); may be ``(N, F)``, one column per label
+            factor.
         batch_size: rows per step, labelled and unlabelled together; the last step of
             an epoch is smaller when the unlabelled rows do not fill it (its labelled
             part shrinks in proportion, keeping at least one labelled row).

@@ -181,8 +181,10 @@ class Shapes(FactorImages):
 
     Args:
         image_size: height and width in pixels.
-        num_scales, num_rotations, num_positions: values per factor; the grid has
+        num_scales: values of the scale factor; the grid has
             ``3 * num_scales * num_rotations * num_positions**2`` images.
+        num_rotations: values of the rotation factor.
+        num_positions: values of each position factor (x and y).
         supersample: sub-pixels per pixel side (anti-aliasing).
     """
 

@@ -109,8 +109,11 @@ def majority_mapping(
     there is no evidence for any class, and rows later predicted there count as errors.
 
     Args:
-        predicted, true, num_model_classes, num_classes: as for :func:`contingency`,
-            on the rows the mapping is fitted on (the training rows).
+        predicted: as for :func:`contingency`, on the rows the mapping is fitted on
+            (the training rows), like the three below.
+        true: as for :func:`contingency`.
+        num_model_classes: as for :func:`contingency`.
+        num_classes: as for :func:`contingency`.
 
     Returns:
         ``mapping`` of shape ``(num_model_classes,)``: ``mapping[k]`` is the true class

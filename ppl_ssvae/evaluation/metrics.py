@@ -167,7 +167,8 @@ def beta_vae_score(
         data: a :class:`FactorSampler`, e.g. ``Shapes()`` or
             ``FactorImages.from_dataset(load_smallnorb(...))``.
         batch_size: pairs averaged per point (L).
-        num_train, num_test: points to fit and to score the classifier on.
+        num_train: points to fit the classifier on.
+        num_test: points to score the classifier on.
         seed: seeds the numpy Generator that draws factors and images, so the score is
             deterministic for a deterministic encoder.
         device: where the encoder's inputs go; defaults to the module's parameters' device.

@@ -189,16 +189,14 @@ def spec_storage(path):
     return read_sweep_file(path).storage()
 
 
-def test_the_readme_s_sweep_file_and_commands_are_valid(tmp_path, capsys):
+def test_the_docs_sweep_file_and_commands_are_valid(tmp_path, capsys):
     import re
     from pathlib import Path
 
     from ppl_ssvae.cli import build_parser
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    toml, shell = re.findall(r"```\w*\n(.*?)```", readme.split("<!-- sweep-file -->", 1)[1], re.S)[
-        :2
-    ]
+    page = (Path(__file__).resolve().parents[2] / "docs" / "sweeps.md").read_text()
+    toml, shell = re.findall(r"```\w*\n(.*?)```", page.split("<!-- sweep-file -->", 1)[1], re.S)[:2]
     (tmp_path / "m2-labels.toml").write_text(toml)
     spec = SweepSpec.from_dict(read_spec_file(tmp_path / "m2-labels.toml"))
     assert spec.sampler == "grid" and spec.grid_size() == 9 and spec.base["fit"]["epochs"] == 30
