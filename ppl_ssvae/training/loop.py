@@ -197,6 +197,7 @@ class Trainer:
             if self._agreed_stop():
                 break
         self.result.stopped = self.stop_reason or "epochs"
+        self.model.training_stage(None)
         self._emit("on_fit_end")
         return self.result
 
@@ -208,6 +209,7 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.model.training_stage(epoch)
         wall0, cpu0 = time.perf_counter(), time.process_time()
         record: dict[str, Any] = {"epoch": epoch, "train_loss": self._train_steps(epoch)}
         train_seconds = time.perf_counter() - wall0
