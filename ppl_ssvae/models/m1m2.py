@@ -174,10 +174,10 @@ class M1M2(SemiSupervisedModel):
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)
         stage = self.stage
-        if stage != "m2":
-            pyro.module(f"{self.name}.m1.p", self.m1.p_x)
-        if stage != "m1":
-            pyro.module(f"{self.name}.m2.p", self.m2.p_x)
+        # Every part is registered in every stage; the stage's objective decides which
+        # get a gradient, so only those are stepped (and a resumed optimizer finds all).
+        pyro.module(f"{self.name}.m1.p", self.m1.p_x)
+        pyro.module(f"{self.name}.m2.p", self.m2.p_x)
         observed, y_filled = split_labels(y)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             if stage == "m1":
@@ -194,10 +194,8 @@ class M1M2(SemiSupervisedModel):
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self.check_batch(x, y)
         stage = self.stage
-        if stage != "m2":
-            pyro.module(f"{self.name}.m1.q", self.m1.q)
-        if stage != "m1":
-            pyro.module(f"{self.name}.m2.q", self.m2.q)
+        pyro.module(f"{self.name}.m1.q", self.m1.q)
+        pyro.module(f"{self.name}.m2.q", self.m2.q)
         observed, y_filled = split_labels(y)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             if stage == "m2":
