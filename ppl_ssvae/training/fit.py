@@ -109,6 +109,12 @@ def fit(
         from .init_from import init_from as copy_shared_weights
 
         run_config = {**(run_config or {}), "init_from": copy_shared_weights(model, init_from)}
+    if not resume and model.parts_from_runs:  # a part given as a trained run (m1-m2's m1)
+        from .init_from import init_parts
+
+        parts = init_parts(model)
+        if parts:
+            run_config = {**(run_config or {}), "parts_from_runs": parts}
     best = BestEpoch()
     keep = [RunDirectory(run if group is None or group.is_main else None, best)] if run else []
     if run is not None and (group is None or group.is_main) and evaluate is _clustering():
