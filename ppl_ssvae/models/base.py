@@ -76,6 +76,9 @@ class SemiSupervisedModel(nn.Module):
     # (the submodule, the model that run must hold). ``fit`` loads them before a fresh
     # run's first step and records what it read (ppl_ssvae.training.init_from.init_parts).
     parts_from_runs: ClassVar[dict[str, tuple[str, str]]] = {}
+    # Whether fit trains the model in stages (``training_stage``), each stepping only some
+    # of its parameters: then not data-parallel, where DDP gives every parameter a gradient.
+    trains_in_stages: ClassVar[bool] = False
 
     # The guide's continuous latents, which take the config's guide family; () for a model
     # whose guide is fixed (the pi-VAE), which then refuses every family but the default.
@@ -155,11 +158,14 @@ class SemiSupervisedModel(nn.Module):
             default=self.default_objective, vectorize=self.vectorize_particles, **kwargs,
         )  # fmt: skip
 
-    def training_stage(self, epoch: int | None) -> None:
+    def training_stage(self, epoch: int | None) -> bool:
         """Called by the training loop before each epoch's steps, and with None after the
         last: a model trained in stages (``m1-m2``) takes up the objective of the stage the
         epoch is in, decided by the epoch alone, so a resumed run continues in its stage.
-        Nothing by default."""
+        True when ``epoch`` begins a stage after the first: the loop then starts the
+        optimizer afresh (its state and learning-rate decay), as each stage is trained like
+        a run of its own. Nothing (False) by default."""
+        return False
 
     # -- prediction ------------------------------------------------------------------
     @abstractmethod

@@ -115,6 +115,7 @@ class M1M2(SemiSupervisedModel):
     guide_latents = ("z",)
     # Config field -> (submodule, the model a run named there must hold), loaded by fit.
     parts_from_runs = {"m1": ("m1", "m1")}
+    trains_in_stages = True
     # q(y|z1) reads a sampled z1, so a vectorised particle plate makes its logits
     # (P, B, K), into which the point mass at an observed label cannot scatter (B, 1).
     vectorize_particles = False
@@ -153,14 +154,16 @@ class M1M2(SemiSupervisedModel):
         return self.m1.q
 
     # -- stages ------------------------------------------------------------------------
-    def training_stage(self, epoch: int | None) -> None:
+    def training_stage(self, epoch: int | None) -> bool:
         c = self.config
+        trains_m1 = c.m1 is None and c.m1_epochs > 0
         if epoch is None:
             self.stage = None
-        elif c.m1 is None and epoch <= c.m1_epochs:
+        elif trains_m1 and epoch <= c.m1_epochs:
             self.stage = "m1"
         else:
             self.stage = "m2"
+        return trains_m1 and epoch == c.m1_epochs + 1
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, draw: bool = False) -> torch.Tensor:

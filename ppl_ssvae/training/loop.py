@@ -209,7 +209,8 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.model.training_stage(epoch)
+        if self.model.training_stage(epoch):  # a new stage: a fresh optimizer
+            self.optim.restart()
         wall0, cpu0 = time.perf_counter(), time.process_time()
         record: dict[str, Any] = {"epoch": epoch, "train_loss": self._train_steps(epoch)}
         train_seconds = time.perf_counter() - wall0

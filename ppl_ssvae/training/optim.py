@@ -163,8 +163,6 @@ class SingleOptimizer(PyroOptim):
 
     def _add_new(self, params: list[torch.Tensor]) -> None:
         store = pyro.get_param_store()
-        if self.optimizer is None and self._pending_state is not None:
-            self._resume_from_store(store)
         known = {id(p) for group in self._groups() for p in group["params"]}
         new = sorted(
             ((store.param_name(p), p) for p in params if id(p) not in known),
@@ -185,19 +183,10 @@ class SingleOptimizer(PyroOptim):
             self._load(self._pending_state)
             self._pending_state = None
 
-    def _resume_from_store(self, store: Any) -> None:
-        """The first step after a resume: rebuild the saved optimizer from the param store
-        where it holds every saved parameter, so that a step whose gradients reach only
-        some of them (a model trained in stages: m1-m2's M2 stage) continues their state,
-        and parameters new to the run join at the saved, decayed lr, as without the resume."""
-        tensors = dict(store.named_parameters())
-        names = self._pending_state["names"]
-        if not names or not all(name in tensors for name in names):
-            return
-        self.optimizer = self.optim_class([tensors[name] for name in names], **self.options)
-        self.param_names = list(names)
-        self._load(self._pending_state)
-        self._pending_state = None
+    def restart(self) -> None:
+        """Forget every parameter, its state and the decayed lr: the next step starts a new
+        optimizer (a model's next training stage, ``SemiSupervisedModel.training_stage``)."""
+        self.optimizer, self.param_names, self._pending_state = None, [], None
 
     def _load(self, state: dict[str, Any]) -> None:
         # Rebuild the saved group structure (groups appear when a model grows) so that

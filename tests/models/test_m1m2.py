@@ -273,3 +273,30 @@ def test_sklearn_estimator_fits_and_predicts_m1_m2():
     clf.fit(x, y)
     assert clf.model_.name == "m1-m2" and clf.predict(x[:7]).shape == (7,)
     assert clf.predict_proba(x[:7]).shape == (7, 10)
+
+
+def test_data_parallel_training_is_refused(monkeypatch):
+    """DDP gives every parameter a gradient, so a stage's frozen part would move."""
+    from ppl_ssvae.training import distributed
+
+    monkeypatch.setattr(distributed, "current", lambda: object())
+    with pytest.raises(UserError, match="m1-m2 trains in stages"):
+        fit(_model(), _toy(), epochs=1, progress=False)
+
+
+def test_each_stage_starts_a_fresh_optimizer_at_the_full_learning_rate():
+    """lr_decay runs per stage: M2's first step is at the initial lr, not M1's decayed one."""
+    seen = []
+
+    class Rates(Callback):
+        def on_step_end(self, trainer, step, loss):
+            if step == 1:
+                seen.append([g["lr"] for g in trainer.optim.optimizer.param_groups])
+
+    fit(_model(m1_epochs=2), _toy(), epochs=3, batch_size=50, lr=1e-3, lr_decay=0.5,
+        progress=False, callbacks=[Rates()])  # fmt: skip
+    decay = 0.5 ** (1 / 3)  # per step: 3 batches an epoch
+    assert seen[0] == [pytest.approx(1e-3 * decay)] and seen[2] == [pytest.approx(1e-3 * decay)]
+    assert seen[1] == [pytest.approx(1e-3 * decay**4)]
+    with pytest.raises(UserError, match="starts its optimizer afresh"):
+        fit(_model(), _toy(), epochs=1, lr_scheduler="StepLR", lr_scheduler_args={"step_size": 1})
