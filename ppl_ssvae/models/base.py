@@ -159,8 +159,8 @@ class SemiSupervisedModel(nn.Module):
         )  # fmt: skip
 
     def training_stage(self, epoch: int | None) -> bool:
-        """Called by the training loop before each epoch's steps, and with None after the
-        last: a model trained in stages (``m1-m2``) takes up the objective of the stage the
+        """Called by the training loop before each epoch's steps, and with None after them
+        (the evaluation sees the whole model): a model trained in stages (``m1-m2``) takes up the objective of the stage the
         epoch is in, decided by the epoch alone, so a resumed run continues in its stage.
         True when ``epoch`` begins a stage after the first: the loop then starts the
         optimizer afresh (its state and learning-rate decay), as each stage is trained like

@@ -98,7 +98,8 @@ class M1M2(SemiSupervisedModel):
 
        Here z1 is the guide's point mass at f, so ``log q`` adds 0 and the loss is M2's.
 
-    Outside a stage (a plain ``svi.step``, and every evaluation) the objective is the whole
+    The epoch's ``train_loss`` is its stage's loss. Outside a stage (a plain ``svi.step``,
+    each epoch's evaluation, e.g. the validation ``elbo``) the objective is the whole
     model's ELBO with z1 ~ q(z1|x); its IWAE estimate (``ppl_ssvae.evaluation.likelihood``)
     is therefore a bound on the stacked model's log p(x), whose p(z1) is M2's
     ``sum_y int p(y) p(z2) p(z1|y, z2) dz2``, with the guide's q(z1|x) as proposal.

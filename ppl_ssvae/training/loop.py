@@ -197,7 +197,6 @@ class Trainer:
             if self._agreed_stop():
                 break
         self.result.stopped = self.stop_reason or "epochs"
-        self.model.training_stage(None)
         self._emit("on_fit_end")
         return self.result
 
@@ -213,6 +212,7 @@ class Trainer:
             self.optim.restart()
         wall0, cpu0 = time.perf_counter(), time.process_time()
         record: dict[str, Any] = {"epoch": epoch, "train_loss": self._train_steps(epoch)}
+        self.model.training_stage(None)  # evaluation and checkpoints see the whole model
         train_seconds = time.perf_counter() - wall0
         self._emit("on_evaluate", record)
         epoch_wall, epoch_cpu = time.perf_counter() - wall0, time.process_time() - cpu0

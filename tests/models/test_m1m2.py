@@ -137,7 +137,14 @@ def _toy(d=D, seed=0):
 
 class Snapshots(Callback):
     def __init__(self):
-        self.states = []
+        self.states, self.stages = [], []
+
+    def on_step_end(self, trainer, step, loss):
+        if step == 1:
+            self.stages.append(trainer.model.stage)
+
+    def on_evaluate(self, trainer, record):
+        self.stages.append(trainer.model.stage)
 
     def on_epoch_end(self, trainer, record):
         self.states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
@@ -155,7 +162,8 @@ def test_fit_trains_m1_then_m2_and_leaves_the_whole_model():
     first, second = snaps.states
     assert _changed(start, first, "m1.") and not _changed(start, first, "m2.")
     assert _changed(first, second, "m2.") and not _changed(first, second, "m1.")
-    assert model.stage is None
+    # Each epoch's steps are in its stage; its evaluation sees the whole model.
+    assert snaps.stages == ["m1", None, "m2", None] and model.stage is None
 
 
 def _strip(history):
