@@ -74,14 +74,16 @@ def check_gradients(model: Any) -> None:
 
 def check_predictions(model: Any) -> None:
     """``classify`` gives probabilities, ``sample`` inputs and ``encode`` latent means, as
-    far as the model's capabilities (``can_classify``, ``has_decoder``) say it can."""
+    far as the model's capabilities (``can_classify``, ``has_decoder``,
+    ``generates_by_class``) say it can."""
     x = torch.rand(7, D)
     if model.can_classify:
         probs = model.classify(x)
         _check(probs.shape == (7, K) and torch.allclose(probs.sum(-1), torch.ones(7)), model,
                f"classify gave shape {tuple(probs.shape)} or rows not summing to 1")  # fmt: skip
     if model.has_decoder:
-        for y in (None, 2, torch.tensor([0, 1, 2, 0])):
+        classes = (2, torch.tensor([0, 1, 2, 0])) if model.generates_by_class else ()
+        for y in (None, *classes):
             _check(
                 model.sample(4, y=y).shape == (4, D), model, f"sample(4, y={y}) has the wrong shape"
             )

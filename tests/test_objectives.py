@@ -44,6 +44,8 @@ CONFIG: dict[str, dict[str, Any]] = {
     "latent-simplified": {"lam": LAM},
     "pi-vae": {"alpha": ALPHA, "beta": BETA},
     "beta-vae-classifier": {"beta": BETA, "gamma": ALPHA},
+    "m1": {},
+    "m1-m2": {"alpha": ALPHA, "prior": PRIOR, "z2_dim": Z, "m2_hidden": (8,)},
 }
 # (objective, num_particles) pairs checked against the hand-written objective.
 LABEL_LATENT_CASES = [("trace_enum", 1), ("trace_enum", 2), ("trace", 1), ("trace", 2),
@@ -51,9 +53,9 @@ LABEL_LATENT_CASES = [("trace_enum", 1), ("trace_enum", 2), ("trace", 1), ("trac
 REPARAMETERISED_CASES = [("trace_enum", 1), ("trace", 2), ("trace_graph", 1),
                          ("trace_mean_field", 1), ("renyi", 3)]  # fmt: skip
 CASES = [(name, *case) for name in LABEL_LATENT for case in LABEL_LATENT_CASES] + [
-    (name, *case) for name in ("latent", "latent-simplified", "pi-vae", "beta-vae-classifier")
+    (name, *case) for name in ("latent", "latent-simplified", "pi-vae", "beta-vae-classifier", "m1")
     for case in REPARAMETERISED_CASES
-]  # fmt: skip
+] + [("m1-m2", "trace_enum", 1), ("m1-m2", "trace_enum", 2)]  # fmt: skip
 
 
 def _model(name: str):
@@ -92,10 +94,10 @@ def _noise(calls: list[dict], num_particles: int) -> list[dict[str, torch.Tensor
         call = calls[0 if vectorised else p]
         noise = {}
         for name, site in call.items():
-            if name not in ("z", "a", "y_unobserved"):
+            if name not in ("z", "a", "z1", "y_unobserved"):
                 continue
             value = detach_provenance(site["value"]).detach()
-            if name in ("z", "a"):
+            if name in ("z", "a", "z1"):
                 value = detach_provenance((value - site["fn"].mean) / site["fn"].stddev).detach()
             dim = -2 - site["fn"].event_dim  # the particle plate, left of the data plate
             if vectorised and value.shape[dim] > 1:  # (an enumerated label broadcasts)
@@ -236,6 +238,46 @@ def _beta_vae_classifier(model, objective, x, y, noise):
     return elbo, elbo
 
 
+def _m1(model, objective, x, y, noise):
+    """Kingma & Welling (M1): log p(x|z) + log p(z) - log q(z|x) per row, the KL analytic
+    under trace_mean_field; labels play no part."""
+    q_z = multi_input_gaussian(model.q.q_z, [x])
+    z = q_z.loc + q_z.scale * noise["z"]
+    if objective == "trace_mean_field":
+        latent = -td.kl_divergence(q_z, td.Normal(0.0, 1.0)).sum(-1)
+    else:
+        latent = _normal(torch.zeros(()), torch.ones(()), z) - q_z.log_prob(z).sum(-1)
+    elbo = _bernoulli(model.p_x.head.logits(model.p_x.trunk(z)), x) + latent
+    return elbo, elbo
+
+
+def _m1_m2(model, objective, x, y, noise):
+    """Kingma sec 3.2, the whole stacked model (outside a training stage): z1 ~ q(z1|x) once
+    per row, then M2's eq. 9 on z1 with every class enumerated:
+    L(x, k) = log p(k) + log p(z2) + log N(z1; mu(z2, k), I) - log q(z2|z1, k)
+              + log p(x|z1) - log q(z1|x)."""
+    assert objective == "trace_enum"
+    m1, m2 = model.m1, model.m2
+    q_z1 = multi_input_gaussian(m1.q.q_z, [x])
+    z1 = q_z1.loc + q_z1.scale * noise["z1"]
+    outer = _bernoulli(m1.p_x.head.logits(m1.p_x.trunk(z1)), x) - q_z1.log_prob(z1).sum(-1)
+    log_q_y = F.log_softmax(m2.q.q_y.net(z1), -1)
+    bounds = []
+    for k in range(K):
+        label = torch.full_like(y, k)
+        q_z2 = multi_input_gaussian(m2.q.q_z, [z1], label)
+        z2 = q_z2.loc + q_z2.scale * noise["z"][k]
+        loc = m2.p_x.head.loc(multi_input_hidden(m2.p_x.trunk, [z2], label))
+        log_p = torch.log(torch.tensor(PRIOR))[label] + _normal(torch.zeros(()), torch.ones(()), z2)
+        bounds.append(log_p + _normal(loc, torch.ones(()), z1) - q_z2.log_prob(z2).sum(-1))
+    L = torch.stack(bounds, -1) + outer[:, None]
+    y0 = y.clamp(min=0)[:, None]
+    labelled = L.gather(1, y0).squeeze(1) + ALPHA * log_q_y.gather(1, y0).squeeze(1)
+    unlabelled = (log_q_y.exp() * (L - log_q_y)).sum(-1)
+    elbo = torch.where(y >= 0, labelled, unlabelled)
+    return elbo, elbo
+
+
 def _hand_loss(model, objective, x, y, particles, renyi_alpha=0.0):
     """(loss, surrogate loss) of ``objective`` over the recorded particles."""
     per_model = {name: _label_latent for name in LABEL_LATENT}
@@ -245,6 +287,8 @@ def _hand_loss(model, objective, x, y, particles, renyi_alpha=0.0):
             "latent-simplified": _latent,
             "pi-vae": _pi_vae,
             "beta-vae-classifier": _beta_vae_classifier,
+            "m1": _m1,
+            "m1-m2": _m1_m2,
         }
     )
     pairs = [per_model[model.name](model, objective, x, y, noise) for noise in particles]
@@ -297,8 +341,11 @@ def test_every_model_is_covered():
 def test_allowed_objectives_and_defaults(name):
     model = _model(name)
     label_latent = ("trace_enum", "trace", "trace_graph")
-    assert allowed_objectives(model) == (label_latent if name in LABEL_LATENT else OBJECTIVE_NAMES)
-    default = TraceMeanField_ELBO if name in ("pi-vae", "beta-vae-classifier") else TraceEnum_ELBO
+    enumerated = (*LABEL_LATENT, "m1-m2")
+    assert allowed_objectives(model) == (label_latent if name in enumerated else OBJECTIVE_NAMES)
+    default = (
+        TraceMeanField_ELBO if name in ("pi-vae", "beta-vae-classifier", "m1") else TraceEnum_ELBO
+    )
     assert type(model.make_elbo()) is default
     assert type(model.make_elbo(objective=None)) is default
     assert model.make_elbo().num_particles == 1
@@ -307,7 +354,7 @@ def test_allowed_objectives_and_defaults(name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_particles_are_vectorised_where_the_model_takes_a_particle_dim(name):
     elbo = _model(name).make_elbo(objective="trace", num_particles=3)
-    vectorised = name in ("m2", "gmdgm", "latent", "latent-simplified", "beta-vae-classifier")
+    vectorised = name in ("m2", "gmdgm", "latent", "latent-simplified", "beta-vae-classifier", "m1")
     assert elbo.num_particles == 3 and elbo.vectorize_particles is vectorised
     # Pyro puts the particle plate left of the data plate.
     assert elbo.max_plate_nesting == (2 if vectorised else 1)

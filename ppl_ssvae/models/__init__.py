@@ -16,6 +16,8 @@ from .base import GuideModules, ModelConfig, SemiSupervisedModel
 from .beta_vae_classifier import BetaVAEClassifier, BetaVAEClassifierConfig
 from .gmdgm import GMDGM, GMDGMConfig
 from .latent_classifier import LatentClassifier, LatentClassifierConfig, SimplifiedLatentClassifier
+from .m1 import M1, M1Config
+from .m1m2 import M1M2, M1M2Config
 from .m2 import M2, M2Config
 from .pi_vae import PiVAE, PiVAEConfig
 from .priors import semi_unsupervised_prior
@@ -29,6 +31,8 @@ MODELS: dict[str, type[SemiSupervisedModel]] = {
     SimplifiedLatentClassifier.name: SimplifiedLatentClassifier,
     PiVAE.name: PiVAE,
     BetaVAEClassifier.name: BetaVAEClassifier,
+    M1.name: M1,
+    M1M2.name: M1M2,
 }
 
 
@@ -148,6 +152,10 @@ __all__ = [
     "LatentClassifierConfig",
     "SimplifiedLatentClassifier",
     "semi_unsupervised_prior",
+    "M1",
+    "M1Config",
+    "M1M2",
+    "M1M2Config",
     "M2",
     "MODELS",
     "M2Config",

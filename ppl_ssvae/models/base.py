@@ -72,6 +72,14 @@ class SemiSupervisedModel(nn.Module):
     classifier_on_latent: ClassVar[bool] = False
     reconstruction_scorer: ClassVar[str | None] = None
 
+    # Config fields naming a trained run that part of the model starts from: field ->
+    # (the submodule, the model that run must hold). ``fit`` loads them before a fresh
+    # run's first step and records what it read (ppl_ssvae.training.init_from.init_parts).
+    parts_from_runs: ClassVar[dict[str, tuple[str, str]]] = {}
+    # Whether fit trains the model in stages (``training_stage``), each stepping only some
+    # of its parameters: then not data-parallel, where DDP gives every parameter a gradient.
+    trains_in_stages: ClassVar[bool] = False
+
     # The guide's continuous latents, which take the config's guide family; () for a model
     # whose guide is fixed (the pi-VAE), which then refuses every family but the default.
     guide_latents: ClassVar[tuple[str, ...]] = ("z",)
@@ -156,6 +164,15 @@ class SemiSupervisedModel(nn.Module):
             self.name, self.objective_family, objective, num_particles,
             default=self.default_objective, vectorize=self.vectorize_particles, **kwargs,
         )  # fmt: skip
+
+    def training_stage(self, epoch: int | None) -> bool:
+        """Called by the training loop before each epoch's steps, and with None after them
+        (the evaluation sees the whole model): a model trained in stages (``m1-m2``) takes up the objective of the stage the
+        epoch is in, decided by the epoch alone, so a resumed run continues in its stage.
+        True when ``epoch`` begins a stage after the first: the loop then starts the
+        optimizer afresh (its state and learning-rate decay), as each stage is trained like
+        a run of its own. Nothing (False) by default."""
+        return False
 
     # -- prediction ------------------------------------------------------------------
     @abstractmethod

@@ -93,12 +93,23 @@ def fit(
         raise UserError("resume needs the run directory (out=...)")
     _check_training_data(model, data)
     group = distributed.current()
+    if group is not None and model.trains_in_stages:
+        raise UserError(
+            f"{model.name} trains in stages, each stepping only part of the model, which "
+            "data-parallel training cannot do (DDP gives every parameter a gradient, so the "
+            "frozen part would move); train it in one process"
+        )
     if resume:  # the plain refusals (no run, no checkpoint) before reading the run
         _on_main(group, lambda: run.check_start(resume, overwrite))
     recorded = _on_main(group, lambda: _recorded(run, model)) if resume else None
     if resume and group is not None:  # every rank trains with rank 0's reading of the run
         recorded = group.broadcast(recorded)
     settings, applied = _settle(model, data, settings, options, recorded)
+    if model.trains_in_stages and settings.lr_scheduler:
+        raise UserError(
+            f"{model.name} trains in stages and starts its optimizer afresh at each, which an "
+            "lr_scheduler (bound to the first optimizer) cannot follow; use lr_decay"
+        )
     evaluate = evaluate or protocol.evaluators()[protocol.default_evaluator_name(model, data)]
     if run is not None:  # said before the lock is taken, so a refused start writes nothing
         world = group.world_size if group else 1
@@ -109,6 +120,12 @@ def fit(
         from .init_from import init_from as copy_shared_weights
 
         run_config = {**(run_config or {}), "init_from": copy_shared_weights(model, init_from)}
+    if not resume and model.parts_from_runs:  # a part given as a trained run (m1-m2's m1)
+        from .init_from import init_parts
+
+        parts = init_parts(model)
+        if parts:
+            run_config = {**(run_config or {}), "parts_from_runs": parts}
     best = BestEpoch()
     keep = [RunDirectory(run if group is None or group.is_main else None, best)] if run else []
     if run is not None and (group is None or group.is_main) and evaluate is _clustering():

@@ -132,3 +132,69 @@ def _same_shapes(
                 f"{tuple(mine[key].shape)}: start from a run of the same sizes"
             )
     return kept
+
+
+def init_parts(model: nn.Module, checkpoint: str = BEST) -> dict:
+    """Copy into each part of ``model`` the weights of the trained run its config names
+    (``model.parts_from_runs``: config field -> (submodule, the model the run must hold);
+    ``m1-m2``'s ``m1 = RUN``). The run is read as ``init_from`` reads one: config.json,
+    then ``checkpoint`` (best.pt) under the run directory's checksums.
+
+    Returns the record config.json keeps per field: the run, checkpoint, its epoch and
+    SHA-256; {} when the config names no run.
+
+    Raises:
+        UserError: the run holds another model, or a model of other inputs or sizes than
+            the part; before a weight is copied.
+    """
+    from .. import models
+
+    records = {}
+    for field, (attr, kind) in model.parts_from_runs.items():
+        path = getattr(model.config, field)
+        if path is None:
+            continue
+        run = RunDir(path)
+        where = f"--{field.replace('_', '-')} {run.path}"
+        config = run.read_config()
+        trained = (config.get("model") or {}).get("model")
+        if trained != kind:
+            raise UserError(
+                f"{where} trained model {trained!r}; {model.name} needs an {kind!r} run"
+            )
+        part = getattr(model, attr)
+        mine, theirs = (
+            part.config.to_dict(),
+            {k: v for k, v in config["model"].items() if k != "model"},
+        )
+        differ = [
+            f"{k}={_plain(theirs.get(k))} (this model: {_plain(mine[k])})"
+            for k in ("input_dim", "likelihood", "z_dim", "hidden", "activation", "sigma2",
+                      "guide", "guide_args")
+            if _plain(theirs.get(k)) != _plain(mine[k])
+        ]  # fmt: skip
+        if differ:
+            raise UserError(f"{where} has another {kind}: {', '.join(differ)}")
+        try:
+            source = models.from_config(config["model"])
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        state = run.load_weights(source, checkpoint)
+        part.load_state_dict(source.state_dict())
+        digest = run.file(checkpoint + ".sha256")
+        records[field] = {
+            "run": str(run.path),
+            "checkpoint": checkpoint,
+            "epoch": state["epoch"],
+            "sha256": digest.read_text().strip() if digest.is_file() else None,
+        }
+    return records
+
+
+def _plain(value: object) -> object:
+    """A config value as JSON reads it back (tuples as lists)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -210,8 +210,11 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.model.training_stage(epoch):  # a new stage: a fresh optimizer
+            self.optim.restart()
         wall0, cpu0 = time.perf_counter(), time.process_time()
         record: dict[str, Any] = {"epoch": epoch, "train_loss": self._train_steps(epoch)}
+        self.model.training_stage(None)  # evaluation and checkpoints see the whole model
         train_seconds = time.perf_counter() - wall0
         self._emit("on_evaluate", record)
         epoch_wall, epoch_cpu = time.perf_counter() - wall0, time.process_time() - cpu0

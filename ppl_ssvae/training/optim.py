@@ -220,6 +220,11 @@ class SingleOptimizer(PyroOptim):
             self._load(self._pending_state)
             self._pending_state = None
 
+    def restart(self) -> None:
+        """Forget every parameter, its state and the decayed lr: the next step starts a new
+        optimizer (a model's next training stage, ``SemiSupervisedModel.training_stage``)."""
+        self.optimizer, self.param_names, self._pending_state = None, [], None
+
     def _load(self, state: dict[str, Any]) -> None:
         # Rebuild the saved group structure (groups appear when a model grows) so that
         # torch's load_state_dict matches parameters one to one.

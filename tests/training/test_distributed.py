@@ -92,6 +92,8 @@ def _case(name: str, guide: str):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     options = {"guide": guide} if MODELS[name].guide_latents else {}
+    if name == "m1-m2":  # its M2's layers are sized apart from M1's (`hidden`)
+        options["m2_hidden"] = (8,)
     model = build(name, input_dim=D, num_classes=K, z_dim=2, hidden=(8,), **options)
     g = torch.Generator().manual_seed(1)
     x = torch.bernoulli(torch.full((16, D), 0.4), generator=g)
