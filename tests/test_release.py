@@ -45,3 +45,9 @@ def test_citation_and_changelog_name_the_current_release():
     releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d\d-\d\d)$", changelog, re.M)
     assert releases[0] == (ppl_ssvae.__version__, released)
     assert "## [Unreleased]" in changelog.split(f"## [{releases[0][0]}]")[0]
+
+
+def test_the_readme_and_the_docs_home_name_the_current_version():
+    for page in ("README.md", "docs/index.md"):
+        text = (ROOT / page).read_text()
+        assert f"Version {ppl_ssvae.__version__} (" in text, page
