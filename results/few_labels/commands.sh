@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Issue 31's comparison at few labels: M2 dense, M2 conv and M1+M2 through SSVAEClassifier
+# against scikit-learn's semi-supervised baselines on the same splits (3 seeds, one thread).
+#   bash results/few_labels/commands.sh digits     # or mnist-5k, fashion-mnist
+set -euo pipefail
+export OMP_NUM_THREADS=1
+dataset=$1
+case $dataset in
+  digits)        labels=144;      epochs=60; m1_epochs=60 ;;  # 10% of the 1437 training rows
+  mnist-5k)      labels=100;      epochs=30; m1_epochs=30 ;;
+  fashion-mnist) labels=100,1000; epochs=5;  m1_epochs=10 ;;
+  *) echo "unknown dataset $dataset" >&2; exit 2 ;;
+esac
+name=few_labels_${dataset//-/_}
+run() { python -m experiments.sklearn_comparison --budget cpu --dataset "$dataset" --labels "$labels" "$@"; }
+run --epochs "$epochs" --name "${name}_m2_dense"
+run --epochs "$epochs" --model-arg net=conv --name "${name}_m2_conv"
+run --epochs $((epochs + m1_epochs)) --model m1-m2 --model-arg m1_epochs=$m1_epochs --name "${name}_m1m2"
+python -m experiments.sklearn_comparison --merge "results/${name}_m2_dense" \
+    "results/${name}_m2_conv" "results/${name}_m1m2" --name "$name"
