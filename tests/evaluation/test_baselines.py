@@ -130,3 +130,18 @@ def test_refuses_models_without_a_baseline_classifier(digits):
     adgm = build("adgm", input_dim=digits.input_dim, num_classes=10, z_dim=4, hidden=(8,))
     with pytest.raises(UserError, match="latent"):
         fit_labelled_only(adgm, digits, epochs=1)
+
+
+def test_m2_fits_after_its_baseline_and_the_next_seed_fits_too(digits):
+    """fit after fit_labelled_only on the same model, then both again on a new model:
+    the classifier's tensors were stored under the baseline's and M2's names, and the
+    param store (one name per tensor) failed to forget them (a KeyError)."""
+    from ppl_ssvae.training import fit
+
+    for seed in (0, 1):
+        baseline = _label_latent(digits, "m2")
+        fit_labelled_only(baseline, digits, epochs=1, seed=seed)
+        started = baseline.q.q_y.net[-1].weight.detach().clone()
+        fit(baseline, digits, epochs=1, batch_size=100, seed=seed, progress=False)
+        assert not torch.equal(baseline.q.q_y.net[-1].weight, started)  # M2 trained q(y|x)
+        fit(_label_latent(digits, "m2"), digits, epochs=1, batch_size=100, progress=False)
