@@ -26,6 +26,8 @@ SMOKE_ARGS = {
     "semi_unsupervised_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--z-dim", "4",
                                         "--hidden", "16", "--unsupervised", "--models", "gmdgm,m2",
                                         "--runs-dir", "{tmp}/runs"],
+    "m2_sigma2_circles": ["--budget", "smoke"],
+    "m2_kl_warmup_moons": ["--budget", "smoke", "--sigma2", "0.1"],
 }  # fmt: skip
 # A column each script's table must have.
 COLUMN = {

@@ -2,10 +2,16 @@
 
 Jurasiński (sec 5.1, Table 1) measures every semi-supervised model against "a fully
 supervised neural network trained only on the 100 labeled data points" (74.7% on MNIST):
-what the unlabelled rows add is the gap between the two. Here that network is the latent
-classifier's own classification path, ``x -> q(z|x) -> p(y|z)``, so the baseline has the
-same modules, the same initial weights when built with the same seed, and the same
-prediction rule (``model.classify``) as the semi-supervised model it is compared with.
+what the unlabelled rows add is the gap between the two. Here that network is the model's
+own classification path, so the baseline has the same modules, the same initial weights
+when built with the same seed, and the same prediction rule (``model.classify``) as the
+semi-supervised model it is compared with:
+
+- the latent classifier (``latent``, ``latent-simplified``): ``x -> q(z|x) -> p(y|z)``;
+- M2 and GM-DGM (guide ``q(y|x) q(z|x, y)``): the classifier ``q(y|x)`` (Jurasiński sec
+  3.1, Fig 3d: "the same neural network ... trained on the labeled data points only").
+  Trained in place, the model then holds that classifier, so a ``fit`` of the same model
+  afterwards starts M2 "with a classifier initialized to optimal values" (sec 3.1).
 """
 
 from __future__ import annotations
@@ -20,34 +26,52 @@ from torch import nn
 
 from ..data import SemiSupervisedData
 from ..errors import UserError
-from ..models.latent_classifier import LatentClassifier
+from ..guides.categorical_gaussian import CategoricalGaussianGuide
+from ..models.base import SemiSupervisedModel
 from ..training import FitResult, FitSettings, RestoreBestWeights, Trainer
 from ..training.standard import BestEpoch, Evaluation, NonFiniteGuard
 from .metrics import accuracy, log_loss
 
 
-def classifier_modules(model: LatentClassifier) -> nn.ModuleList:
-    """The modules ``model.classify`` runs: the encoder q(z|x) and the head p(y|z).
+def has_baseline(model: SemiSupervisedModel) -> bool:
+    """Whether :func:`fit_labelled_only` can train ``model``'s classifier: a latent
+    classifier, or a model whose guide is ``q(y|x) q(z|x, y)`` (M2, GM-DGM)."""
+    return model.classifier_on_latent or isinstance(
+        getattr(model, "q", None), CategoricalGaussianGuide
+    )
 
-    The decoder p(x|y, z) (or p(x|z)) is not among them: it takes no part in prediction.
+
+def classifier_modules(model: SemiSupervisedModel) -> nn.ModuleList:
+    """The modules ``model.classify`` runs: the encoder q(z|x) and the head p(y|z) of a
+    latent classifier; q(y|x) of M2 / GM-DGM.
+
+    The decoder p(x|y, z) (or p(x|z)), and M2's q(z|x, y), are not among them: they take
+    no part in prediction.
     """
-    return nn.ModuleList([model.q.q_z, model.p_y])
+    if model.classifier_on_latent:
+        return nn.ModuleList([model.q.q_z, model.p_y])
+    return nn.ModuleList([model.q.q_y])
 
 
-def classifier_log_prob(model: LatentClassifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def classifier_log_prob(
+    model: SemiSupervisedModel, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """``log p(y|x)`` per row under the model's classifier, differentiable in its parameters.
 
-    ``p(y|x) ~= (1/N) sum_i p(y|z_i)`` with ``z_i ~ q(z|x)`` and ``N = classify_samples``:
-    the rule of ``LatentClassifier._class_probs`` (Jurasiński sec 4.1), but with fresh
+    M2 / GM-DGM: ``log q(y|x)``, exactly. Latent classifier: ``p(y|x) ~= (1/N) sum_i
+    p(y|z_i)`` with ``z_i ~ q(z|x)`` and ``N = classify_samples``: the rule of
+    ``LatentClassifier._class_probs`` (Jurasiński sec 4.1), but with fresh
     reparameterised draws (``rsample``) so the gradient reaches the encoder.
     """
+    if not model.classifier_on_latent:
+        return model.q.q_y(x).log_prob(y)
     z = model.q.q_z(x).rsample((model.config.classify_samples,))  # (N, B, Z)
     log_p = model.p_y(z).log_prob(y)  # (N, B)
     return torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])
 
 
 def fit_labelled_only(
-    model: LatentClassifier,
+    model: SemiSupervisedModel,
     data: SemiSupervisedData,
     *,
     epochs: int = 500,
@@ -57,15 +81,16 @@ def fit_labelled_only(
     seed: int = 0,
     device: str | torch.device = "auto",
 ) -> FitResult:
-    """Train the latent classifier's classification path on the labelled rows alone.
+    """Train the model's classification path on the labelled rows alone.
 
-    The supervised baseline of Jurasiński sec 5.1 / Table 1, built from the model itself:
-    only the parameters ``model.classify`` uses (:func:`classifier_modules`: q(z|x) and
-    p(y|z)) are trained, by the library's loop (``Trainer``, Adam), on cross-entropy only: minimising
-    ``-log p(y|x)`` of :func:`classifier_log_prob` over ``data.x_train[labelled_mask]``.
-    Unlabelled rows are never read, and the decoder is left as it was built.
+    The supervised baseline of Jurasiński sec 5.1 / Table 1 (and sec 3.1, Fig 3d, for
+    M2), built from the model itself: only the parameters ``model.classify`` uses
+    (:func:`classifier_modules`: q(z|x) and p(y|z), or M2's q(y|x)) are trained, by the
+    library's loop (``Trainer``, Adam), on cross-entropy only: minimising ``-log p(y|x)``
+    of :func:`classifier_log_prob` over ``data.x_train[labelled_mask]``. Unlabelled rows
+    are never read, and the decoder (and M2's q(z|x, y)) is left as it was built.
 
-    z is sampled, not set to its mean: the model's classifier averages p(y|z_i) over
+    In a latent classifier z is sampled, not set to its mean: the model's classifier averages p(y|z_i) over
     ``classify_samples`` draws z_i ~ q(z|x) at prediction time, so the baseline is trained
     on that same averaged prediction (fresh reparameterised draws each step) and
     evaluated with ``model.classify`` itself (fixed-seed draws), exactly as the
@@ -78,7 +103,8 @@ def fit_labelled_only(
     ``model`` before returning.
 
     Args:
-        model: a ``latent`` or ``latent-simplified`` model, trained in place.
+        model: a ``latent``, ``latent-simplified``, ``m2`` or ``gmdgm`` model (not one
+            with an auxiliary latent: its q(y|a, x) needs a), trained in place.
         data: the semi-supervised split; its validation rows select the epoch.
         epochs: passes over the labelled rows.
         lr: Adam's learning rate (Jurasiński App. B: 1e-3).
@@ -95,10 +121,11 @@ def fit_labelled_only(
         ``train_accuracy``, ``val_accuracy``, ``test_accuracy``, ``test_log_loss``,
         ``epoch_cpu_seconds``, ``elapsed_seconds``, ``elapsed_cpu_seconds``.
     """
-    if not model.classifier_on_latent:
+    if not has_baseline(model):
         raise UserError(
             f"fit_labelled_only trains the p(y|z) classifier of a latent-classifier model "
-            f"('latent', 'latent-simplified'); got {type(model).__name__}"
+            f"('latent', 'latent-simplified') or the q(y|x) of 'm2' / 'gmdgm'; got "
+            f"{type(model).__name__}"
         )
     if epochs < 0:
         raise UserError(f"epochs={epochs} must be >= 0")
@@ -131,12 +158,12 @@ def fit_labelled_only(
 
 
 class ClassifierObjective(nn.Module):
-    """The classification path of a latent-classifier model as a Pyro objective:
+    """The classification path of a model (:func:`classifier_modules`) as a Pyro objective:
     ``-sum log p(y|x)`` over the (labelled) rows of a batch, with an empty guide, so the
     library's training loop trains it like any model (and nothing but
     :func:`classifier_modules` gets a gradient)."""
 
-    def __init__(self, model: LatentClassifier) -> None:
+    def __init__(self, model: SemiSupervisedModel) -> None:
         super().__init__()
         self.inner = model
         self.name = f"{model.name}-labelled-only"
@@ -155,7 +182,7 @@ class ClassifierObjective(nn.Module):
 
 
 def _evaluate(
-    model: LatentClassifier, data: SemiSupervisedData, keep: torch.Tensor
+    model: SemiSupervisedModel, data: SemiSupervisedData, keep: torch.Tensor
 ) -> dict[str, float]:
     train_probs = model.classify(data.x_train[keep])
     test_probs = model.classify(data.x_test)

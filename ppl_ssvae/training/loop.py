@@ -266,8 +266,15 @@ class Trainer:
 def _forget_model_params(model: SemiSupervisedModel) -> None:
     # pyro.module() returns what the param store already holds under a name, so stale
     # tensors of an earlier model with the same name would be optimised instead of ours.
+    # This model's own tensors go too, under whatever name they were stored: a model
+    # trained first by another objective (``fit_labelled_only``'s "<name>-labelled-only")
+    # would otherwise be in the store under two names, and the store (one name per
+    # tensor) fails to delete the second.
     store = pyro.get_param_store()
-    for name in [n for n in store if n.startswith(f"{model.name}.")]:
+    mine = {id(p) for p in model.parameters()}
+    stale = [n for n, v in store.named_parameters()
+             if n.startswith(f"{model.name}.") or id(v) in mine]  # fmt: skip
+    for name in stale:
         del store[name]
 
 

@@ -1,5 +1,6 @@
-"""The labelled-only baseline (Jurasiński sec 5.1): the latent classifier's own q(z|x) ->
-p(y|z) path, trained on the labelled rows alone with cross-entropy."""
+"""The labelled-only baseline (Jurasiński sec 5.1, and sec 3.1 for M2): the latent
+classifier's own q(z|x) -> p(y|z) path, or M2's q(y|x), trained on the labelled rows alone
+with cross-entropy."""
 
 import dataclasses
 
@@ -95,7 +96,52 @@ def test_log_prob_is_the_classifier_rule(digits):
     assert not torch.allclose(at_mean, predicted, atol=2e-2)
 
 
-def test_refuses_models_without_a_latent_classifier(digits):
-    m2 = build("m2", input_dim=digits.input_dim, num_classes=10, z_dim=4, hidden=(8,))
+def _label_latent(data, name):
+    pyro.set_rng_seed(0)
+    return build(name, input_dim=data.input_dim, num_classes=10, z_dim=4, hidden=(32,))
+
+
+@pytest.mark.parametrize("name", ["m2", "gmdgm"])
+def test_m2_trains_only_its_classifier_q_y(digits, name):
+    """Only q(y|x) moves, and the weights left in the model are the best epoch's: a
+    ``fit`` of the same model afterwards starts from that classifier (sec 3.1)."""
+    model = _label_latent(digits, name)
+    before = _params(model)
+    result = fit_labelled_only(model, digits, epochs=20, lr=1e-2, batch_size=10)
+    after = _params(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"q.q_y.{k}" for k, _ in model.q.q_y.named_parameters()}
+    assert result.history[-1]["train_accuracy"] > result.history[0]["train_accuracy"] + 0.3
+    best = result.best
+    assert model.classify(digits.x_val).argmax(-1).eq(digits.y_val).float().mean().item() == (
+        pytest.approx(best["val_accuracy"])
+    )
+
+
+def test_m2_log_prob_is_log_q_y(digits):
+    model = _label_latent(digits, "m2")
+    x, y = digits.x_val[:5], digits.y_val[:5]
+    with torch.no_grad():
+        expected = model.classify(x)[torch.arange(5), y].log()
+        assert torch.allclose(classifier_log_prob(model, x, y), expected, atol=1e-6)
+
+
+def test_refuses_models_without_a_baseline_classifier(digits):
+    adgm = build("adgm", input_dim=digits.input_dim, num_classes=10, z_dim=4, hidden=(8,))
     with pytest.raises(UserError, match="latent"):
-        fit_labelled_only(m2, digits, epochs=1)
+        fit_labelled_only(adgm, digits, epochs=1)
+
+
+def test_m2_fits_after_its_baseline_and_the_next_seed_fits_too(digits):
+    """fit after fit_labelled_only on the same model, then both again on a new model:
+    the classifier's tensors were stored under the baseline's and M2's names, and the
+    param store (one name per tensor) failed to forget them (a KeyError)."""
+    from ppl_ssvae.training import fit
+
+    for seed in (0, 1):
+        baseline = _label_latent(digits, "m2")
+        fit_labelled_only(baseline, digits, epochs=1, seed=seed)
+        started = baseline.q.q_y.net[-1].weight.detach().clone()
+        fit(baseline, digits, epochs=1, batch_size=100, seed=seed, progress=False)
+        assert not torch.equal(baseline.q.q_y.net[-1].weight, started)  # M2 trained q(y|x)
+        fit(_label_latent(digits, "m2"), digits, epochs=1, batch_size=100, progress=False)
