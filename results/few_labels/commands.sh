@@ -6,15 +6,15 @@ set -euo pipefail
 export OMP_NUM_THREADS=1
 dataset=$1
 case $dataset in
-  digits)        labels=140;      epochs=60; m1_epochs=60 ;;  # ~10% of the 1437 training rows
-  mnist-5k)      labels=100;      epochs=30; m1_epochs=30 ;;
-  fashion-mnist) labels=100,1000; epochs=5;  m1_epochs=10 ;;
+  digits)        labels=140;      epochs=60; m1_epochs=60; shape=[1,8,8] ;;  # ~10% of the 1437 training rows
+  mnist-5k)      labels=100;      epochs=30; m1_epochs=30; shape=[1,28,28] ;;
+  fashion-mnist) labels=100,1000; epochs=5;  m1_epochs=10; shape=[1,28,28] ;;
   *) echo "unknown dataset $dataset" >&2; exit 2 ;;
 esac
 name=few_labels_${dataset//-/_}
 run() { python -m experiments.sklearn_comparison --budget cpu --dataset "$dataset" --labels "$labels" "$@"; }
 run --epochs "$epochs" --name "${name}_m2_dense"
-run --epochs "$epochs" --model-arg net=conv --name "${name}_m2_conv"
+run --epochs "$epochs" --model-arg net=conv --model-arg "image_shape=$shape" --name "${name}_m2_conv"
 run --epochs $((epochs + m1_epochs)) --model m1-m2 --model-arg m1_epochs=$m1_epochs --name "${name}_m1m2"
 python -m experiments.sklearn_comparison --merge "results/${name}_m2_dense" \
     "results/${name}_m2_conv" "results/${name}_m1m2" --name "$name"
