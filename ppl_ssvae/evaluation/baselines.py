@@ -180,6 +180,11 @@ class ClassifierObjective(nn.Module):
     def make_elbo(self, **options: Any) -> pyro.infer.ELBO:
         return pyro.infer.Trace_ELBO(**options)
 
+    def training_stage(self, epoch: int | None) -> bool:
+        """One stage, the classification path alone: no epoch starts a new one (the loop
+        asks every model, ``SemiSupervisedModel.training_stage``)."""
+        return False
+
 
 def _evaluate(
     model: SemiSupervisedModel, data: SemiSupervisedData, keep: torch.Tensor
