@@ -14,7 +14,7 @@ from ..guides.registry import (
     DEFAULT,
     resolve_guide_args,
 )
-from ..nn.nets import check_net
+from ..nn.nets import check_net, family
 
 # What ``guide=`` accepts besides a family name in the config: a module for z, or one module
 
@@ -133,7 +133,8 @@ class NetConfig(ModelConfig):
             is dense, cnn or rnn.
         net_args: that family's arguments (conv: ``channels``, e.g. ``channels=[32,64]``).
         image_shape: (C, H, W) of the flattened images, which image nets need; filled in
-            from image data (None for other data, or when a feature mask drops pixels).
+            from image data (None for other data, when a feature mask drops pixels, or for
+            a net that reads no images).
     """
 
     net: str = "dense"
@@ -142,5 +143,9 @@ class NetConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not family(self.net).needs_image:
+            # Only image nets read the shape: a dense model's config is then the same
+            # whether or not its data recipe knew one (a CLI run resumes from Python).
+            self.image_shape = None
         # Completed with the family's defaults, so the config records what was built.
         self.net_args = check_net(self.net, self.net_args, self.input_dim, self.image_shape)
