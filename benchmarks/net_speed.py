@@ -13,13 +13,12 @@ seconds of an epoch of ``--epoch-rows`` rows at that cost.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import pyro
 import torch
 
+from benchmarks.common import interleaved_medians, svi_step
 from experiments.common import ScriptParser, name_list, positive_int
 from ppl_ssvae.models import build
 from ppl_ssvae.nn import NETS
@@ -39,18 +38,7 @@ def stepper(net: str, seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], N
     family, net_args = contender(net)
     model = build("m2", input_dim=PIXELS, num_classes=CLASSES, z_dim=50, hidden=(500,),
                   net=family, net_args=net_args, image_shape=IMAGE)  # fmt: skip
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    elbo = model.make_elbo()
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        # Every M2 registers its networks as "m2.*" in Pyro's param store: cleared per step
-        # so that pyro.module hands each contender its own weights.
-        pyro.clear_param_store()
-        optimizer.zero_grad()
-        elbo.differentiable_loss(model.model, model.guide, x, y).backward()
-        optimizer.step()
-
-    return step
+    return svi_step(model)
 
 
 def batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -83,29 +71,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         parser.error(f"unknown nets {unknown}; choose from {', '.join(NETS)}")
     steps = {name: stepper(name) for name in names}
     data = batches(4)
-    for name in names:  # warm-up, not timed
-        for x, y in data[:2]:
-            steps[name](x, y)
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(args.steps):
-        x, y = data[i % len(data)]
-        for name in names if i % 2 == 0 else names[::-1]:
-            w0, c0 = time.perf_counter(), time.process_time()
-            steps[name](x, y)
-            wall[name].append(time.perf_counter() - w0)
-            cpu[name].append(time.process_time() - c0)
+    wall, cpu = interleaved_medians(steps, data, args.steps)
     per_epoch = args.epoch_rows / len(data[0][0])
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} thread(s), {args.steps} interleaved steps of 100 + 100 "
           f"rows, median per step; epoch = {args.epoch_rows} rows")  # fmt: skip
     print(f"{'net':<16}{'wall ms':>10}{'CPU ms':>10}{'x first (CPU)':>15}{'CPU s/epoch':>13}")
-    base = statistics.median(cpu[names[0]])
+    base = cpu[names[0]]
     ratios = {}
     for name in names:
-        c = statistics.median(cpu[name])
+        c = cpu[name]
         ratios[name] = c / base
-        print(f"{name:<16}{1000 * statistics.median(wall[name]):>10.1f}{1000 * c:>10.1f}"
+        print(f"{name:<16}{1000 * wall[name]:>10.1f}{1000 * c:>10.1f}"
               f"{c / base:>14.2f}x{c * per_epoch:>13.0f}")  # fmt: skip
     return ratios
 
