@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import math
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -34,7 +33,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, check_like_default
 from ..nn import Conditional, ContextEncoder
 from . import flows, full_gaussian, gaussian, planar, pyro_flows, radial, zuko_flows
 
@@ -170,7 +169,9 @@ def resolve_guide_args(name: str, guide_args: Mapping[str, Any]) -> dict[str, An
         raise UserError(f"guide {name!r} has no guide_args {unknown}; valid: {valid}")
     resolved = dict(defaults)
     for key, value in guide_args.items():
-        resolved[key] = _checked(name, key, value, defaults[key], _choices(spec.head, key))
+        resolved[key] = check_like_default(
+            f"guide {name!r} guide_args {key}", value, defaults[key], _choices(spec.head, key)
+        )
     return resolved
 
 
@@ -193,36 +194,6 @@ def _choices(head: Callable[..., Any], key: str) -> tuple[Any, ...] | None:
     except (NameError, TypeError, KeyError):
         return None
     return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
-
-
-def _checked(name: str, key: str, value: Any, default: Any, choices: Any = None) -> Any:
-    """``value`` if it has the kind of ``default`` (a count, a number, widths, a choice),
-    else a one-line UserError. Counts and widths must be >= 1; a rank-like count too."""
-    where = f"guide {name!r} guide_args {key}"
-    if choices is not None or isinstance(default, str):
-        if choices is not None and value not in choices:
-            raise UserError(f"{where} must be one of {', '.join(map(str, choices))}, got {value!r}")
-        if not isinstance(value, str):
-            raise UserError(f"{where} must be text, got {value!r}")
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        raise UserError(f"{where} must not be true/false, got {value!r}")
-    if isinstance(default, int):
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{where} must be an integer >= 1, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-            raise UserError(f"{where} must be a finite number > 0, got {value!r}")
-        return float(value)
-    # widths: a sequence of ints (the default may be None: sized from out_dim)
-    if value is None and default is None:
-        return None
-    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
-        raise UserError(f"{where} must be a list of integers >= 1, got {value!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-        raise UserError(f"{where} must be a list of integers >= 1, got {value!r}")
-    return tuple(value)
 
 
 def build_latent_guide(

@@ -22,14 +22,13 @@ family is one ``register_net`` call; the keyword defaults of its trunk function 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, check_like_default
 from .context import LABEL, ConditionalDecoder, Decoder
 from .conv import ConvTrunk, DeconvDecoder, check_channels, check_image
 
@@ -144,30 +143,10 @@ def resolve_net_args(name: str, net_args: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError(
             f"net {name!r} has no net_args {unknown}; valid: {', '.join(defaults) or 'none'}"
         )
-    return {k: _checked(name, k, net_args.get(k, d), d) for k, d in defaults.items()}
-
-
-def _checked(name: str, key: str, value: Any, default: Any) -> Any:
-    """``value`` if it has the kind of ``default`` (a count, a rate, widths, text)."""
-    where = f"net {name!r} net_args {key}"
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise UserError(f"{where} must be text, got {value!r}")
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        raise UserError(f"{where} must not be true/false, got {value!r}")
-    if isinstance(default, int):
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{where} must be an integer >= 1, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-            raise UserError(f"{where} must be a finite number >= 0, got {value!r}")
-        return float(value)
-    ok = isinstance(value, Sequence) and not isinstance(value, str) and value
-    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-        raise UserError(f"{where} must be a list of integers >= 1, got {value!r}")
-    return tuple(value)
+    return {
+        k: check_like_default(f"net {name!r} net_args {k}", net_args.get(k, d), d, zero_ok=True)
+        for k, d in defaults.items()
+    }
 
 
 def check_net(
