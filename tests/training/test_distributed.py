@@ -55,6 +55,12 @@ def _join(rank: int, store: str) -> None:
 def _rank(rank: int, worker, *args) -> None:
     faulthandler.dump_traceback_later(RANK_DEADLINE_S, exit=True)
     worker(rank, *args)
+    # As python -m ppl_ssvae does for a data-parallel run's ranks: a finished rank leaves
+    # without the interpreter's teardown, where gloo's threads can abort it ("terminate
+    # called without an active exception", seen in CI on this test file).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _spawn(worker, *args) -> None:
