@@ -35,7 +35,6 @@ def init_from(model: nn.Module, run: str | Path | RunDir, checkpoint: str = BEST
         UserError: ``run`` is not a run, holds another model, or has weights of other
             shapes, or lacks one this model needs (anything but a flow's transforms).
     """
-    from .. import models
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     config = run.read_config()
@@ -45,11 +44,7 @@ def init_from(model: nn.Module, run: str | Path | RunDir, checkpoint: str = BEST
             f"{where} trained model {config['model'].get('model')!r}, not {model.name!r}; "
             "start from a run of the same model"
         )
-    try:
-        source = models.from_config(config["model"])
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from None
-    state = run.load_weights(source, checkpoint)
+    source, record = _trained(run, config, where, checkpoint)
     pairs = _same_shapes(model, source, shared_weights(model, source), where)
     missing = [
         k
@@ -66,13 +61,25 @@ def init_from(model: nn.Module, run: str | Path | RunDir, checkpoint: str = BEST
         mine = model.state_dict()
         for key, other in pairs.items():
             mine[key].copy_(theirs[other])
+    return {**record, "copied": len(pairs)}
+
+
+def _trained(run: RunDir, config: dict, where: str, checkpoint: str) -> tuple[nn.Module, dict]:
+    """The model ``run``'s ``config`` describes, with ``checkpoint``'s weights (checksums
+    verified), and the record config.json keeps of it: run, checkpoint, epoch, SHA-256."""
+    from .. import models
+
+    try:
+        source = models.from_config(config["model"])
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    state = run.load_weights(source, checkpoint)
     digest = run.file(checkpoint + ".sha256")
-    return {
+    return source, {
         "run": str(run.path),
         "checkpoint": checkpoint,
         "epoch": state["epoch"],
         "sha256": digest.read_text().strip() if digest.is_file() else None,
-        "copied": len(pairs),
     }
 
 
@@ -147,7 +154,6 @@ def init_parts(model: nn.Module, checkpoint: str = BEST) -> dict:
         UserError: the run holds another model, or a model of other inputs or sizes than
             the part; before a weight is copied.
     """
-    from .. import models
 
     records = {}
     for field, (attr, kind) in model.parts_from_runs.items():
@@ -175,19 +181,8 @@ def init_parts(model: nn.Module, checkpoint: str = BEST) -> dict:
         ]  # fmt: skip
         if differ:
             raise UserError(f"{where} has another {kind}: {', '.join(differ)}")
-        try:
-            source = models.from_config(config["model"])
-        except UserError as e:
-            raise UserError(f"{where}: {e}") from None
-        state = run.load_weights(source, checkpoint)
+        source, records[field] = _trained(run, config, where, checkpoint)
         part.load_state_dict(source.state_dict())
-        digest = run.file(checkpoint + ".sha256")
-        records[field] = {
-            "run": str(run.path),
-            "checkpoint": checkpoint,
-            "epoch": state["epoch"],
-            "sha256": digest.read_text().strip() if digest.is_file() else None,
-        }
     return records
 
 
