@@ -47,6 +47,7 @@ from experiments.common import (
     ScriptParser,
     non_negative_float,
     positive_float,
+    pyplot,
     random_seed,
     run_script,
     write_results,
@@ -186,13 +187,9 @@ def _baseline_row(method: str, i: int, total: int, model: Any, data: Any) -> dic
 def latent_maps(base: ActiveConfig, runs: Path, path: Path, rows: int = 2000) -> None:
     """t-SNE of the latent means of ``rows`` test images, coloured by true class: after
     the unsupervised phase, then after the last iteration of each variant (Figs 5-6)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ppl_ssvae.evaluation.inspect import embed_2d, scatter_by_class
 
+    plt = pyplot()
     data = load_unlabelled(base)
     x, y = data.x_test[:rows], data.y_test[:rows]
     first = runs / _slug(next(iter(VARIANTS)))
@@ -216,10 +213,7 @@ def latent_maps(base: ActiveConfig, runs: Path, path: Path, rows: int = 2000) ->
 
 
 def _plot(path: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for method in dict.fromkeys(r["method"] for r in rows):

@@ -272,13 +272,19 @@ def write_results(
     return out
 
 
-def plot_curves(path: Path, curves: dict[str, FitResult], key: str = "test_accuracy") -> None:
-    """Accuracy against CPU-minutes, one line per run (matplotlib only when asked for)."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, imported only when a script plots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(path: Path, curves: dict[str, FitResult], key: str = "test_accuracy") -> None:
+    """Accuracy against CPU-minutes, one line per run."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, result in curves.items():
         ax.plot(

@@ -52,11 +52,12 @@ from experiments.common import (
     comma_list,
     mean_and_sd,
     positive_float,
+    pyplot,
     random_seed_list,
     run_script,
     write_results,
 )
-from experiments.m2_sigma2_circles import FIT, MODEL, build_m2, pyplot, reconstructions
+from experiments.m2_sigma2_circles import FIT, MODEL, build_m2, reconstructions
 from ppl_ssvae import data
 from ppl_ssvae.training import Callback, KLWarmup, fit
 

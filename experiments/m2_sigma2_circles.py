@@ -66,6 +66,7 @@ from experiments.common import (
     mean_and_sd,
     positive_float,
     positive_int,
+    pyplot,
     random_seed_list,
     run_script,
     write_results,
@@ -218,15 +219,6 @@ def _row(
         "start_test_accuracy": "" if start_accuracy is None else start_accuracy,
         "cpu_seconds": time.process_time() - start,
     }
-
-
-def pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_sigma2(path: Path, summary: list[dict[str, Any]]) -> None:
