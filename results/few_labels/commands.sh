@@ -12,7 +12,11 @@ case $dataset in
   *) echo "unknown dataset $dataset" >&2; exit 2 ;;
 esac
 name=few_labels_${dataset//-/_}
-run() { python -m experiments.sklearn_comparison --budget cpu --dataset "$dataset" --labels "$labels" "$@"; }
+run() {  # a part whose results are already written is kept, so the chain can be resumed
+  local part=${*: -1}
+  [ -f "results/$part/summary.csv" ] && return 0
+  python -m experiments.sklearn_comparison --budget cpu --dataset "$dataset" --labels "$labels" "$@"
+}
 run --epochs "$epochs" --name "${name}_m2_dense"
 run --epochs "$epochs" --model-arg net=conv --model-arg "image_shape=$shape" --name "${name}_m2_conv"
 run --epochs $((epochs + m1_epochs)) --model m1-m2 --model-arg m1_epochs=$m1_epochs --name "${name}_m1m2"
