@@ -103,7 +103,9 @@ def model_config(
 ) -> dict[str, Any]:
     """The config of model ``name`` for ``data``: its sizes, the likelihood the data's
     support calls for, the semi-unsupervised prior under that protocol, the data layout;
-    ``options`` (model config fields) override every default."""
+    ``options`` (model config fields) override every default, ``None`` included: for
+    ``sigma2`` or ``init_std`` it is a setting (a learned variance, the layers' own
+    initialisation), not "unset"."""
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if not isinstance(extra_classes, int) or extra_classes < 0:
@@ -115,7 +117,7 @@ def model_config(
         config["prior"] = prior
     config["likelihood"] = "bernoulli" if data.support == "unit" else "gaussian"
     config.update(data_layout(name, data))
-    config.update({k: v for k, v in options.items() if v is not None})
+    config.update(options)
     return config
 
 

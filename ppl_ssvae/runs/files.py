@@ -23,6 +23,7 @@ A spec file has the sections of :class:`~ppl_ssvae.runs.RunSpec`::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -75,25 +76,41 @@ def _yaml(text: str, path: Path) -> Any:
 
 def to_toml(spec: dict[str, Any]) -> str:
     """A spec dict (``RunSpec.to_dict()``) as TOML that ``read_spec_file`` reads back to
-    the same spec; None values are left out (they are the fields' defaults)."""
+    the same spec. TOML has no null: a field left at a None default is left out, and any
+    other None (``sigma2 = None`` for a learned variance) is refused in one line rather
+    than written as a default it is not."""
+    from .spec import SECTIONS
+
     lines = [f"version = {toml_value(spec.get('version', 1))}"]
     for key in ("evaluator", "init_from"):
         if spec.get(key) is not None:
             lines.append(f"{key} = {toml_value(spec[key])}")
     for section in ("data", "model", "fit"):
         lines += ["", f"[{section}]"]
-        lines += [
-            f"{k} = {toml_value(v)}" for k, v in spec.get(section, {}).items() if v is not None
-        ]
+        defaults = _defaults(SECTIONS[section])
+        for key, value in spec.get(section, {}).items():
+            if value is not None:
+                lines.append(f"{key} = {toml_value(value, where=f'{section}.{key}')}")
+            elif defaults.get(key) is not None:
+                raise UserError(_no_null(f"{section}.{key}"))
     for callback in spec.get("callbacks", []):
         lines += ["", "[[callbacks]]", f"name = {toml_value(callback['name'])}",
-                  f"args = {toml_value(callback.get('args') or {})}"]  # fmt: skip
+                  f"args = {toml_value(callback.get('args') or {}, 'callbacks.args')}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _no_null(key: str) -> str:
+    return (f"{key} = None has no TOML form (TOML has no null); write the spec as JSON "
+            "or YAML instead")  # fmt: skip
+
+
 def toml_value(value: Any, where: str = "a run spec") -> str:
-    """``value`` as a TOML value (None-valued table entries left out); ``where`` names the
-    file in the one-line refusal of a value TOML cannot hold."""
+    """``value`` as a TOML value; ``where`` names the key or file in the one-line refusal
+    of a value TOML cannot hold (non-finite numbers, None)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -107,8 +124,11 @@ def toml_value(value: Any, where: str = "a run spec") -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v, where) for v in value) + "]"
     if isinstance(value, dict):
-        items = ", ".join(f"{toml_key(k)} = {toml_value(v, where)}"
-                          for k, v in value.items() if v is not None)  # fmt: skip
+        for k, v in value.items():
+            if v is None:
+                raise UserError(_no_null(f"{where}.{k}"))
+        items = ", ".join(f"{toml_key(k)} = {toml_value(v, f'{where}.{k}')}"
+                          for k, v in value.items())  # fmt: skip
         return "{ " + items + " }" if items else "{}"
     raise UserError(f"{value!r} has no TOML form in {where}")
 

@@ -95,3 +95,24 @@ def test_a_yaml_spec_reads_as_its_toml_twin(tmp_path):
     a = RunSpec.from_dict(read_spec_file(tmp_path / "run.yaml")).to_dict()
     assert a == RunSpec.from_dict(read_spec_file(tmp_path / "run.toml")).to_dict()
     assert a["callbacks"] == [{"name": "kl_warmup", "args": {"epochs": 2}}]
+
+
+def test_a_none_option_is_a_setting_that_reaches_the_model_and_is_never_dropped(tmp_path):
+    # sigma2 = None is a learned pixel variance, init_std = None the layers' own init:
+    # neither may silently become the default (1.0, 0.001).
+    spec = _spec(["--model", "gmdgm", "--dataset", "digits", "--labels", "50", "--z-dim", "2",
+                  "--hidden", "8", "--model-arg", "sigma2=null", "--model-arg",
+                  "init_std=null", "--likelihood", "gaussian"])  # fmt: skip
+    assert spec.model.options["sigma2"] is None and spec.model.options["init_std"] is None
+    (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
+    again = RunSpec.from_dict(read_spec_file(tmp_path / "spec.json"))
+    model = again.build_model(again.load_data())
+    assert model.config.sigma2 is None and model.config.init_std is None
+    assert _spec(["--dataset", "digits"]).build_model(spec.load_data()).config.sigma2 == 1.0
+    with pytest.raises(UserError, match=r"model\.options\.sigma2 = None has no TOML form"):
+        to_toml(spec.to_dict())
+    loose = _spec(["--dataset", "digits", "--divergence-factor", "5"]).to_dict()
+    loose["fit"]["divergence_factor"] = None  # the default is 1e4: dropping it would change it
+    with pytest.raises(UserError, match=r"fit\.divergence_factor = None"):
+        to_toml(loose)
+    to_toml(_spec(["--dataset", "digits"]).to_dict())  # None defaults are simply left out
