@@ -6,7 +6,7 @@ Its latent means are the features of the stacked M1+M2 (:mod:`ppl_ssvae.models.m
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -59,6 +59,10 @@ class M1(StandardNormalPrior, SemiSupervisedModel):
     """
 
     name = "m1"
+    # Kingma et al. train M1 to convergence at a constant learning rate. The library's
+    # 0.9-per-epoch decay leaves it 2e-6 of its rate after 60 short epochs, with every unit
+    # collapsed (digits, 8 steps an epoch: no active unit, M1+M2 at 55%; constant: 84%).
+    fit_defaults: ClassVar[dict[str, Any]] = {"lr_decay": 1.0}
     config_class = M1Config
     label_in_joint = False
 
