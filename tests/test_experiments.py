@@ -28,11 +28,13 @@ SMOKE_ARGS = {
                                         "--runs-dir", "{tmp}/runs"],
     "m2_sigma2_circles": ["--budget", "smoke"],
     "m2_kl_warmup_moons": ["--budget", "smoke", "--sigma2", "0.1"],
+    "m2_zprime_probe": ["--budget", "smoke", "--dataset", "digits"],
 }  # fmt: skip
 # A column each script's table must have.
 COLUMN = {
     "pi_vae_anomaly": "auc_ss",
     "pi_vae_disentanglement": "beta_vae_score",
+    "m2_zprime_probe": "probe_accuracy",
     "semi_unsupervised_fashion_mnist": "test_accuracy_hidden",
 }
 
