@@ -29,6 +29,7 @@ SMOKE_ARGS = {
     "m2_sigma2_circles": ["--budget", "smoke"],
     "m2_kl_warmup_moons": ["--budget", "smoke", "--sigma2", "0.1"],
     "m2_zprime_probe": ["--budget", "smoke", "--dataset", "digits"],
+    "m2_pretrained_vae": ["--budget", "smoke", "--dataset", "digits"],
 }  # fmt: skip
 # A column each script's table must have.
 COLUMN = {
@@ -429,3 +430,30 @@ def test_sklearn_merge_selects_ours_by_validation_per_label_count_and_seed(tmp_p
     other = _comparison_folder(tmp_path / "other", [("self_training_mlp", 100, 0, 0.70, 0.50, 1.0)])
     with pytest.raises(ValueError, match="differs between folders"):
         sklearn_comparison.merged([m2, other])
+
+
+def test_m2_from_a_vae_is_the_vae_once_its_y_paths_are_zero():
+    """The pretrained-VAE experiment copies every VAE weight to its place in M2: with M2's
+    y-embeddings zeroed, M2's q(z'|x, y) and p(x|y, z') are the VAE's for every y."""
+    import torch
+
+    from experiments.common import build_seeded
+    from experiments.m2_pretrained_vae import copy_vae_weights
+
+    sizes = {
+        "input_dim": 12,
+        "num_classes": 3,
+        "z_dim": 2,
+        "hidden": (8,),
+        "activation": "softplus",
+    }
+    vae, m2 = build_seeded("m1", 0, **sizes), build_seeded("m2", 1, **sizes)
+    assert copy_vae_weights(vae, m2) == 10  # encoder 2 + loc 2 + scale 2, decoder 2 + head 2
+    with torch.no_grad():
+        m2.q.q_z.trunk.y_layer.weight.zero_()
+        m2.p_x.trunk.y_layer.weight.zero_()
+    x, z = torch.rand(5, 12), torch.randn(5, 2)
+    for label in range(3):
+        y = torch.full((5,), label)
+        torch.testing.assert_close(m2.q.q_z(x=x, y=y).mean, vae.q.q_z(x=x).mean)
+        torch.testing.assert_close(m2.p_x(z, y).mean, vae.p_x(z).mean)
