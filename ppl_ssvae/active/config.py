@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import SEED_LIMIT, UserError, check_seed, is_finite_number, is_int, require
+from ..nn.nets import NETS
 from .clusters import CLUSTERINGS
 from .confidence import DECAYS, DISTANCES
 
@@ -36,6 +37,13 @@ class ActiveConfig:
         gamma: eq. 4's weight of the propagated labels' classification loss.
         z_dim: the model's latent size.
         hidden: the model's dense layers.
+        net: the model's networks by name (``ppl_ssvae.nn.NETS``): ``"dense"``, or
+            ``"conv"``, the paper's (sec 3.2: a down-sampling convolution under the
+            encoder's dense layers, an up-sampling deconvolution over the decoder's).
+        net_args: that family's arguments (conv: ``channels``).
+        train_fraction: the share of the training images the loop sees, a seeded draw;
+            the paper's loop sees 70% (sec 3.1: the other 30% tune its hyper-parameters,
+            which no one here tunes, so they are left out, their labels unread).
         patience: step (1) stops after this many epochs without a lower reconstruction
             loss (by ``min_improvement``, relative), or at ``pretrain_epochs``.
         min_improvement: the relative fall of the reconstruction loss that counts.
@@ -64,6 +72,9 @@ class ActiveConfig:
     gamma: float = 10.0
     z_dim: int = 10
     hidden: tuple[int, ...] = (256, 128)
+    net: str = "dense"
+    net_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train_fraction: float = 1.0
     patience: int = 3
     min_improvement: float = 1e-3
     pretrain_epochs: int = 50
@@ -100,12 +111,17 @@ class ActiveConfig:
         require(isinstance(self.hidden, (tuple, list)) and len(self.hidden) > 0
                  and all(is_int(h) and h >= 1 for h in self.hidden),
                  f"hidden={self.hidden!r} must be one or more layer sizes >= 1")  # fmt: skip
+        _choice("net", self.net, tuple(NETS))
+        require(isinstance(self.net_args, dict), f"net_args={self.net_args!r} must be a mapping")
+        require(is_finite_number(self.train_fraction) and 0 < self.train_fraction <= 1,
+                 f"train_fraction={self.train_fraction!r} must be in (0, 1]")  # fmt: skip
         require(self.answers_file is None or self.oracle == "human",
                  "answers_file is for oracle='human' only")  # fmt: skip
         require(isinstance(self.dataset, str), f"dataset={self.dataset!r} must be a name")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
+        return {**dataclasses.asdict(self), "hidden": list(self.hidden),
+                "net_args": dict(self.net_args)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ActiveConfig:

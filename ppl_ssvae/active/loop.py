@@ -28,6 +28,7 @@ from ..errors import is_int, require
 from ..evaluation.metrics import accuracy
 from ..models import build
 from ..models.beta_vae_classifier import BetaVAEClassifier
+from ..protocol import data_layout
 from ..runs.checkpoint import read_regular_file, write_text_atomic
 from ..runs.directory import CHECKPOINT, RunDir, RunDirWarning
 from ..runs.kinds import ITERATIONS, run_marker
@@ -43,10 +44,11 @@ from .queries import QueryLog, ask_tree
 def load_unlabelled(config: ActiveConfig) -> SemiSupervisedData:
     """The dataset with every training label hidden and no validation rows (model selection
     by validation labels would be labels the oracle never gave)."""
-    split = semi_supervised_split(
-        load(config.dataset, config.data_dir), labels=0, validation_size=0, seed=config.seed
-    )
-    return dataclasses.replace(split, recipe=None)
+    dataset = load(config.dataset, config.data_dir)
+    # The rows left out are carved as validation rows and dropped, labels unread.
+    left_out = len(dataset.x_train) - round(config.train_fraction * len(dataset.x_train))
+    split = semi_supervised_split(dataset, labels=0, validation_size=left_out, seed=config.seed)
+    return dataclasses.replace(split, x_val=split.x_val[:0], y_val=split.y_val[:0], recipe=None)
 
 
 def build_model(config: ActiveConfig, data: SemiSupervisedData) -> BetaVAEClassifier:
@@ -61,6 +63,9 @@ def build_model(config: ActiveConfig, data: SemiSupervisedData) -> BetaVAEClassi
         hidden=tuple(config.hidden),
         beta=config.beta,
         gamma=config.gamma,
+        net=config.net,
+        net_args=dict(config.net_args),
+        **data_layout("beta-vae-classifier", data),
     )
 
 

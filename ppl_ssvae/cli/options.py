@@ -92,6 +92,8 @@ def add_field(group: Any, name: str, annotation: str, help_text: str, dest: str)
     """One ``--name`` option for a dataclass field of type ``annotation``."""
     flag = "--" + name.replace("_", "-")
     kind = annotation.replace(" | None", "").strip()
+    # argparse %-formats help: a docstring's "70%" would crash --help.
+    help_text = help_text.replace("%", "%%")
     common = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text or None}
     if kind == "bool":
         group.add_argument(flag, action="store_true", **common)

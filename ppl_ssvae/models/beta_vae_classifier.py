@@ -15,9 +15,11 @@ from pyro.infer import ELBO
 from ..errors import UserError
 from ..guides.encoder import EncoderGuide
 from ..guides.sampling import seeded_sample
-from ..nn import CategoricalHead, Decoder
+from ..nn import CategoricalHead
 from ..objectives import REPARAMETERISED, build_elbo
-from .base import DATA_PLATE, ModelConfig, SemiSupervisedModel
+from .base import DATA_PLATE, SemiSupervisedModel
+from .config import NetConfig
+from .networks import NetsByName
 from .priors import StandardNormalPrior
 
 # Draws of q(z|x) averaged when a guide family has no closed-form mean (flows).
@@ -27,9 +29,11 @@ _SIR_PROPOSALS = 256
 
 
 @dataclasses.dataclass
-class BetaVAEClassifierConfig(ModelConfig):
+class BetaVAEClassifierConfig(NetConfig):
     """Hyper-parameters. The paper gives no sizes for its dense layers or its latent, nor
-    values for beta and gamma; these defaults are ours.
+    values for beta and gamma; these defaults are ours. Its networks are chosen by name
+    (``net``): the paper's is ``"conv"`` (one down-sampling convolution under the encoder's
+    dense layers, one up-sampling deconvolution over the decoder's), the default dense.
 
     Attributes:
         beta: weight of KLD(q(z|x), N(0, I)) in eq. 1 (> 0; 1 is the plain VAE).
@@ -50,7 +54,7 @@ class BetaVAEClassifierConfig(ModelConfig):
     may_be_zero: ClassVar[frozenset[str]] = frozenset({"gamma", "dropout"})
 
 
-class BetaVAEClassifier(StandardNormalPrior, SemiSupervisedModel):
+class BetaVAEClassifier(NetsByName, StandardNormalPrior, SemiSupervisedModel):
     r"""A beta-VAE with a classification head p(y|z) on its latent (Vengalil & Sinha, Fig. 1).
 
     Generative story::
@@ -88,9 +92,7 @@ class BetaVAEClassifier(StandardNormalPrior, SemiSupervisedModel):
         c = self.config
         self.register_buffer("prior", torch.full((c.num_classes,), 1.0 / c.num_classes))
         self.p_y = CategoricalHead(c.z_dim, c.classifier_hidden, c.num_classes, c.activation)
-        self.p_x = Decoder(
-            c.z_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation
-        )
+        self.p_x = self.net_decoder({"z": c.z_dim})
         self.q = EncoderGuide(self.latent_guide("z", c.z_dim, {"x": c.input_dim}))
         self._initialise()
 

@@ -279,9 +279,30 @@ def test_overwrite_clears_the_run_and_nothing_else(tmp_path):
      ("decay", "linear", "unknown decay"), ("queries", 0, "queries=0"), ("k", 1, "k=1"),
      ("rate", -1.0, "rate=-1.0"), ("purity_threshold", 2, "purity_threshold"),
      ("oracle", "crowd", "unknown oracle"), ("answers_file", "a.txt", "answers_file"),
-     ("hidden", (), "hidden")],
+     ("hidden", (), "hidden"), ("net", "lstm", "unknown net"),
+     ("train_fraction", 0.0, "train_fraction"), ("train_fraction", 1.5, "train_fraction")],
 )  # fmt: skip
 def test_every_setting_is_validated_up_front(tmp_path, field, value, message):
     with pytest.raises(UserError, match=message):
         run_active(ActiveConfig(**{**TINY, field: value}), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_loop_sees_a_seeded_share_of_the_training_rows_and_no_labels():
+    from ppl_ssvae.active import load_unlabelled
+
+    whole = load_unlabelled(ActiveConfig(dataset="digits"))
+    part = load_unlabelled(ActiveConfig(dataset="digits", train_fraction=0.7))
+    again = load_unlabelled(ActiveConfig(dataset="digits", train_fraction=0.7))
+    assert len(part.x_train) == round(0.7 * len(whole.x_train)) and len(part.x_val) == 0
+    assert not part.labelled_mask.any() and torch.equal(part.x_train, again.x_train)
+    rows = {tuple(r) for r in whole.x_train.tolist()}
+    assert all(tuple(r) in rows for r in part.x_train.tolist())  # a subset, not new rows
+
+
+def test_the_paper_s_conv_network_runs_the_loop(tmp_path):
+    config = ActiveConfig(**{**TINY, "net": "conv", "net_args": {"channels": [4]}})
+    records = run_active(config, tmp_path / "run")
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["active"]["net"] == "conv" and stored["active"]["net_args"] == {"channels": [4]}
+    assert records[-1]["queries_total"] == 4

@@ -147,6 +147,16 @@ def test_help_explains_every_option():
         assert option in proc.stdout
 
 
+def test_every_command_prints_its_help():
+    """Help is generated from docstrings; one with a "%" once crashed argparse's --help."""
+    from ppl_ssvae.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.choices and "train" in a.choices).choices
+    for name, command in commands.items():
+        assert command.format_help(), name
+
+
 def test_no_torchvision_at_import():
     code = ("import sys, ppl_ssvae, ppl_ssvae.cli, ppl_ssvae.training, ppl_ssvae.models, ppl_ssvae.data, "
             "ppl_ssvae.evaluation.metrics; assert 'torchvision' not in sys.modules")  # fmt: skip
