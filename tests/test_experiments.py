@@ -12,8 +12,9 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 # Each script with the arguments that make it quick; a script missing here fails the test.
 SMOKE_ARGS = {
     "m2_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
-    "pi_vae_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
-    "pi_vae_anomaly": ["--budget", "smoke", "--dataset", "digits", "--classes", "3"],
+    "pi_vae_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100",
+                             "--matched-steps"],
+    "pi_vae_anomaly": ["--budget", "smoke", "--dataset", "digits", "--classes", "3", "--steps", "8"],
     "latent_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
     "pi_vae_disentanglement": ["--budget", "smoke", "--labels", "0,30", "--labelled-only", "30"],
     "pi_vae_sequences": ["--budget", "smoke", "--labels", "100"],
@@ -168,7 +169,8 @@ def test_pi_vae_epoch_overrides_replace_the_budget(tmp_path):
 
     from experiments import pi_vae_fashion_mnist
 
-    argv = [*SMOKE_ARGS["pi_vae_fashion_mnist"], "--ss-epochs", "2", "--es-epochs", "3"]
+    smoke = [a for a in SMOKE_ARGS["pi_vae_fashion_mnist"] if a != "--matched-steps"]
+    argv = [*smoke, "--ss-epochs", "2", "--es-epochs", "3"]
     out = pi_vae_fashion_mnist.main([*argv, "--seeds", "0,1", "--results-dir", str(tmp_path)])
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["model"], r["seed"], r["epochs"]) for r in rows] == [
@@ -178,6 +180,21 @@ def test_pi_vae_epoch_overrides_replace_the_budget(tmp_path):
     ss = [float(r["test_accuracy"]) for r in rows if r["model"] == "SS-dense"]
     assert float(summary["SS-dense"]["test_accuracy_mean"]) == pytest.approx(sum(ss) / 2)
     assert "Mean and standard deviation" in (out / "results.md").read_text()
+
+
+def test_pi_vae_matched_steps_give_es_as_many_steps_as_ss(tmp_path):
+    import csv
+
+    from experiments import pi_vae_fashion_mnist
+
+    argv = [*SMOKE_ARGS["pi_vae_fashion_mnist"], "--ss-epochs", "3", "--batch-size", "50"]
+    out = pi_vae_fashion_mnist.main([*argv, "--results-dir", str(tmp_path)])
+    steps = {r["model"]: int(r["steps"]) for r in csv.DictReader((out / "results.csv").open())}
+    # 100 labelled digits in batches of 50 are 2 ES steps an epoch: equal, rounded up.
+    assert steps["ES-dense"] - 2 < steps["SS-dense"] <= steps["ES-dense"]
+    assert steps["SS-dense"] > 20  # 1:1 batches of 25 unlabelled rows, 3 epochs
+    with pytest.raises(SystemExit):
+        pi_vae_fashion_mnist.main([*argv, "--es-epochs", "2", "--results-dir", str(tmp_path)])
 
 
 def test_pi_vae_merge_equals_running_the_seeds_together(tmp_path):
