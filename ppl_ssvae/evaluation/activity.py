@@ -111,3 +111,44 @@ def kl_activity(
         int(c): unit_activity(model, x[y.cpu() == c], batch_size)
         for c in torch.unique(y[y >= 0]).tolist()
     }
+
+
+@torch.no_grad()
+def prior_component_kl(model: SemiSupervisedModel, x: torch.Tensor) -> torch.Tensor:
+    r"""Per-unit KL between every ordered pair of the generative components ``p(z|y)``
+    (Willetts et al. App. C, the figure after C.5), averaged over the rows of ``x``.
+
+    .. math::
+
+        D_{jk,i} = \frac{1}{|x|} \sum_x \mathrm{KL}[p_\theta(z_i \mid y=j) \,\|\,
+            p_\theta(z_i \mid y=k)]
+
+    A unit whose components are the same for every class (KL near 0 for every pair)
+    encodes "style"; the class-varying units are the active ones of :func:`unit_activity`.
+    ``p(z|y)`` is the model's ``"z"`` site traced with every row labelled ``y`` and
+    replayed on the guide's trace for that label (so a latent upstream of z, such as a,
+    is the guide's); for GM-DGM it does not depend on x, and a model whose p(z) ignores y
+    (M2) scores 0 everywhere. Both sites must be diagonal Gaussians.
+
+    Returns:
+        A ``(K, K, z_dim)`` tensor; entry ``[j, k]`` is the KL from component j to k.
+    """
+    x = model.check_x(x)
+    if len(x) == 0:
+        raise UserError("prior_component_kl needs at least one row of x")
+    was_training = model.training
+    model.eval()
+    try:
+        components = []
+        for k in range(model.config.num_classes):
+            labels = torch.full((len(x),), k, dtype=torch.long, device=x.device)
+            guide_trace = poutine.trace(model.guide).get_trace(x, labels)
+            replayed = poutine.replay(model.model, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(x, labels)
+            components.append(_diagonal_normal(model_trace.nodes["z"]["fn"], len(x), "model"))
+    finally:
+        model.train(was_training)
+    rows = [
+        torch.stack([kl_divergence(p_j, p_k).mean(0) for p_k in components]) for p_j in components
+    ]
+    return torch.stack(rows).cpu()

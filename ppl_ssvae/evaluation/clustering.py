@@ -36,7 +36,7 @@ from scipy.sparse import coo_matrix
 from ..errors import UserError
 from ..models.base import SemiSupervisedModel
 from ..runs.checkpoint import write_bytes_atomic, write_text_atomic
-from .activity import unit_activity
+from .activity import prior_component_kl, unit_activity
 from .metrics import log_loss, mean_elbo
 
 IDENTITY, MAJORITY, HUNGARIAN = "identity", "majority", "hungarian"
@@ -362,6 +362,10 @@ def save_confusion_matrix(
 # -- end-of-run artefacts --------------------------------------------------------------------
 
 
+# Rows p(z|y) is traced on: it depends on x only through an upstream latent (AGM-DGM's a).
+COMPONENT_KL_ROWS = 256
+
+
 def write_clustering_artifacts(
     model: SemiSupervisedModel, data: Any, run_dir: str | Path, source: str = ""
 ) -> dict[str, Any]:
@@ -396,8 +400,23 @@ def write_clustering_artifacts(
             "source": source,
             "activity": values,
             "units_by_activity": sorted(range(len(values)), key=lambda i: -values[i]),
+            **_component_kl(model, data.x_test),
         }
         path = run_dir / "unit_activity.json"
         write_text_atomic(path, json.dumps(payload, indent=2))
         files.append(path)
     return {"files": files, "unit_activity_error": error}
+
+
+def _component_kl(model: SemiSupervisedModel, x: torch.Tensor) -> dict[str, Any]:
+    """Per unit, the mean and the largest KL between two components p(z|y) over ordered
+    pairs (Willetts et al. App. C): near 0 for a "style" unit shared by every class."""
+    kl = prior_component_kl(model, x[:COMPONENT_KL_ROWS])
+    k = kl.shape[0]
+    off_diagonal = kl[~torch.eye(k, dtype=torch.bool)]  # (K * (K - 1), z_dim)
+    return {
+        "component_kl_definition": "per unit i, KL[p(z_i|y=j) || p(z_i|y=k)] over ordered "
+        "pairs j != k, averaged over the first test rows (constant in x for GM-DGM)",
+        "component_kl_mean": off_diagonal.mean(0).tolist(),
+        "component_kl_max": off_diagonal.max(0).values.tolist(),
+    }

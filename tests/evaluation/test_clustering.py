@@ -112,8 +112,14 @@ def test_semi_unsupervised_run_records_cluster_metrics(tmp_path, capsys):
         assert (run / name).is_file()
     csv_rows = (run / "confusion_matrix.csv").read_text().splitlines()
     assert len(csv_rows) == 11 and len(csv_rows[0].split(",")) == 13  # header + K rows, |y| cols
-    activity = json.loads((run / "unit_activity.json").read_text())["activity"]
+    written = json.loads((run / "unit_activity.json").read_text())
+    activity = written["activity"]
     assert len(activity) == 4 and all(a >= 0 for a in activity)
+    # App. C's pairwise KL of p(z|y): per unit, over the 12 * 11 ordered pairs.
+    assert len(written["component_kl_mean"]) == 4
+    assert all(
+        0 <= m <= x for m, x in zip(written["component_kl_mean"], written["component_kl_max"])
+    )
 
     # --resume rebuilds the 12-class model from the saved settings.
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
