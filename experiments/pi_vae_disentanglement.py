@@ -6,12 +6,17 @@ al. sec 4, App. A.4, Table 12).
     python -m experiments.pi_vae_disentanglement --budget cpu --label-factor x --labels 0,102,300
     python -m experiments.pi_vae_disentanglement --budget paper --net cnn  # GPU: ~1 CPU-minute per epoch
     python -m experiments.pi_vae_disentanglement --budget paper --dataset smallnorb --data-dir DIR --net cnn
+    python -m experiments.pi_vae_disentanglement --budget paper --dataset smallnorb --data-dir DIR \
+        --net norb-cnn --z-dim 32 --factor-heads elevation,azimuth,lighting   # Table 12 as published
 
 As in sec 4, the pi layer is only a loss on the latent layer: it is not fed to the decoder
 (``pi_to_decoder=False``), so the network cannot route class information around z, and
 the KL weight is beta_norm = 0.25. On the procedural shapes (``ppl_ssvae.data.shapes``,
 a stand-in for Small-NORB) one factor (``--label-factor``, shape by default) is the
-label; the paper has one pi head per Small-NORB factor, here one head sees one factor.
+label. The paper has one pi head per Small-NORB factor (category, elevation, azimuth,
+lighting) on its Table 16 network: ``--factor-heads`` adds a head per further factor,
+labelled on the same rows (the label counts are of the main factor), and ``--net
+norb-cnn`` is that network (7x7 stride-2 convolutions, a dense layer of 256).
 
 For every count in ``--labels`` an SS model trains on every training image unlabelled
 plus that many labelled copies (Table 12 keeps its unlabelled set and adds labels on
@@ -49,6 +54,7 @@ from torch import nn
 from experiments.common import (
     ScriptParser,
     build_seeded,
+    name_list,
     non_negative_float,
     non_negative_int,
     non_negative_int_list,
@@ -63,6 +69,7 @@ from experiments.common import (
 from experiments.pi_vae_fashion_mnist import labelled_only
 from ppl_ssvae import data
 from ppl_ssvae.data.shapes import SHAPE_FACTORS, FactorImages, load_shapes
+from ppl_ssvae.errors import UserError
 from ppl_ssvae.evaluation.metrics import beta_vae_score, log_loss
 from ppl_ssvae.models.pi_vae import PiVAE
 from ppl_ssvae.training import FitResult, fit
@@ -117,9 +124,30 @@ def labels_on_top(split: data.SemiSupervisedData) -> data.SemiSupervisedData:
     )  # fmt: skip
 
 
+def with_factor_heads(
+    split: data.SemiSupervisedData, dataset: data.Dataset, heads: list[str]
+) -> data.SemiSupervisedData:
+    """Labels ``(N, 1 + len(heads))``: the split's label, then each further factor's value
+    on the same labelled rows (-1 elsewhere), one pi head each (Table 16). The split must
+    keep the dataset's training rows in order (no validation rows carved)."""
+    names = list(dataset.extra["factor_names"])
+    unknown = [h for h in heads if h not in names]
+    if unknown:
+        raise UserError(f"--factor-heads {unknown}: {dataset.name} has factors {names}")
+    if not torch.equal(split.y_train_true, torch.as_tensor(dataset.y_train, dtype=torch.long)):
+        raise UserError("--factor-heads needs the training rows in the dataset's order")
+    factors = torch.as_tensor(dataset.extra["factors_train"][:, [names.index(h) for h in heads]])
+    labelled = split.y_train[:, None] >= 0
+    extra = torch.where(labelled, factors.long(), data.UNLABELLED)
+    return data.SemiSupervisedData(
+        **{**vars(split), "y_train": torch.cat([split.y_train[:, None], extra], 1)}
+    )
+
+
 def train(
-    split: data.SemiSupervisedData, args: argparse.Namespace, epochs: int
-) -> tuple[PiVAE, FitResult, float]:
+    split: data.SemiSupervisedData, args: argparse.Namespace, epochs: int,
+    factor_classes: tuple[int, ...] = (),
+) -> tuple[PiVAE, FitResult, float]:  # fmt: skip
     """One SS pi-VAE of sec 4 trained on ``split``; returns it, its history and CPU-minutes."""
     shape = tuple(split.image_shape or ())
     model = build_seeded(
@@ -133,7 +161,13 @@ def train(
         alpha=args.alpha,
         beta=args.beta,
         pi_to_decoder=False,
-        **({"image_shape": shape if len(shape) == 3 else (1, *shape)} if args.net == "cnn" else {}),
+        factor_classes=factor_classes,
+        **(
+            {"image_shape": shape if len(shape) == 3 else (1, *shape)}
+            if args.net != "dense"
+            else {}
+        ),
+        **({"conv_hidden": 256} if args.net == "norb-cnn" else {}),  # Table 16's dense layer
     )
     start = time.process_time()
     result = fit(
@@ -157,7 +191,11 @@ def main(argv: list[str] | None = None) -> Path:
                         help="also train on this many labelled images alone (0: no such run)")  # fmt: skip
     parser.add_argument("--label-factor", choices=SHAPE_FACTORS, default=None,
                         help="the shapes factor the labels are for [shape]")  # fmt: skip
-    parser.add_argument("--net", choices=("dense", "cnn"), default="dense")
+    parser.add_argument("--net", choices=("dense", "cnn", "norb-cnn"), default="dense",
+                        help="norb-cnn: Table 16's network (Small-NORB)")  # fmt: skip
+    parser.add_argument("--factor-heads", type=name_list, default=[],
+                        help="further factors, one pi head each, labelled on the same rows "
+                        "(Table 16: elevation,azimuth,lighting)")  # fmt: skip
     parser.add_argument("--z-dim", type=positive_int, default=10)
     parser.add_argument(
         "--beta", type=positive_float, default=0.25, help="beta_norm, the KL weight"
@@ -191,10 +229,18 @@ def main(argv: list[str] | None = None) -> Path:
     if args.labelled_only:
         runs.append(("labelled-only", whole_labels(args.labelled_only, k)))
     rows = []
+    heads = args.factor_heads
+    names, counts = dataset.extra.get("factor_names", ()), dataset.extra.get("factor_sizes", ())
+    sizes = dict(zip(names, counts, strict=True))
     for kind, labels in runs:
-        split = data.semi_supervised_split(dataset, labels=labels, seed=args.seed)
+        # Factor labels are read by row: the training rows stay in the dataset's order.
+        carve = {"validation_size": 0} if heads else {}
+        split = data.semi_supervised_split(dataset, labels=labels, seed=args.seed, **carve)
+        if heads:
+            split = with_factor_heads(split, dataset, heads)
         split = labelled_only(split) if kind == "labelled-only" else labels_on_top(split)
-        model, result, cpu_minutes = train(split, args, budget.epochs)
+        model, result, cpu_minutes = train(split, args, budget.epochs,
+                                           tuple(sizes.get(h, 0) for h in heads))  # fmt: skip
         start = time.process_time()
         score = beta_vae_score(LatentMean(model), factor_images, batch_size=budget.pairs,
                                num_train=budget.points, num_test=budget.points, seed=args.seed)  # fmt: skip
@@ -202,7 +248,7 @@ def main(argv: list[str] | None = None) -> Path:
         keep = split.labelled_mask
         # sec 4's rule for alpha, per labelled image, to set beside -val_elbo
         alpha_ce = (
-            args.alpha * log_loss(model.classify(split.x_train[keep]), split.y_train[keep])
+            args.alpha * log_loss(model.classify(split.x_train[keep]), _main(split.y_train[keep]))
             if keep.any()
             else float("nan")
         )
@@ -230,6 +276,11 @@ def main(argv: list[str] | None = None) -> Path:
     out = write_results(name, rows, config, args.results_dir)
     print((out / "results.md").read_text())
     return out
+
+
+def _main(y: torch.Tensor) -> torch.Tensor:
+    """The main pi layer's labels of ``(N,)`` or ``(N, 1 + factors)`` labels."""
+    return y[:, 0] if y.dim() == 2 else y
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def default_prior(num_model_classes: int, data: SemiSupervisedData) -> tuple[flo
     """
     if not is_clustering(num_model_classes, data):
         return None
-    visible = sorted(set(data.y_train[data.labelled_mask].tolist()))
+    main = data.y_train if data.y_train.dim() == 1 else data.y_train[:, 0]  # the class factor
+    visible = sorted(set(main[main >= 0].tolist()))
     if len(visible) == data.num_classes:
         return None
     return semi_unsupervised_prior(num_model_classes, visible, data.num_classes)

@@ -474,3 +474,24 @@ def test_m2_from_a_vae_is_the_vae_once_its_y_paths_are_zero():
         y = torch.full((5,), label)
         torch.testing.assert_close(m2.q.q_z(x=x, y=y).mean, vae.q.q_z(x=x).mean)
         torch.testing.assert_close(m2.p_x(z, y).mean, vae.p_x(z).mean)
+
+
+def test_factor_heads_label_the_same_rows_with_each_factor(tmp_path):
+    """Table 12 as published: a pi head per further factor, on Table 16's network; the
+    factor labels are the dataset's for exactly the rows whose main label is kept."""
+    import torch
+
+    from experiments import pi_vae_disentanglement as dis
+    from ppl_ssvae import data
+    from ppl_ssvae.data.shapes import load_shapes
+
+    shapes = load_shapes(label="shape")
+    split = data.semi_supervised_split(shapes, labels=30, seed=0, validation_size=0)
+    y = dis.with_factor_heads(split, shapes, ["scale", "rotation"]).y_train
+    factors = torch.as_tensor(shapes.extra["factors_train"][:, [1, 2]]).long()
+    kept = split.y_train >= 0
+    assert y.shape == (len(split.y_train), 3) and int(kept.sum()) == 30
+    assert torch.equal(y[kept, 1:], factors[kept]) and bool((y[~kept] == -1).all())
+    argv = ["--budget", "smoke", "--labels", "30", "--factor-heads", "scale", "--net", "norb-cnn"]
+    out = dis.main([*argv, "--results-dir", str(tmp_path)])
+    assert "beta_vae_score" in (out / "results.md").read_text()

@@ -61,7 +61,10 @@ class SemiSupervisedData:
 
     @property
     def labelled_mask(self) -> torch.Tensor:
-        return self.y_train >= 0
+        """``(N,)``: the rows with a label; with several label factors ``(N, F)`` (the
+        pi-VAE's heads), the rows with any of them, as the batches count them."""
+        known = self.y_train >= 0
+        return known.any(-1) if known.dim() == 2 else known
 
     def expand(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Map rows over kept features back to the original feature layout."""

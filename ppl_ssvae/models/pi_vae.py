@@ -18,11 +18,20 @@ from ..nn import Decoder, output_params
 from ..nn.nets import family
 from ..objectives import REPARAMETERISED
 from .base import DATA_PLATE, GuideModules, ModelConfig, SemiSupervisedModel, split_labels
-from .pi_vae_nets import PI_VAE_CNN, DenseEncoder, LSTMDecoder, LSTMEncoder, PiEncoder
+from .pi_vae_nets import (
+    PI_VAE_CNN,
+    PI_VAE_NORB_CNN,
+    DenseEncoder,
+    LSTMDecoder,
+    LSTMEncoder,
+    PiEncoder,
+)
 from .priors import StandardNormalPrior
 
 VARIANTS = ("ss", "es", "eu")
-NETS = ("dense", "cnn", "rnn")
+NETS = ("dense", "cnn", "norb-cnn", "rnn")
+# The pi-VAE's image nets: its net name -> the network registry's family.
+IMAGE_NETS = {"cnn": PI_VAE_CNN, "norb-cnn": PI_VAE_NORB_CNN}
 
 
 @dataclasses.dataclass
@@ -34,7 +43,10 @@ class PiVAEConfig(ModelConfig):
             sibling (encoder + pi layer, cross-entropy only), ``"eu"`` its unsupervised
             sibling (the VAE without the pi layer and its loss); Table 2.
         net: ``"dense"`` (Table 13), ``"cnn"`` (Table 14, images; the network registry's
-            ``pi-vae-cnn`` family) or ``"rnn"`` (Table 15, multichannel sequences).
+            ``pi-vae-cnn`` family), ``"norb-cnn"`` (Table 16, Small-NORB's stereo pairs;
+            ``pi-vae-norb-cnn``: ``conv_hidden=256``, ``pi_to_decoder=False`` and four
+            heads by ``factor_classes`` make it the paper's) or ``"rnn"`` (Table 15,
+            multichannel sequences).
         z_dim: size of the Gaussian latent (2 in Tables 13-15).
         hidden: dense encoder widths; the dense decoder uses them reversed.
         activation: activation of the dense layers.
@@ -324,7 +336,7 @@ def _validate(c: PiVAEConfig) -> None:
         )
     if c.alpha < 0 or c.beta <= 0:
         raise UserError(f"alpha={c.alpha} must be >= 0 and beta={c.beta} > 0")
-    if c.net == "cnn" and (len(c.image_shape) != 3 or math.prod(c.image_shape) != c.input_dim):
+    if c.net in IMAGE_NETS and (len(c.image_shape) != 3 or math.prod(c.image_shape) != c.input_dim):
         raise UserError(
             f"image_shape={tuple(c.image_shape)} must be (C, H, W) with C*H*W = input_dim "
             f"({c.input_dim})"
@@ -339,13 +351,17 @@ def _validate(c: PiVAEConfig) -> None:
 
 
 def _cnn_args(c: PiVAEConfig) -> dict[str, Any]:
-    """The ``net_args`` of the registry's ``pi-vae-cnn`` family, from the config's fields."""
-    return {"channels": c.conv_channels, "features": c.conv_hidden, "dropout": c.dropout}
+    """The ``net_args`` of the registry's image family, from the config's fields (Table 16's
+    channels are the family's own: ``conv_channels`` is Table 14's one width)."""
+    args = {"features": c.conv_hidden, "dropout": c.dropout}
+    return {"channels": c.conv_channels, **args} if c.net == "cnn" else args
 
 
 def _encoder_trunk(c: PiVAEConfig) -> nn.Module:
-    if c.net == "cnn":
-        return family(PI_VAE_CNN).trunk(c.input_dim, c.image_shape, c.activation, **_cnn_args(c))
+    if c.net in IMAGE_NETS:
+        return family(IMAGE_NETS[c.net]).trunk(
+            c.input_dim, c.image_shape, c.activation, **_cnn_args(c)
+        )
     if c.net == "rnn":
         steps = c.input_dim // c.sequence_channels
         return LSTMEncoder(steps, c.sequence_channels, c.rnn_hidden)
@@ -353,8 +369,8 @@ def _encoder_trunk(c: PiVAEConfig) -> nn.Module:
 
 
 def _decoder(c: PiVAEConfig, code_dim: int) -> nn.Module:
-    if c.net == "cnn":
-        return family(PI_VAE_CNN).decoder(
+    if c.net in IMAGE_NETS:
+        return family(IMAGE_NETS[c.net]).decoder(
             {"code": code_dim}, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2,
             c.activation, c.image_shape, **_cnn_args(c),
         )  # fmt: skip

@@ -1,5 +1,6 @@
 """The π-VAE's networks (Berkhahn et al. 2019, App. A): unconditional encoders and decoders,
-dense, CNN (Table 14) and LSTM (sequences), and the encoder with its π and z heads.
+dense, CNN (Table 14), Small-NORB CNN (Table 16) and LSTM (sequences), and the encoder
+with its π and z heads.
 
 An encoder trunk maps flattened inputs (B, D) to features (B, F) and exposes
 ``features``; heads on top return distributions. A decoder maps a code (B, C) to the
@@ -160,6 +161,111 @@ def pi_vae_cnn_decoder(
 register_net(PI_VAE_CNN, NetFamily(
     pi_vae_cnn_trunk, pi_vae_cnn_decoder,
     "the pi-VAE's Table 14 CNN: batch norm, dropout, one code input (images)",
+    needs_image=True, conditional=False,
+))  # fmt: skip
+
+
+PI_VAE_NORB_CNN = "pi-vae-norb-cnn"
+# Table 16: four 7x7 stride-2 convolutions (96 -> 48 -> 24 -> 12 -> 6) and their mirror.
+NORB_CHANNELS = (32, 32, 64, 64)
+NORB_KERNEL = 7
+
+
+class NorbEncoder(nn.Module):
+    """Table 16 encoder (Small-NORB, stereo pairs as 2 channels): 7x7 stride-2 convolutions
+    with batch norm and relu, then a dense layer with batch norm, relu and dropout."""
+
+    def __init__(
+        self, image_shape: Sequence[int], channels: Sequence[int], hidden: int, dropout: float
+    ):
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape = (c, h, w)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip((c, *channels[:-1]), channels, strict=True):
+            conv = nn.Conv2d(c_in, c_out, NORB_KERNEL, 2, NORB_KERNEL // 2, bias=False)
+            layers += _conv_bn(conv, c_out)
+            h, w = _half(h), _half(w)
+        self.convs = nn.Sequential(*layers)
+        self.dense = nn.Sequential(
+            nn.Linear(channels[-1] * h * w, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        self.features = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.convs(x.reshape(-1, *self.image_shape)).flatten(1))
+
+
+class NorbDecoder(nn.Module):
+    """Table 16 decoder: a dense layer to the encoder's last grid (batch norm, relu,
+    dropout), 7x7 stride-2 transposed convolutions with batch norm and relu back to the
+    image size, and a 7x7 stride-1 one emitting the likelihood's parameters per pixel."""
+
+    def __init__(
+        self, code_dim: int, image_shape: Sequence[int], channels: Sequence[int],
+        dropout: float, likelihood_name: str, sigma2: float | None,
+    ):  # fmt: skip
+        super().__init__()
+        c, h, w = image_shape
+        self.likelihood_name, self.sigma2 = likelihood_name, sigma2
+        self.n_params = output_params(likelihood_name, sigma2)
+        sizes = [(h, w)]
+        for _ in channels:
+            sizes.append((_half(sizes[-1][0]), _half(sizes[-1][1])))
+        self.grid = (channels[-1], *sizes[-1])
+        cells = channels[-1] * sizes[-1][0] * sizes[-1][1]
+        self.dense = nn.Sequential(
+            nn.Linear(code_dim, cells, bias=False), nn.BatchNorm1d(cells), nn.ReLU(),
+            nn.Dropout(dropout),
+        )  # fmt: skip
+        layers: list[nn.Module] = []
+        outs = tuple(channels[::-1])  # Table 16: 64, 64, 32, 32 from 64, 64, 64, 32
+        for i, (c_in, c_out) in enumerate(zip((channels[-1], *outs[:-1]), outs, strict=True)):
+            (big_h, big_w), (small_h, small_w) = sizes[-2 - i], sizes[-1 - i]
+            pad = (big_h - (2 * small_h - 1), big_w - (2 * small_w - 1))
+            deconv = nn.ConvTranspose2d(c_in, c_out, NORB_KERNEL, 2, NORB_KERNEL // 2,
+                                        output_padding=pad, bias=False)  # fmt: skip
+            layers += _conv_bn(deconv, c_out)
+        layers.append(head(nn.ConvTranspose2d(channels[0], c * self.n_params, NORB_KERNEL, 1,
+                                              NORB_KERNEL // 2)))  # fmt: skip
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, code: torch.Tensor) -> dist.Distribution:
+        grid = self.dense(code).reshape(-1, *self.grid)
+        params = self.deconvs(grid).chunk(self.n_params, dim=1)
+        return output_distribution(
+            self.likelihood_name, [p.flatten(1) for p in params], self.sigma2
+        )
+
+
+def pi_vae_norb_trunk(
+    input_dim: int, image_shape: Sequence[int] | None, act: str,
+    channels: Sequence[int] = NORB_CHANNELS, features: int = 256, dropout: float = 0.5,
+) -> NorbEncoder:  # fmt: skip
+    """Table 16's encoder (``features``: its dense layer, 256 in the paper)."""
+    shape = check_image(input_dim, image_shape, PI_VAE_NORB_CNN)
+    return NorbEncoder(shape, tuple(channels), features, dropout)
+
+
+def pi_vae_norb_decoder(
+    inputs: Mapping[str, int], hidden: Sequence[int], output_dim: int, likelihood: str,
+    sigma2: float | None, act: str, image_shape: Sequence[int] | None,
+    channels: Sequence[int] = NORB_CHANNELS, features: int = 256, dropout: float = 0.5,
+) -> NorbDecoder:  # fmt: skip
+    """Table 16's decoder on one code (z alone: sec 4 feeds no pi to it)."""
+    if len(inputs) != 1:
+        raise UserError(f"the {PI_VAE_NORB_CNN} decoder reads one code; got ({', '.join(inputs)})")
+    (code_dim,) = inputs.values()
+    shape = check_image(output_dim, image_shape, PI_VAE_NORB_CNN)
+    return NorbDecoder(code_dim, shape, tuple(channels), dropout, likelihood, sigma2)
+
+
+register_net(PI_VAE_NORB_CNN, NetFamily(
+    pi_vae_norb_trunk, pi_vae_norb_decoder,
+    "the pi-VAE's Table 16 Small-NORB CNN: 7x7 stride-2 convolutions, batch norm, dropout",
     needs_image=True, conditional=False,
 ))  # fmt: skip
 

@@ -218,7 +218,7 @@ def test_generation_sets_pi_to_each_class():
     assert not torch.allclose(means[0], means[1])
 
 
-def _check_steps_and_gradients(model, x, y):
+def _check_steps_and_gradients(model, x, y, by_label=True):
     model.zero_grad()
     model.make_elbo().loss_and_grads(model.model, model.guide, x, y)
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
@@ -228,7 +228,8 @@ def _check_steps_and_gradients(model, x, y):
     probs = model.classify(x)
     assert probs.shape == (len(x), model.config.num_classes)
     assert torch.allclose(probs.sum(-1), torch.ones(len(x)))
-    assert model.sample(3, y=1).shape == (3, x.shape[1])
+    if by_label:  # a decoder that reads no pi samples without y
+        assert model.sample(3, y=1).shape == (3, x.shape[1])
     assert model.sample(3, mean=True).shape == (3, x.shape[1])
 
 
@@ -243,6 +244,28 @@ def test_cnn_builds_steps_and_gets_gradients(image_shape):
     x, y = torch.rand(4, d), torch.tensor([0, -1, 2, -1])
     assert model.decoder(torch.randn(4, 2 + K)).batch_shape == (4,)
     _check_steps_and_gradients(model, x, y)
+
+
+@pytest.mark.parametrize("image_shape", [(2, 32, 32), (2, 21, 19)])
+def test_table_16_cnn_builds_steps_and_gets_gradients(image_shape):
+    """Berkhahn Table 16 (Small-NORB): four 7x7 stride-2 convolutions halve the image four
+    times, the decoder mirrors them back to the odd sizes too, and the four pi heads are a
+    loss on the trunk only (the decoder reads z alone)."""
+    from ppl_ssvae.models.pi_vae_nets import NorbEncoder
+
+    torch.manual_seed(0)
+    d = torch.Size(image_shape).numel()
+    model = build(
+        "pi-vae", input_dim=d, num_classes=K, net="norb-cnn", image_shape=image_shape,
+        conv_hidden=8, alpha=1.0, pi_to_decoder=False, factor_classes=(4, 2, 3),
+    )  # fmt: skip
+    trunk = next(m for m in model.modules() if isinstance(m, NorbEncoder))
+    kernels = [m.kernel_size for m in trunk.convs if isinstance(m, torch.nn.Conv2d)]
+    assert kernels == [(7, 7)] * 4 and trunk.features == 8
+    x = torch.rand(4, d)
+    y = torch.tensor([[0, 1, 0, 2], [-1, -1, -1, -1], [2, -1, 1, -1], [-1, 3, -1, 0]])
+    assert model.decoder(torch.randn(4, 2)).batch_shape == (4,)
+    _check_steps_and_gradients(model, x, y, by_label=False)
 
 
 @pytest.mark.parametrize("sigma2", [None, 0.5])
