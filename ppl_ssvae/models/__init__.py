@@ -19,6 +19,7 @@ from .latent_classifier import LatentClassifier, LatentClassifierConfig, Simplif
 from .m1 import M1, M1Config
 from .m1m2 import M1M2, M1M2Config
 from .m2 import M2, M2Config
+from .m2_adversarial import AdversarialM2
 from .pi_vae import PiVAE, PiVAEConfig
 from .priors import semi_unsupervised_prior
 
@@ -33,6 +34,7 @@ MODELS: dict[str, type[SemiSupervisedModel]] = {
     BetaVAEClassifier.name: BetaVAEClassifier,
     M1.name: M1,
     M1M2.name: M1M2,
+    AdversarialM2.name: AdversarialM2,
 }
 
 

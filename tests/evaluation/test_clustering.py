@@ -118,7 +118,8 @@ def test_semi_unsupervised_run_records_cluster_metrics(tmp_path, capsys):
     # App. C's pairwise KL of p(z|y): per unit, over the 12 * 11 ordered pairs.
     assert len(written["component_kl_mean"]) == 4
     assert all(
-        0 <= m <= x for m, x in zip(written["component_kl_mean"], written["component_kl_max"])
+        0 <= m <= x
+        for m, x in zip(written["component_kl_mean"], written["component_kl_max"], strict=True)
     )
 
     # --resume rebuilds the 12-class model from the saved settings.
