@@ -20,6 +20,11 @@ Rows, per alpha and seed:
 - ``probe_accuracy_given_true``: the same probe scored on the test pairs with y' = y only;
 - ``chance``: 1/K.
 
+Each alpha also trains App. E's adversarial M2 (``--adversary``, weights w > 0; w = 0 is
+M2): an adversary f(y|z') plays against the encoder, which should push the probe towards
+chance if the game works (the thesis's preliminary runs found no difference in accuracy;
+the probe asks whether it changed z').
+
 Configuration (App. B, sec 5.1): one hidden layer of 500 softplus units per network, z' of
 50, Adam 1e-3, 100 labelled + 100 unlabelled rows per batch, 100 labels. What differs: the
 data is mnist-5k (the 5000-image MNIST subset) instead of MNIST, and the ``cpu`` budget
@@ -34,6 +39,7 @@ results/m2_zprime_probe/ (results.md, results.csv, summary.csv, config.json).
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -59,10 +65,12 @@ from ppl_ssvae import data
 from ppl_ssvae.training import fit
 
 BUDGETS = {
-    "smoke": {"epochs": 1, "alpha": [1.0], "seeds": [0]},
-    "cpu": {"epochs": 30, "alpha": [1.0, 100.0, 10000.0], "seeds": [0, 1, 2]},
-    "paper": {"epochs": 500, "alpha": [0.1, 1.0, 10.0, 100.0, 10000.0], "seeds": [0, 1, 2]},
-}
+    "smoke": {"epochs": 1, "alpha": [1.0], "seeds": [0], "adversary": [0.0, 1.0]},
+    "cpu": {"epochs": 30, "alpha": [1.0, 100.0, 10000.0], "seeds": [0, 1, 2],
+            "adversary": [0.0, 1.0]},
+    "paper": {"epochs": 500, "alpha": [0.1, 1.0, 10.0, 100.0, 10000.0], "seeds": [0, 1, 2],
+              "adversary": [0.0, 1.0]},
+}  # fmt: skip
 MODEL = {"z_dim": 50, "hidden": (500,), "activation": "softplus"}  # App. B
 FIT = {"batch_size": 200, "labelled_share": "1:1", "lr": 1e-3, "lr_decay": 1.0,
        "optimizer": "adam"}  # fmt: skip
@@ -74,6 +82,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument("--alpha", type=comma_list(non_negative_float),
                         help="comma-separated alphas [the budget's]")  # fmt: skip
+    parser.add_argument("--adversary", type=comma_list(non_negative_float),
+                        help="adversary weights w: 0 is M2, w > 0 App. E's adversarial M2 "
+                        "[the budget's: 0,1]")  # fmt: skip
     parser.add_argument("--seeds", type=random_seed_list, help="[the budget's]")
     parser.add_argument("--epochs", type=positive_int, help="[the budget's]")
     parser.add_argument("--dataset", default="mnist-5k")
@@ -81,7 +92,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
     budget = dict(BUDGETS[args.budget])
-    for key in ("alpha", "seeds", "epochs"):
+    for key in ("alpha", "seeds", "epochs", "adversary"):
         if getattr(args, key) is not None:
             budget[key] = getattr(args, key)
 
@@ -89,14 +100,16 @@ def main(argv: list[str] | None = None) -> Path:
     rows: list[dict[str, Any]] = []
     for seed in budget["seeds"]:
         split = data.semi_supervised_split(dataset, labels=LABELS, seed=seed)
-        for alpha in budget["alpha"]:
+        for alpha, weight in itertools.product(budget["alpha"], budget["adversary"]):
             start = time.process_time()
-            model = build_seeded("m2", seed, input_dim=split.input_dim,
-                                 num_classes=split.num_classes, alpha=alpha, **MODEL)  # fmt: skip
+            game = {"adversary_weight": weight} if weight else {}
+            model = build_seeded("m2-adversarial" if weight else "m2", seed, alpha=alpha,
+                                 input_dim=split.input_dim, num_classes=split.num_classes,
+                                 **MODEL, **game)  # fmt: skip
             result = fit(model, split, epochs=budget["epochs"], seed=seed, progress=False, **FIT)
             best, last = result.best or result.history[-1], result.history[-1]
             probe, given_true = probe_accuracy(model, split, seed)
-            rows.append({"alpha": alpha, "seed": seed, "labels": LABELS,
+            rows.append({"alpha": alpha, "adversary_weight": weight, "seed": seed, "labels": LABELS,
                          "epochs": len(result.history), "best_epoch": best["epoch"],
                          "test_accuracy": best["test_accuracy"],
                          "test_accuracy_last": last["test_accuracy"],
@@ -105,7 +118,7 @@ def main(argv: list[str] | None = None) -> Path:
                          "cpu_seconds": time.process_time() - start})  # fmt: skip
     metrics = ["test_accuracy", "test_accuracy_last", "probe_accuracy",
                "probe_accuracy_given_true", "cpu_seconds"]  # fmt: skip
-    summary = mean_and_sd(rows, ("alpha",), metrics)
+    summary = mean_and_sd(rows, ("alpha", "adversary_weight"), metrics)
     config = {"args": vars(args), "budget": budget, "model": MODEL, "fit": FIT,
               "labels": LABELS, "probe": "StandardScaler + LogisticRegression(max_iter=2000)"}  # fmt: skip
     out = write_results("m2_zprime_probe", rows, config, args.results_dir, summary)
