@@ -8,6 +8,10 @@ Prints the CPU capability, ms per step, the ratio to the first net (dense) and t
 seconds of an epoch of ``--epoch-rows`` rows at that cost.
 
     python -m benchmarks.net_speed --nets dense,conv,conv@16x32 --steps 20
+    python -m benchmarks.net_speed --nets dense,conv,m1-m2/m1,m1-m2/m2   # issue 31's costs
+
+``m1-m2/m1`` and ``m1-m2/m2`` time Kingma's M1+M2 (784-600-600-50, then M2 500-50 on the
+50 codes) in its two stages on the same batches.
 """
 
 from __future__ import annotations
@@ -32,8 +36,23 @@ def contender(name: str) -> tuple[str, dict]:
     return family, {"channels": [int(c) for c in spec.split("x")]} if spec else {}
 
 
+# Kingma's M1+M2 (sec 4.1 sizes) steps in its two stages: M1 on pixels, M2 on M1's codes.
+STAGES = {"m1-m2/m1": 1, "m1-m2/m2": 2}
+
+
+def stage_stepper(name: str, seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One step of M1+M2 in the stage ``name`` names (M1 alone, or M2 on the codes)."""
+    pyro.set_rng_seed(seed)
+    model = build("m1-m2", input_dim=PIXELS, num_classes=CLASSES, m1_epochs=1)
+    model.training_stage(STAGES[name])
+    return svi_step(model)
+
+
 def stepper(net: str, seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """One optimisation step of M2 with ``net`` (its own optimizer and parameters)."""
+    """One optimisation step of M2 with ``net`` (its own optimizer and parameters), or of
+    an M1+M2 stage (``m1-m2/m1``, ``m1-m2/m2``)."""
+    if net in STAGES:
+        return stage_stepper(net, seed)
     pyro.set_rng_seed(seed)
     family, net_args = contender(net)
     model = build("m2", input_dim=PIXELS, num_classes=CLASSES, z_dim=50, hidden=(500,),
@@ -56,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", type=name_list, default="dense,conv",
                         help="comma-separated, NAME or conv@C1xC2 (channels), from "
-                        f"{', '.join(NETS)}")  # fmt: skip
+                        f"{', '.join(NETS)}; or an M1+M2 stage, {', '.join(STAGES)}")  # fmt: skip
     parser.add_argument("--steps", type=positive_int, default=20, help="timed steps per net")
     parser.add_argument("--epoch-rows", type=positive_int, default=50_000,
                         help="rows of an epoch, for its CPU seconds (Fashion-MNIST's training "
@@ -66,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     specs = [n.partition("@")[2].split("x") for n in names if "@" in n]
     if not all(all(v.isdigit() and int(v) > 0 for v in s) for s in specs):
         parser.error(f"after @ give channels as C1xC2..., got {args.nets!r}")
-    unknown = sorted({contender(n)[0] for n in names} - set(NETS))
+    unknown = sorted({contender(n)[0] for n in names if n not in STAGES} - set(NETS))
     if unknown:
         parser.error(f"unknown nets {unknown}; choose from {', '.join(NETS)}")
     steps = {name: stepper(name) for name in names}
