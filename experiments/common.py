@@ -9,7 +9,7 @@ import io
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -154,6 +154,20 @@ def comma_list(item: Callable[[str], T]) -> Callable[[str], list[T]]:
 name_list, positive_int_list, non_negative_int_list, random_seed_list, unit_fraction_list = map(
     comma_list, (str, positive_int, non_negative_int, random_seed, unit_fraction)
 )
+
+
+# Jurasiński (2019) App. B and sec 5.1: one hidden layer of 500 softplus units per network,
+# a latent of 50, Adam 1e-3 without decay, 100 labelled + 100 unlabelled rows per batch.
+JURASINSKI_MODEL = {"z_dim": 50, "hidden": (500,), "activation": "softplus"}
+JURASINSKI_FIT = {"batch_size": 200, "labelled_share": "1:1", "lr": 1e-3, "lr_decay": 1.0,
+                  "optimizer": "adam"}  # fmt: skip
+
+
+def budget_with(budget: dict[str, Any], args: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """A copy of a script's ``budget`` with every one of ``keys`` the command line gave
+    (not None) in place of the budget's."""
+    given = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    return {**budget, **given}
 
 
 def build_seeded(name: str, seed: int, **config: Any) -> SemiSupervisedModel:

@@ -45,7 +45,10 @@ from typing import Any
 import torch
 
 from experiments.common import (
+    JURASINSKI_FIT,
+    JURASINSKI_MODEL,
     ScriptParser,
+    budget_with,
     build_seeded,
     comma_list,
     mean_and_sd,
@@ -66,9 +69,7 @@ BUDGETS = {
     "paper": {"epochs": 500, "vae_epochs": 500, "baseline_epochs": 1000,
               "alpha": [0.1, 1.0, 1000.0], "seeds": [0, 1, 2]},
 }  # fmt: skip
-MODEL = {"z_dim": 50, "hidden": (500,), "activation": "softplus"}  # App. B
-FIT = {"batch_size": 200, "labelled_share": "1:1", "lr": 1e-3, "lr_decay": 1.0,
-       "optimizer": "adam"}  # fmt: skip
+MODEL, FIT = JURASINSKI_MODEL, JURASINSKI_FIT  # App. B
 LABELS = 100
 # The VAE's decoder is an MLP, M2's a label-conditioned trunk whose x- (z'-) path has the
 # same first layer under another name; every other shared weight has the same name.
@@ -86,10 +87,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--data-dir", help="where a user-supplied dataset lives")
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
-    budget = dict(BUDGETS[args.budget])
-    for key in ("alpha", "seeds"):
-        if getattr(args, key) is not None:
-            budget[key] = getattr(args, key)
+    budget = budget_with(BUDGETS[args.budget], args, ("alpha", "seeds"))
     if args.epochs is not None:
         budget["epochs"] = budget["vae_epochs"] = args.epochs
 

@@ -62,6 +62,7 @@ import torch
 
 from experiments.common import (
     ScriptParser,
+    budget_with,
     comma_list,
     mean_and_sd,
     positive_float,
@@ -104,10 +105,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dataset", default="circles", help="a two-dimensional toy dataset")
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
-    budget = dict(BUDGETS[args.budget])
-    for key in ("sigma2", "seeds", "epochs", "baseline_epochs"):
-        if getattr(args, key) is not None:
-            budget[key] = getattr(args, key)
+    budget = budget_with(
+        BUDGETS[args.budget], args, ("sigma2", "seeds", "epochs", "baseline_epochs")
+    )
 
     dataset = data.load(args.dataset)
     rows: list[dict[str, Any]] = []

@@ -51,7 +51,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from experiments.common import (
+    JURASINSKI_FIT,
+    JURASINSKI_MODEL,
     ScriptParser,
+    budget_with,
     build_seeded,
     comma_list,
     mean_and_sd,
@@ -71,9 +74,7 @@ BUDGETS = {
     "paper": {"epochs": 500, "alpha": [0.1, 1.0, 10.0, 100.0, 10000.0], "seeds": [0, 1, 2],
               "adversary": [0.0, 1.0]},
 }  # fmt: skip
-MODEL = {"z_dim": 50, "hidden": (500,), "activation": "softplus"}  # App. B
-FIT = {"batch_size": 200, "labelled_share": "1:1", "lr": 1e-3, "lr_decay": 1.0,
-       "optimizer": "adam"}  # fmt: skip
+MODEL, FIT = JURASINSKI_MODEL, JURASINSKI_FIT  # App. B
 LABELS = 100
 
 
@@ -91,10 +92,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--data-dir", help="where a user-supplied dataset lives")
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
-    budget = dict(BUDGETS[args.budget])
-    for key in ("alpha", "seeds", "epochs", "adversary"):
-        if getattr(args, key) is not None:
-            budget[key] = getattr(args, key)
+    budget = budget_with(BUDGETS[args.budget], args, ("alpha", "seeds", "epochs", "adversary"))
 
     dataset = data.load(args.dataset, data_dir=args.data_dir)
     rows: list[dict[str, Any]] = []
