@@ -17,7 +17,7 @@ SMOKE_ARGS = {
     "pi_vae_anomaly": ["--budget", "smoke", "--dataset", "digits", "--classes", "3", "--steps", "8"],
     "latent_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--labels", "100"],
     "pi_vae_disentanglement": ["--budget", "smoke", "--labels", "0,30", "--labelled-only", "30"],
-    "pi_vae_sequences": ["--budget", "smoke", "--labels", "100"],
+    "pi_vae_sequences": ["--budget", "smoke", "--labels", "100", "--net", "rnn-steps"],
     "guides_fashion_mnist": ["--budget", "smoke", "--dataset", "digits", "--settings",
                              "latent-100,m2-3000,gmdgm-3000", "--guides", "gaussian,maf", "--z-dim", "3",
                              "--hidden", "16", "--labels", "100", "--iwae-rows", "20",

@@ -26,10 +26,13 @@ from .pi_vae_nets import (
     LSTMEncoder,
     PiEncoder,
 )
-from .priors import StandardNormalPrior
+from .pi_vae_sequence import StepLSTMDecoder, StepLSTMTrunk, StepPiEncoder
+from .priors import StandardNormalPrior, standard_normal
 
 VARIANTS = ("ss", "es", "eu")
-NETS = ("dense", "cnn", "norb-cnn", "rnn")
+NETS = ("dense", "cnn", "norb-cnn", "rnn", "rnn-steps")
+# Sequence nets: x is (T, C) steps flattened.
+SEQUENCE_NETS = ("rnn", "rnn-steps")
 # The pi-VAE's image nets: its net name -> the network registry's family.
 IMAGE_NETS = {"cnn": PI_VAE_CNN, "norb-cnn": PI_VAE_NORB_CNN}
 
@@ -45,8 +48,10 @@ class PiVAEConfig(ModelConfig):
         net: ``"dense"`` (Table 13), ``"cnn"`` (Table 14, images; the network registry's
             ``pi-vae-cnn`` family), ``"norb-cnn"`` (Table 16, Small-NORB's stereo pairs;
             ``pi-vae-norb-cnn``: ``conv_hidden=256``, ``pi_to_decoder=False`` and four
-            heads by ``factor_classes`` make it the paper's) or ``"rnn"`` (Table 15,
-            multichannel sequences).
+            heads by ``factor_classes`` make it the paper's), ``"rnn"`` (Table 15's
+            layers, multichannel sequences, one z per sequence) or ``"rnn-steps"`` (Table
+            15 as listed: a z of ``z_dim`` and class logits per time step, the logits
+            averaged over steps for the sequence's pi).
         z_dim: size of the Gaussian latent (2 in Tables 13-15).
         hidden: dense encoder widths; the dense decoder uses them reversed.
         activation: activation of the dense layers.
@@ -163,15 +168,25 @@ class PiVAE(StandardNormalPrior, SemiSupervisedModel):
         self.has_vae = c.variant != "es"
         self.pi_to_decoder = self.has_pi and self.has_vae and c.pi_to_decoder
         self.register_buffer("prior", torch.full((c.num_classes,), 1.0 / c.num_classes))
-        self.encoder = PiEncoder(
+        encoder = StepPiEncoder if c.net == "rnn-steps" else PiEncoder
+        self.encoder = encoder(
             _encoder_trunk(c),
             c.z_dim if self.has_vae else None,
             c.num_classes if self.has_pi else None,
             c.factor_classes if self.has_pi else (),
         )
-        code_dim = c.z_dim + (c.num_classes if self.pi_to_decoder else 0)
+        code_dim = self.latent_units + (c.num_classes if self.pi_to_decoder else 0)
         self.decoder = _decoder(c, code_dim) if self.has_vae else None
         self._initialise()
+
+    @property
+    def latent_units(self) -> int:
+        """Units of z: ``z_dim``, or ``z_dim`` per time step with ``net="rnn-steps"``."""
+        c = self.config
+        return c.z_dim * (c.input_dim // c.sequence_channels if c.net == "rnn-steps" else 1)
+
+    def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
+        return standard_normal(self.latent_units, self.prior, batch_shape)
 
     # -- the Pyro pair ---------------------------------------------------------------------
     def p_log_pi(
@@ -286,7 +301,7 @@ class PiVAE(StandardNormalPrior, SemiSupervisedModel):
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
         if not self.has_pi:
             raise UserError("the 'eu' variant has no pi layer and cannot classify")
-        return F.softmax(self.encoder.pi(self.encoder.trunk(x)), -1)
+        return F.softmax(self.encoder.class_logits(x), -1)
 
     @torch.no_grad()
     def sample(
@@ -341,12 +356,12 @@ def _validate(c: PiVAEConfig) -> None:
             f"image_shape={tuple(c.image_shape)} must be (C, H, W) with C*H*W = input_dim "
             f"({c.input_dim})"
         )
-    if c.net == "rnn" and (c.sequence_channels < 1 or c.input_dim % c.sequence_channels):
+    if c.net in SEQUENCE_NETS and (c.sequence_channels < 1 or c.input_dim % c.sequence_channels):
         raise UserError(
             f"input_dim={c.input_dim} is not a whole number of time steps of "
             f"sequence_channels={c.sequence_channels}"
         )
-    if c.net == "rnn" and len(c.rnn_hidden) != 3:
+    if c.net in SEQUENCE_NETS and len(c.rnn_hidden) != 3:
         raise UserError(f"rnn_hidden={tuple(c.rnn_hidden)} must give three widths (Table 15)")
 
 
@@ -362,9 +377,10 @@ def _encoder_trunk(c: PiVAEConfig) -> nn.Module:
         return family(IMAGE_NETS[c.net]).trunk(
             c.input_dim, c.image_shape, c.activation, **_cnn_args(c)
         )
-    if c.net == "rnn":
+    if c.net in SEQUENCE_NETS:
         steps = c.input_dim // c.sequence_channels
-        return LSTMEncoder(steps, c.sequence_channels, c.rnn_hidden)
+        trunk = LSTMEncoder if c.net == "rnn" else StepLSTMTrunk
+        return trunk(steps, c.sequence_channels, c.rnn_hidden)
     return DenseEncoder(c.input_dim, c.hidden, c.activation)
 
 
@@ -379,4 +395,9 @@ def _decoder(c: PiVAEConfig, code_dim: int) -> nn.Module:
         return LSTMDecoder(
             code_dim, steps, c.sequence_channels, c.rnn_hidden, c.likelihood, c.sigma2
         )
+    if c.net == "rnn-steps":
+        steps = c.input_dim // c.sequence_channels
+        pi_dim = code_dim - c.z_dim * steps
+        return StepLSTMDecoder(c.z_dim, pi_dim, steps, c.sequence_channels, c.rnn_hidden,
+                               c.likelihood, c.sigma2)  # fmt: skip
     return Decoder(code_dim, c.hidden[::-1], c.input_dim, c.likelihood, c.sigma2, c.activation)

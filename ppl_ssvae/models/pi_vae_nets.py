@@ -353,6 +353,10 @@ class PiEncoder(nn.Module):
         q_z, q_pi, _ = self.heads(x)
         return q_z, q_pi
 
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The main pi head's logits, ``(B, K)``, without the z head."""
+        return self.pi(self.trunk(x))
+
     def heads(
         self, x: torch.Tensor
     ) -> tuple[dist.Distribution | None, dist.Categorical | None, list[dist.Categorical]]:

@@ -268,6 +268,58 @@ def test_table_16_cnn_builds_steps_and_gets_gradients(image_shape):
     _check_steps_and_gradients(model, x, y, by_label=False)
 
 
+def _steps_model(T=5, C=3):
+    torch.manual_seed(0)
+    return build("pi-vae", input_dim=T * C, num_classes=K, net="rnn-steps", z_dim=2,
+                 likelihood="gaussian", sequence_channels=C, rnn_hidden=(4, 6, 5),
+                 alpha=2.5, beta=0.7)  # fmt: skip
+
+
+def test_rnn_steps_loss_is_eq_3_to_5_with_a_latent_and_class_logits_per_step():
+    """Table 15 as listed: q(z|x) is a Gaussian per step (T x 2 units, one KL over all),
+    pi is the softmax of the per-step class logits averaged over steps, and the decoder
+    reads pi ⊕ z_t at step t."""
+    from ppl_ssvae.nn import MIN_SCALE
+    from ppl_ssvae.nn.likelihoods import output_distribution
+
+    T, B = 5, len(Y_MIXED)
+    model = _steps_model(T)
+    x, y = torch.randn(B, T * 3), torch.tensor(Y_MIXED)
+    with torch.no_grad():
+        loss, z = _loss_and_z(model, x, y)
+        assert z.shape == (B, T * 2)
+        enc, dec = model.encoder, model.decoder
+        h = enc.trunk(x)  # (B, T, features)
+        scale = F.softplus(enc.q_z.scale(h)) + MIN_SCALE
+        q_z = td.Normal(enc.q_z.loc(h).flatten(1), scale.flatten(1))
+        log_pi = F.log_softmax(enc.pi(h).mean(1), -1)
+        per_step = torch.cat([log_pi.exp()[:, None].expand(-1, T, -1), z.reshape(B, T, 2)], -1)
+        steps, _ = dec.lstm(dec.pre(per_step))
+        loc, raw = dec.out(dec.post(steps)).chunk(2, -1)
+        log_px = output_distribution("gaussian", [loc.flatten(1), raw.flatten(1)], None).log_prob(x)
+        kl_z = td.kl_divergence(q_z, td.Normal(0.0, 1.0)).sum(-1)
+        labelled = y >= 0
+        ce = -log_pi[labelled, y[labelled]].sum()
+        expected = -(log_px - 0.7 * kl_z).sum() + 2.5 * B / labelled.sum() * ce
+    assert loss == pytest.approx(expected.item(), rel=1e-9)
+    torch.testing.assert_close(model.classify(x), log_pi.exp())
+
+
+def test_rnn_steps_decoder_reads_each_step_s_own_latent():
+    """The LSTM runs forward in time, so a change of z at step 3 leaves steps 0-2 of the
+    decoded sequence as they were and changes step 3: each step has its own latent."""
+    model = _steps_model(T=5)
+    code = torch.randn(2, K + 5 * 2)
+    changed = code.clone()
+    changed[:, K + 3 * 2 :] += 1.0  # z_3 and z_4
+    with torch.no_grad():
+        a, b = (model.decoder(c).mean.reshape(2, 5, 3) for c in (code, changed))
+    torch.testing.assert_close(a[:, :3], b[:, :3])
+    assert (a[:, 3] - b[:, 3]).abs().max() > 1e-3
+    x, y = torch.randn(4, 15), torch.tensor([1, -1, -1, 0])
+    _check_steps_and_gradients(model, x, y)
+
+
 @pytest.mark.parametrize("sigma2", [None, 0.5])
 def test_rnn_builds_steps_and_gets_gradients(sigma2):
     torch.manual_seed(0)
