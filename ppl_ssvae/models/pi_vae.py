@@ -27,7 +27,7 @@ from .pi_vae_nets import (
     PiEncoder,
 )
 from .pi_vae_sequence import StepLSTMDecoder, StepLSTMTrunk, StepPiEncoder
-from .priors import StandardNormalPrior, standard_normal
+from .priors import standard_normal
 
 VARIANTS = ("ss", "es", "eu")
 NETS = ("dense", "cnn", "norb-cnn", "rnn", "rnn-steps")
@@ -99,7 +99,7 @@ class PiVAEConfig(ModelConfig):
     factor_classes: tuple[int, ...] = ()
 
 
-class PiVAE(StandardNormalPrior, SemiSupervisedModel):
+class PiVAE(SemiSupervisedModel):
     r"""The pi-layer VAE of Berkhahn, Keys, Ovsyannikov and Rapp (2019).
 
     One encoder trunk with three heads (sec 2.1, Fig. 1a): ``mu(x)``, ``sigma(x)`` for
@@ -186,6 +186,7 @@ class PiVAE(StandardNormalPrior, SemiSupervisedModel):
         return c.z_dim * (c.input_dim // c.sequence_channels if c.net == "rnn-steps" else 1)
 
     def p_z(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> dist.Distribution:
+        """``p(z) = N(0, I)`` over every unit of z (eq. 1's prior)."""
         return standard_normal(self.latent_units, self.prior, batch_shape)
 
     # -- the Pyro pair ---------------------------------------------------------------------
