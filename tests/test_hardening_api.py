@@ -38,6 +38,7 @@ GUIDE_SPEED, PRECISION = "benchmarks/guide_speed.py", "benchmarks/precision_spee
 DDP, M2_SPEED = "benchmarks/ddp_speed.py", "benchmarks/m2_speed.py"
 NET_SPEED = "benchmarks/net_speed.py"
 SIGMA2, WARMUP = "experiments/m2_sigma2_circles.py", "experiments/m2_kl_warmup_moons.py"
+PROBE, PRETRAINED = "experiments/m2_zprime_probe.py", "experiments/m2_pretrained_vae.py"
 NOT_INT = "is not an integer"
 SEED_RANGE = "must be an integer in [0, 2**32)"
 EMPTY_ITEM = "has an empty item"
@@ -110,6 +111,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "net-speed --nets ,": (NET_SPEED, ["--nets", ","], EMPTY_ITEM),
     "sigma2-circles --sigma2 0": (SIGMA2, ["--sigma2", "0"], "must be"),
     "warmup-moons --seeds -1": (WARMUP, ["--seeds", "-1"], SEED_RANGE),
+    "zprime-probe --alpha -1": (PROBE, ["--alpha", "-1"], "must be a finite number >= 0"),
+    "pretrained-vae --epochs 0": (PRETRAINED, ["--epochs", "0"], "0 must be >= 1"),
     "ddp-speed --processes 0": (DDP, ["--processes", "0"], "0 must be >= 1"),
     "ddp-speed --epochs 0": (DDP, ["--epochs", "0"], "0 must be >= 1"),
     "ddp-speed --rounds 0": (DDP, ["--rounds", "0"], "0 must be >= 1"),

@@ -33,10 +33,11 @@ D, K, Z, A = 10, 3, 3, 3
 Y = [0, -1, 2, -1, 1, -1]
 PRIOR = (0.5, 0.3, 0.2)
 ALPHA, LAM, BETA = 2.5, 0.3, 0.7
-LABEL_LATENT = ("m2", "adgm", "gmdgm", "agmdgm")
+LABEL_LATENT = ("m2", "adgm", "gmdgm", "agmdgm", "m2-adversarial")
 AUXILIARY = ("adgm", "agmdgm")
 CONFIG: dict[str, dict[str, Any]] = {
     "m2": {"alpha": ALPHA, "prior": PRIOR},
+    "m2-adversarial": {"alpha": ALPHA, "prior": PRIOR, "adversary_weight": 0.0},
     "adgm": {"alpha": ALPHA, "prior": PRIOR, "a_dim": A},
     "gmdgm": {"alpha": ALPHA, "prior": PRIOR},
     "agmdgm": {"alpha": ALPHA, "prior": PRIOR, "a_dim": A},
@@ -135,7 +136,7 @@ def _label_latent_terms(model, x, label, noise, eps_z):
         q_z = td.Normal(q.q_z.head.loc(h), F.softplus(q.q_z.head.scale(h)) + MIN_SCALE)
     z = q_z.loc + q_z.scale * eps_z
     log_p = torch.log(torch.tensor(c.prior))[label]
-    if model.name in ("m2", "adgm"):
+    if model.name in ("m2", "adgm", "m2-adversarial"):  # the adversary at weight 0 adds 0
         log_p = log_p + _normal(torch.zeros(()), torch.ones(()), z)
         log_p = log_p + _bernoulli(model.p_x.head.logits(model.p_x.trunk(z, label)), x)
     else:  # p(z|y) linear in onehot(y) (Willetts eq. 30), p(x|z)
@@ -311,7 +312,9 @@ def _check_against_hand(name, objective, num_particles, params=None):
     loss, grads, calls = _pyro_run(model, elbo, x, y)
     hand_loss, surrogate = _hand_loss(model, objective, x, y, _noise(calls, num_particles))
     assert loss == pytest.approx(hand_loss.item(), rel=1e-10)
-    names = [n for n, _ in model.named_parameters() if params is None or n.startswith(params)]
+    # An adversary at weight 0 (m2-adversarial's case here) is not in M2's objective.
+    names = [n for n, _ in model.named_parameters()
+             if (params is None or n.startswith(params)) and not n.startswith("adversary.")]  # fmt: skip
     hand = torch.autograd.grad(surrogate, [dict(model.named_parameters())[n] for n in names])
     assert names
     for n, expected in zip(names, hand, strict=True):
@@ -354,7 +357,8 @@ def test_allowed_objectives_and_defaults(name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_particles_are_vectorised_where_the_model_takes_a_particle_dim(name):
     elbo = _model(name).make_elbo(objective="trace", num_particles=3)
-    vectorised = name in ("m2", "gmdgm", "latent", "latent-simplified", "beta-vae-classifier", "m1")
+    vectorised = name in ("m2", "m2-adversarial", "gmdgm", "latent", "latent-simplified",
+                          "beta-vae-classifier", "m1")  # fmt: skip
     assert elbo.num_particles == 3 and elbo.vectorize_particles is vectorised
     # Pyro puts the particle plate left of the data plate.
     assert elbo.max_plate_nesting == (2 if vectorised else 1)
