@@ -18,21 +18,12 @@ from torch import nn
 
 from ..nn.layers import full_precision, head
 from ..nn.likelihoods import output_distribution, output_params
-from .pi_vae_nets import PiEncoder
+from .pi_vae_nets import LSTMEncoder, PiEncoder
 
 
-class StepLSTMTrunk(nn.Module):
-    """Table 15 encoder up to its heads: a dense layer along the feature axis (relu), an
-    LSTM, a dense layer (relu) per step: ``(B, T*C) -> (B, T, features)``."""
-
-    def __init__(self, seq_len: int, channels: int, widths: Sequence[int] = (40, 40, 30)):
-        super().__init__()
-        pre, width, post = widths
-        self.shape = (seq_len, channels)
-        self.pre = nn.Sequential(nn.Linear(channels, pre), nn.ReLU())
-        self.lstm = nn.LSTM(pre, width, batch_first=True)
-        self.post = nn.Sequential(nn.Linear(width, post), nn.ReLU())
-        self.features = post
+class StepLSTMTrunk(LSTMEncoder):
+    """Table 15 encoder up to its heads: :class:`~ppl_ssvae.models.pi_vae_nets.LSTMEncoder`'s
+    layers, with the dense layer kept on every step: ``(B, T*C) -> (B, T, features)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         steps, _ = self.lstm(self.pre(x.reshape(-1, *self.shape)))
