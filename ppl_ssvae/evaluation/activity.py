@@ -14,6 +14,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from ..errors import UserError
 from ..guides.registry import CUSTOM, DEFAULT
 from ..models.base import SemiSupervisedModel
+from ..nn import eval_mode
 
 
 def _diagonal_normal(fn: Any, rows: int, site: str) -> Normal:
@@ -72,9 +73,7 @@ def unit_activity(
     x = model.check_x(x)
     if len(x) == 0:
         raise UserError("unit_activity needs at least one row of x")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         total: torch.Tensor | None = None
         for chunk in x.split(batch_size):
             rows = len(chunk)
@@ -92,8 +91,6 @@ def unit_activity(
                 p_z = _diagonal_normal(model_trace.nodes["z"]["fn"], rows, "model")
                 kl += probs[:, k : k + 1] * kl_divergence(q_z, p_z)
             total = kl.sum(0) if total is None else total + kl.sum(0)
-    finally:
-        model.train(was_training)
     return (total / len(x)).cpu()
 
 
@@ -136,9 +133,7 @@ def prior_component_kl(model: SemiSupervisedModel, x: torch.Tensor) -> torch.Ten
     x = model.check_x(x)
     if len(x) == 0:
         raise UserError("prior_component_kl needs at least one row of x")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         components = []
         for k in range(model.config.num_classes):
             labels = torch.full((len(x),), k, dtype=torch.long, device=x.device)
@@ -146,8 +141,6 @@ def prior_component_kl(model: SemiSupervisedModel, x: torch.Tensor) -> torch.Ten
             replayed = poutine.replay(model.model, trace=guide_trace)
             model_trace = poutine.trace(replayed).get_trace(x, labels)
             components.append(_diagonal_normal(model_trace.nodes["z"]["fn"], len(x), "model"))
-    finally:
-        model.train(was_training)
     rows = [
         torch.stack([kl_divergence(p_j, p_k).mean(0) for p_k in components]) for p_j in components
     ]

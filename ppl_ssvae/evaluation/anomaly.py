@@ -35,6 +35,7 @@ from ..errors import UserError, is_int
 from ..models.base import SemiSupervisedModel
 from ..models.label_latent import LabelLatentModel
 from ..models.pi_vae import PiVAE
+from ..nn import eval_mode
 from ..plates import MAX_PLATE_NESTING
 
 AVERAGES = ("probability", "log")
@@ -96,9 +97,7 @@ def reconstruction_log_prob(
         raise UserError(f"unknown average {average!r}; choose one of {', '.join(AVERAGES)}")
     scorer = _scorer(model)
     x = model.check_x(x)
-    was_training = model.training
-    model.eval()  # no dropout, batch-norm running statistics: a deterministic network
-    try:
+    with eval_mode(model):  # no dropout, batch-norm running statistics: a deterministic network
         scores = []
         for chunk in x.split(batch_size):
             log_w, log_px = scorer(model, chunk, samples)
@@ -106,8 +105,6 @@ def reconstruction_log_prob(
                 scores.append(torch.logsumexp(log_w + log_px, 0))
             else:
                 scores.append((log_w.exp() * log_px).sum(0))
-    finally:
-        model.train(was_training)
     if not scores:
         return torch.zeros(0)
     return torch.cat(scores).cpu()

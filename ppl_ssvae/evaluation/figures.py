@@ -17,6 +17,7 @@ import torch
 from ..errors import UserError, is_int
 from ..guides.sampling import seeded_rng
 from ..models.base import SemiSupervisedModel
+from ..nn import eval_mode
 from .posterior import class_names_of
 
 
@@ -68,13 +69,9 @@ def generation_grid(
     if len(names) != k:
         raise UserError(f"class_names has {len(names)} names but the model has {k} classes")
 
-    was_training = model.training
-    model.eval()  # not every model's sample() switches off dropout itself
-    try:
-        with seeded_rng(seed, model.device):
-            rows = [model.sample(n_per_class, y=c, mean=mean).detach().cpu() for c in range(k)]
-    finally:
-        model.train(was_training)
+    # not every model's sample() switches off dropout itself
+    with eval_mode(model), seeded_rng(seed, model.device):
+        rows = [model.sample(n_per_class, y=c, mean=mean).detach().cpu() for c in range(k)]
     grid = _tile(torch.stack(rows).numpy(), shape)
     _save_grid(grid, names, shape, Path(path))
     return grid

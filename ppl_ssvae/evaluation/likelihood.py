@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError, is_finite_number, is_int
 from ..guides.sampling import seeded_rng
 from ..models.base import SemiSupervisedModel
+from ..nn import eval_mode
 from ..plates import MAX_PLATE_NESTING
 
 #: Rows (data rows x samples x summed classes) of one model/guide pass; bounds memory.
@@ -177,14 +178,11 @@ def log_likelihood(
     y = model.check_y(torch.as_tensor(y), len(x))
     if len(x) == 0:
         return x.new_zeros(0)
-    was_training = model.training
-    model.eval()
     try:
-        with seeded_rng(seed, x.device):
+        with eval_mode(model), seeded_rng(seed, x.device):
             return _estimate(model, x, y, num_samples, model.label_in_joint, max_rows, clock)
     finally:
         clock.close()
-        model.train(was_training)
 
 
 def _estimate(

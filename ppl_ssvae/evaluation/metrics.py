@@ -13,6 +13,7 @@ from torch.distributions import Distribution
 
 from ..errors import UserError
 from ..models.base import SemiSupervisedModel
+from ..nn import eval_mode
 
 
 def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
@@ -41,15 +42,11 @@ def mean_elbo(model: SemiSupervisedModel, x: torch.Tensor, batch_size: int = 100
     if len(x) == 0:
         return float("nan")
     elbo = model.make_elbo()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         total = 0.0
         for chunk in x.split(batch_size):
             unlabelled = torch.full((len(chunk),), -1, dtype=torch.long)
             total += elbo.loss(model.model, model.guide, chunk, unlabelled)
-    finally:
-        model.train(was_training)
     return -total / len(x)
 
 
@@ -196,20 +193,11 @@ def beta_vae_score(
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
     rngs = tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    was_training = module.training if module is not None else False
-    if module is not None:
-        module.eval()
-    try:
-        with torch.no_grad():
-            x_train, y_train = _beta_vae_points(
-                encoder, data, num_train, batch_size, rngs, device, chunk
-            )
-            x_test, y_test = _beta_vae_points(
-                encoder, data, num_test, batch_size, rngs, device, chunk
-            )
-    finally:
-        if module is not None:
-            module.train(was_training)
+    with eval_mode(module), torch.no_grad():
+        x_train, y_train = _beta_vae_points(
+            encoder, data, num_train, batch_size, rngs, device, chunk
+        )
+        x_test, y_test = _beta_vae_points(encoder, data, num_test, batch_size, rngs, device, chunk)
     if len(np.unique(y_train)) < 2:
         raise UserError(f"num_train={num_train} drew a single factor; use more training points")
     classifier = LogisticRegression(max_iter=1000)

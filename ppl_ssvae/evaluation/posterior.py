@@ -20,6 +20,7 @@ from ..errors import UserError, is_int
 from ..guides.sampling import seeded_rng
 from ..memory import BYTES, require_memory
 from ..models.base import SemiSupervisedModel
+from ..nn import eval_mode
 from ..plates import MAX_PLATE_NESTING
 
 # -- the posterior as InferenceData ---------------------------------------------------------
@@ -79,17 +80,13 @@ def posterior(
             f"agmdgm); {model.name!r} is not one"
         )
     names = class_names_of(model, class_names)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with seeded_rng(seed, x.device), torch.no_grad():
             pyro.set_rng_seed(seed)
             draws = _draws(model, x, y, num_samples, exact_y)
             recon, log_lik = _reconstruct(model, x, draws)
             q_y = model.classify(x) if model.can_classify else None
         log_p_x = _iwae(model, x, y, iwae_samples, seed)
-    finally:
-        model.train(was_training)
     return _inference_data(x, y, draws, recon, log_lik, q_y, log_p_x, names)
 
 

@@ -31,6 +31,7 @@ from ..guides.registry import (
 from ..guides.sampling import seeded_rng, seeded_sample
 from ..nn import (
     check_init_layers,
+    eval_mode,
     init_normal_,
 )
 from ..objectives import LABEL_LATENT, build_elbo
@@ -190,12 +191,8 @@ class SemiSupervisedModel(nn.Module):
             # check_x reads the value range, which has no min/max on zero rows
             return torch.zeros((0, self.config.num_classes), device=self.device)
         x = self.check_x(x)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return torch.cat([self._class_probs(chunk) for chunk in x.split(batch_size)])
-        finally:
-            self.train(was_training)
 
     def _initialise(self) -> None:
         """Apply ``config.init_std``; every model calls this at the end of ``__init__``."""
@@ -257,18 +254,13 @@ class SemiSupervisedModel(nn.Module):
             labels = self.check_y(torch.as_tensor(y), len(x))
         if y_probs is not None:
             labels = torch.where(labels >= 0, labels, y_probs.argmax(-1))
-        was_training = self.training
-        self.eval()
-        try:
-            with seeded_rng(0, x.device):
-                trace = pyro.poutine.trace(self.guide).get_trace(x, labels)
-                out: dict[str, Any] = {} if y_probs is None else {"y_probs": y_probs}
-                for name in ("z", "a"):
-                    if name in trace.nodes:
-                        fn = trace.nodes[name]["fn"]
-                        out[name], out[f"{name}_mean"] = fn, _mean_of(fn, mean_samples)
-        finally:
-            self.train(was_training)
+        with eval_mode(self), seeded_rng(0, x.device):
+            trace = pyro.poutine.trace(self.guide).get_trace(x, labels)
+            out: dict[str, Any] = {} if y_probs is None else {"y_probs": y_probs}
+            for name in ("z", "a"):
+                if name in trace.nodes:
+                    fn = trace.nodes[name]["fn"]
+                    out[name], out[f"{name}_mean"] = fn, _mean_of(fn, mean_samples)
         return out
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:

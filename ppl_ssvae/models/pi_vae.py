@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..nn import Decoder, output_params
+from ..nn import Decoder, eval_mode, output_params
 from ..nn.nets import family
 from ..objectives import REPARAMETERISED
 from .base import DATA_PLATE, GuideModules, ModelConfig, SemiSupervisedModel, split_labels
@@ -323,9 +323,7 @@ class PiVAE(SemiSupervisedModel):
         # The base check (one class per sample, not one per pi head); with y=None, class 0
         # stands in so that n is checked all the same.
         y_checked = super().check_y(0 if y is None else y, n, sampling=True)
-        was_training = self.training
-        self.eval()  # batch norm running statistics, no dropout
-        try:
+        with eval_mode(self):  # batch norm running statistics, no dropout
             z = self.p_z((n,)).sample()
             log_pi = None
             if self.pi_to_decoder:
@@ -334,8 +332,6 @@ class PiVAE(SemiSupervisedModel):
                 log_pi = F.one_hot(y, self.config.num_classes).to(z.dtype).log()
             p_x = self.decoder(self.code(z, log_pi))
             return p_x.mean if mean else p_x.sample()
-        finally:
-            self.train(was_training)
 
 
 def _validate(c: PiVAEConfig) -> None:

@@ -34,6 +34,7 @@ from .layers import (
     MIN_SCALE,
     activation,
     check_init_layers,
+    eval_mode,
     full_precision,
     head,
     init_normal_,
@@ -52,4 +53,4 @@ from .likelihoods import (
 )
 from .nets import NETS, NetFamily, describe_nets, register_net, resolve_net_args
 
-__all__ = ["ACTIVATIONS", "LIKELIHOODS", "NETS", "ConvTrunk", "DeconvDecoder", "NetFamily", "describe_nets", "register_net", "resolve_net_args", "BernoulliLikelihood", "BernoulliPixels", "CategoricalHead", "Conditional", "ConditionalDecoder", "ConditionalGaussian", "ContextEncoder", "Decoder", "DiagonalGaussian", "GaussianLikelihood", "INIT_LAYERS", "LABEL", "LabelConditionedTrunk", "LabelGaussian", "MIN_SCALE", "MultiInputCategorical", "MultiInputGaussian", "activation", "check_init_layers", "full_precision", "head", "init_normal_", "keep_init", "likelihood", "mlp", "output_distribution", "output_params", "output_width"]  # fmt: skip
+__all__ = ["ACTIVATIONS", "LIKELIHOODS", "NETS", "ConvTrunk", "DeconvDecoder", "NetFamily", "describe_nets", "register_net", "resolve_net_args", "BernoulliLikelihood", "BernoulliPixels", "CategoricalHead", "Conditional", "ConditionalDecoder", "ConditionalGaussian", "ContextEncoder", "Decoder", "DiagonalGaussian", "GaussianLikelihood", "INIT_LAYERS", "LABEL", "LabelConditionedTrunk", "LabelGaussian", "MIN_SCALE", "MultiInputCategorical", "MultiInputGaussian", "activation", "check_init_layers", "eval_mode", "full_precision", "head", "init_normal_", "keep_init", "likelihood", "mlp", "output_distribution", "output_params", "output_width"]  # fmt: skip

@@ -4,7 +4,8 @@ parameters under bf16 autocast."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -26,6 +27,22 @@ def full_precision(t: torch.Tensor) -> torch.Tensor:
     enumerated classes would lose their digits, so every distribution is built from
     parameters cast back here. A no-op for float32/float64 tensors."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+@contextmanager
+def eval_mode(module: nn.Module | None) -> Iterator[None]:
+    """``module`` in eval mode (no dropout, batch norm's running statistics) for the block,
+    then back in the mode it was in, also when the block raises: evaluation inside a
+    training loop must not leave the model in eval mode. ``None`` is a no-op."""
+    if module is None:
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def activation(name: str, inplace: bool = False) -> nn.Module:
