@@ -69,7 +69,8 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--against", metavar="SETTING", help="the setting the figure draws the metric "
                    "against [the first numeric setting that varies]")  # fmt: skip
     r.add_argument("--metric", default="test_accuracy", help="the number drawn against it: "
-                   "test_accuracy, last_test_accuracy, test_elbo, test_iwae, ... [test_accuracy]")  # fmt: skip
+                   "test_accuracy, last_test_accuracy, lowest_loss_test_accuracy, test_elbo, test_iwae, ... "
+                   "[test_accuracy]")  # fmt: skip
     r.add_argument("--curve", metavar="KEY", help="the epoch record's key of the learning "
                    "curves [val_accuracy, else elbo]")  # fmt: skip
     r.add_argument("--no-figures", action="store_true", help="tables only")

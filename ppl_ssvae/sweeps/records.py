@@ -34,14 +34,24 @@ def best_record(history: list[dict[str, Any]]) -> dict[str, Any]:
     return history[-1]
 
 
+def lowest_loss_record(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch with the lowest training loss (the first of equals): selection without a
+    validation set, which a semi-supervised run with few labels may not have (Jurasinski
+    2019, supplement sec 3.2, Fig 12); the last epoch where no loss was recorded."""
+    scored = [h for h in history if finite(h.get("train_loss"))]
+    return min(scored, key=lambda h: h["train_loss"]) if scored else history[-1]
+
+
 def summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """A run's numbers from its epochs (metrics.jsonl)."""
-    best, last = best_record(history), history[-1]
+    best, last, lowest = best_record(history), history[-1], lowest_loss_record(history)
     return {
         "best_epoch": best["epoch"],
         "val_accuracy": best.get("val_accuracy"),
         "test_accuracy": best.get("test_accuracy"),
         "last_test_accuracy": last.get("test_accuracy"),
+        "lowest_loss_epoch": lowest["epoch"],
+        "lowest_loss_test_accuracy": lowest.get("test_accuracy"),
         "test_elbo": best.get("test_elbo"),
         # Cluster-and-label runs (Willetts et al. Table 1): the model-to-true class mapping,
         # and the accuracy on classes with labels and on those without.

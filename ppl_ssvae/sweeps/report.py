@@ -34,6 +34,7 @@ from .records import best_digest, finite, read_scores, summary
 METRICS = {
     "test_accuracy": ("test acc. (best val.)", ".4f"),
     "last_test_accuracy": ("test acc. (last)", ".4f"),
+    "lowest_loss_test_accuracy": ("test acc. (lowest train. loss)", ".4f"),
     "test_accuracy_visible": ("test acc. visible classes", ".4f"),
     "test_accuracy_hidden": ("test acc. hidden classes", ".4f"),
     "test_elbo": ("test ELBO", ".2f"),

@@ -113,3 +113,32 @@ def test_cluster_and_label_runs_report_their_visible_and_hidden_class_accuracies
         assert group[key]["mean"] == pytest.approx(statistics.fmean(values))
         assert group[key]["n"] == 2
     assert "test acc. hidden classes" in report_runs(runs).markdown()
+
+
+def test_selection_by_lowest_training_loss_is_reported_beside_selection_by_validation():
+    """Jurasinski's Fig 12: the epoch of the lowest training loss, chosen without a
+    validation set, against the best-validation epoch and the last."""
+    from ppl_ssvae.sweeps.records import summary
+
+    history = [
+        {"epoch": 1, "train_loss": 5.0, "val_accuracy": 0.5, "test_accuracy": 0.1},
+        {"epoch": 2, "train_loss": 3.0, "val_accuracy": 0.4, "test_accuracy": 0.2},
+        {"epoch": 3, "train_loss": 3.0, "val_accuracy": 0.6, "test_accuracy": 0.3},
+        {"epoch": 4, "train_loss": 4.0, "val_accuracy": 0.6, "test_accuracy": 0.4},
+    ]
+    numbers = summary(history)
+    assert (numbers["best_epoch"], numbers["test_accuracy"]) == (3, 0.3)
+    assert (numbers["lowest_loss_epoch"], numbers["lowest_loss_test_accuracy"]) == (2, 0.2)
+    assert numbers["last_test_accuracy"] == 0.4
+    unscored = [{k: v for k, v in h.items() if k != "train_loss"} for h in history]
+    assert summary(unscored)["lowest_loss_epoch"] == 4  # no loss recorded: the last epoch
+
+
+def test_the_report_shows_the_lowest_loss_selection(grid_sweep):
+    path, _ = grid_sweep
+    report = report_runs([path])
+    assert "test acc. (lowest train. loss)" in report.markdown()
+    for values, runs in report.groups:
+        chosen = [min(r.history, key=lambda h: h["train_loss"])["test_accuracy"] for r in runs]
+        (row,) = [r for r in report.rows() if r["labels"] == values["labels"]]
+        assert row["lowest_loss_test_accuracy"]["mean"] == pytest.approx(statistics.fmean(chosen))
