@@ -449,9 +449,11 @@ def test_sklearn_merge_selects_ours_by_validation_per_label_count_and_seed(tmp_p
         sklearn_comparison.merged([m2, other])
 
 
-def test_m2_from_a_vae_is_the_vae_once_its_y_paths_are_zero():
-    """The pretrained-VAE experiment copies every VAE weight to its place in M2: with M2's
-    y-embeddings zeroed, M2's q(z'|x, y) and p(x|y, z') are the VAE's for every y."""
+@pytest.mark.parametrize("name", ["m2", "latent", "latent-simplified"])
+def test_a_model_from_a_vae_is_the_vae_once_its_y_paths_are_zero(name):
+    """The pretrained-VAE experiment copies every VAE weight to its place in the model
+    (Jurasinski sec 3.2 for M2, sec 5.2 for the latent models): with the y-embeddings
+    zeroed, q(z|x[, y]) and p(x|[y,] z) are the VAE's for every y."""
     import torch
 
     from experiments.common import build_seeded
@@ -464,16 +466,19 @@ def test_m2_from_a_vae_is_the_vae_once_its_y_paths_are_zero():
         "hidden": (8,),
         "activation": "softplus",
     }
-    vae, m2 = build_seeded("m1", 0, **sizes), build_seeded("m2", 1, **sizes)
-    assert copy_vae_weights(vae, m2) == 10  # encoder 2 + loc 2 + scale 2, decoder 2 + head 2
+    vae, model = build_seeded("m1", 0, **sizes), build_seeded(name, 1, **sizes)
+    assert copy_vae_weights(vae, model) == 10  # encoder 2 + loc 2 + scale 2, decoder 2 + head 2
     with torch.no_grad():
-        m2.q.q_z.trunk.y_layer.weight.zero_()
-        m2.p_x.trunk.y_layer.weight.zero_()
+        for module in (model.q.q_z.trunk, model.p_x.trunk):
+            if getattr(module, "y_layer", None) is not None:
+                module.y_layer.weight.zero_()
     x, z = torch.rand(5, 12), torch.randn(5, 2)
     for label in range(3):
         y = torch.full((5,), label)
-        torch.testing.assert_close(m2.q.q_z(x=x, y=y).mean, vae.q.q_z(x=x).mean)
-        torch.testing.assert_close(m2.p_x(z, y).mean, vae.p_x(z).mean)
+        q = model.q.q_z(x=x, y=y) if name == "m2" else model.q.q_z(x=x)
+        p = model.p_x(z) if name == "latent-simplified" else model.p_x(z, y)
+        torch.testing.assert_close(q.mean, vae.q.q_z(x=x).mean)
+        torch.testing.assert_close(p.mean, vae.p_x(z).mean)
 
 
 def test_factor_heads_label_the_same_rows_with_each_factor(tmp_path):

@@ -113,6 +113,7 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "warmup-moons --seeds -1": (WARMUP, ["--seeds", "-1"], SEED_RANGE),
     "zprime-probe --alpha -1": (PROBE, ["--alpha", "-1"], "must be a finite number >= 0"),
     "pretrained-vae --epochs 0": (PRETRAINED, ["--epochs", "0"], "0 must be >= 1"),
+    "pretrained-vae --models m3": (PRETRAINED, ["--models", "m3"], "unknown model 'm3'"),
     "ddp-speed --processes 0": (DDP, ["--processes", "0"], "0 must be >= 1"),
     "ddp-speed --epochs 0": (DDP, ["--epochs", "0"], "0 must be >= 1"),
     "ddp-speed --rounds 0": (DDP, ["--rounds", "0"], "0 must be >= 1"),
