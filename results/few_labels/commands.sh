@@ -15,13 +15,27 @@ case $dataset in
   *) echo "unknown dataset $dataset" >&2; exit 2 ;;
 esac
 name=few_labels_${dataset//-/_}
-run() {  # a part whose results are already written is kept, so the chain can be resumed
-  local part=${*: -1}
+run() {  # run LABELS ARGS... --name PART: a part already written is kept, so the chain resumes
+  local labels=$1 part=${*: -1}
+  shift
   [ -f "results/$part/summary.csv" ] && return 0
   python -m experiments.sklearn_comparison --budget cpu --dataset "$dataset" --labels "$labels" "$@"
 }
-run --epochs "$epochs" --name "${name}_m2_dense"
-run --epochs "$epochs" --model-arg net=conv --model-arg "image_shape=$shape" ${conv:+--model-arg "$conv"} --name "${name}_m2_conv"
-run --epochs $((epochs + m1_epochs)) --model m1-m2 --model-arg m1_epochs=$m1_epochs --name "${name}_m1m2"
+m1m2=(--epochs $((epochs + m1_epochs)) --model m1-m2 --model-arg m1_epochs=$m1_epochs)
+run "$labels" --epochs "$epochs" --name "${name}_m2_dense"
+run "$labels" --epochs "$epochs" --model-arg net=conv --model-arg "image_shape=$shape" ${conv:+--model-arg "$conv"} --name "${name}_m2_conv"
+if [ "$dataset" = fashion-mnist ]; then
+  # One M1+M2 folder per label count, so that each can run on its own core.
+  parts=()
+  for count in ${labels//,/ }; do
+    run "$count" "${m1m2[@]}" --name "${name}_m1m2_$count"
+    parts+=("results/${name}_m1m2_$count")
+  done
+  # Does longer training help M2 at 100 labels? Four times the dense part's steps.
+  run 100 --epochs 20 --name "${name}_m2_dense_20epochs"
+else
+  run "$labels" "${m1m2[@]}" --name "${name}_m1m2"
+  parts=("results/${name}_m1m2")
+fi
 python -m experiments.sklearn_comparison --merge "results/${name}_m2_dense" \
-    "results/${name}_m2_conv" "results/${name}_m1m2" --name "$name"
+    "results/${name}_m2_conv" "${parts[@]}" --name "$name"
