@@ -71,14 +71,15 @@ from ppl_ssvae.training import fit
 
 # The weight of each model's labelled term: M2's alpha, the latent models' lambda.
 WEIGHT = {"m2": "alpha", "latent": "lam", "latent-simplified": "lam"}
+# The latent models at their best lambda of Table 1, the same at every budget.
+LATENT_LAMBDAS = {"latent": [0.5], "latent-simplified": [0.001]}
 BUDGETS = {
     "smoke": {"epochs": 1, "vae_epochs": 1, "baseline_epochs": 1, "seeds": [0],
-              "weights": {"m2": [0.1], "latent": [0.5], "latent-simplified": [0.001]}},
+              "weights": {"m2": [0.1], **LATENT_LAMBDAS}},
     "cpu": {"epochs": 30, "vae_epochs": 30, "baseline_epochs": 300, "seeds": [0, 1, 2],
-            "weights": {"m2": [0.1, 1000.0], "latent": [0.5], "latent-simplified": [0.001]}},
+            "weights": {"m2": [0.1, 1000.0], **LATENT_LAMBDAS}},
     "paper": {"epochs": 500, "vae_epochs": 500, "baseline_epochs": 1000, "seeds": [0, 1, 2],
-              "weights": {"m2": [0.1, 1.0, 1000.0], "latent": [0.5],
-                          "latent-simplified": [0.001]}},
+              "weights": {"m2": [0.1, 1.0, 1000.0], **LATENT_LAMBDAS}},
 }  # fmt: skip
 MODEL, FIT = JURASINSKI_MODEL, JURASINSKI_FIT  # App. B
 LABELS = 100
@@ -107,6 +108,12 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     budget = budget_with(BUDGETS[args.budget], args, ("seeds",))
     given = {"alpha": args.alpha, "lam": args.lam}
+    for option, values in given.items():
+        if values and not any(WEIGHT[m] == option for m in args.models):
+            users = ", ".join(m for m in WEIGHT if WEIGHT[m] == option)
+            parser.error(
+                f"--{option} is for {users}, which --models leaves out: add it or drop --{option}"
+            )
     budget["weights"] = {m: given[WEIGHT[m]] or budget["weights"][m] for m in args.models}
     if args.epochs is not None:
         budget["epochs"] = budget["vae_epochs"] = args.epochs

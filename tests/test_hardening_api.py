@@ -114,6 +114,10 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "zprime-probe --alpha -1": (PROBE, ["--alpha", "-1"], "must be a finite number >= 0"),
     "pretrained-vae --epochs 0": (PRETRAINED, ["--epochs", "0"], "0 must be >= 1"),
     "pretrained-vae --models m3": (PRETRAINED, ["--models", "m3"], "unknown model 'm3'"),
+    "pretrained-vae --lam without a latent model": (
+        PRETRAINED, ["--models", "m2", "--lam", "0.5"], "--lam is for latent, latent-simplified"),
+    "pretrained-vae --alpha without m2": (
+        PRETRAINED, ["--models", "latent", "--alpha", "1"], "--alpha is for m2, which --models"),
     "ddp-speed --processes 0": (DDP, ["--processes", "0"], "0 must be >= 1"),
     "ddp-speed --epochs 0": (DDP, ["--epochs", "0"], "0 must be >= 1"),
     "ddp-speed --rounds 0": (DDP, ["--rounds", "0"], "0 must be >= 1"),
