@@ -33,16 +33,21 @@ clustering), copied into each run directory. Accuracy is the last epoch's of eac
 iteration: no labelled validation rows are used anywhere.
 
 Budgets: ``smoke`` (digits-sized, seconds: to check the script runs) and ``cpu``.
-Writes results/active_labelling_<dataset>/ with results.md, results.csv, curve.png
-(test accuracy against queries), latent_tsne.png (t-SNE of the test set's latent means
-before the first query and after the last iteration, for each clustering; Figs 5-6) and
-config.json.
+Writes results/active_labelling_<dataset>/ (``--name`` to choose) with results.md,
+results.csv, curve.png (test accuracy against queries), latent_tsne.png (t-SNE of the test
+set's latent means before the first query and after the last iteration, for each
+clustering; Figs 5-6) and config.json.
+
+``--merge FOLDER ...`` trains nothing: it joins folders of one configuration run at other
+seeds into results/active_labelling_<dataset>_seeds/, with mean ± sd over seeds per
+method and iteration, and curve.png with the spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
 import tempfile
 import time
@@ -55,11 +60,14 @@ import torch
 from experiments.common import (
     ScriptParser,
     comma_list,
+    folder_name,
+    mean_and_sd,
     non_negative_float,
     positive_float,
     positive_int,
     pyplot,
     random_seed,
+    read_results,
     run_script,
     unit_fraction,
     write_results,
@@ -67,6 +75,7 @@ from experiments.common import (
 from ppl_ssvae import protocol
 from ppl_ssvae.active import ActiveConfig, load_unlabelled, run_active
 from ppl_ssvae.active.loop import build_model, fit_settings
+from ppl_ssvae.errors import UserError
 from ppl_ssvae.evaluation.metrics import accuracy
 from ppl_ssvae.runs.directory import CHECKPOINT, RunDir
 from ppl_ssvae.training import fit
@@ -99,11 +108,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="share of the training images the loop sees [0.7, the paper's]")  # fmt: skip
     p.add_argument("--runs-dir", default=None, help="keep the run directories here")
     p.add_argument("--results-dir", default="results")
+    p.add_argument("--name", type=folder_name,
+                   help="results folder [active_labelling_<dataset>, ..._seeds with --merge]")  # fmt: skip
+    p.add_argument("--merge", nargs="+", default=None, metavar="FOLDER",
+                   help="train nothing: join these folders (other seeds) into mean and sd")  # fmt: skip
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    if args.merge:
+        return merge_seeds([Path(f) for f in args.merge], args.results_dir, args.name)
     net_args = {} if args.channels is None else {"channels": args.channels}
     base = ActiveConfig(dataset=args.dataset, seed=args.seed, rate=args.rate, gamma=args.gamma,
                         net=args.net, net_args=net_args, train_fraction=args.train_fraction,
@@ -115,15 +130,54 @@ def main(argv: list[str] | None = None) -> Path:
         totals = [r["queries_total"] for r in active[1:]]
         pretrained = runs / _slug(next(iter(VARIANTS))) / "pretrain"
         rows += _random_rows(base, totals, pretrained, active[0]["pretrain_epochs"])
-        tsne_path = Path(args.results_dir) / ("active_labelling_" + args.dataset.replace("-", "_"))
+        name = args.name or "active_labelling_" + args.dataset.replace("-", "_")
+        tsne_path = Path(args.results_dir) / name
         tsne_path.mkdir(parents=True, exist_ok=True)
         latent_maps(base, runs, tsne_path / "latent_tsne.png")
-    name = "active_labelling_" + args.dataset.replace("-", "_")
     config = {"arguments": vars(args), "active": base.to_dict(),
               "pretrain_epochs": active[0]["pretrain_epochs"],
               "cpu_seconds": time.process_time() - started}  # fmt: skip
     out = write_results(name, rows, config, args.results_dir)
     _plot(out / "curve.png", rows)
+    return out
+
+
+def merge_seeds(folders: list[Path], results_dir: str | Path, name: str | None = None) -> Path:
+    """Join results folders of one configuration run at different seeds: every row with its
+    seed, and mean ± sd over seeds per method and iteration. Refuses folders whose settings
+    differ other than by seed, and a seed given twice."""
+    rows: list[dict[str, Any]] = []
+    settings, sources = None, {}
+    for folder in folders:
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise UserError(f"--merge: {config_path} not found; pass folders this script wrote")
+        config = json.loads(config_path.read_text())
+        if not isinstance(config.get("active"), dict):
+            raise UserError(
+                f"--merge: {config_path} has no active settings; pass folders this script wrote"
+            )
+        active = dict(config["active"])
+        seed = active.pop("seed")
+        settings = active if settings is None else settings
+        differing = sorted(
+            k for k in settings.keys() | active.keys() if settings.get(k) != active.get(k)
+        )
+        if differing:
+            raise UserError(f"--merge: {folder} differs from {folders[0]} in {', '.join(differing)}; "
+                            "merge runs of one configuration at other seeds")  # fmt: skip
+        if seed in sources:
+            raise UserError(
+                f"--merge: seed {seed} is in both {sources[seed]['folder']} and {folder}"
+            )
+        sources[seed] = {"folder": str(folder), "cpu_seconds": config.get("cpu_seconds"),
+                         "environment": config.get("environment")}  # fmt: skip
+        rows += [{"seed": seed, **row} for row in read_results(folder)]
+    columns = ["queries_total", "propagated_label_accuracy", "test_accuracy"]
+    summary = mean_and_sd(rows, ("method", "iteration"), columns)
+    name = name or "active_labelling_" + settings["dataset"].replace("-", "_") + "_seeds"
+    out = write_results(name, rows, {"merged": sources, "active": settings}, results_dir, summary)
+    _plot(out / "curve.png", summary, over_seeds=True)
     return out
 
 
@@ -232,16 +286,20 @@ def latent_maps(base: ActiveConfig, runs: Path, path: Path, rows: int = 2000) ->
     plt.close(fig)
 
 
-def _plot(path: Path, rows: list[dict]) -> None:
+def _plot(path: Path, rows: list[dict], over_seeds: bool = False) -> None:
+    """Test accuracy against queries per method: one run's rows, or ``mean_and_sd``'s
+    summary rows (``over_seeds``) with the sd as error bars."""
     plt = pyplot()
-
+    suffix = "_mean" if over_seeds else ""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        ax.plot([r["queries_total"] for r in mine], [r["test_accuracy"] for r in mine],
-                marker=".", label=method)  # fmt: skip
-    ax.set_xlabel("queries (labels) so far")
-    ax.set_ylabel("test accuracy")
+        ax.errorbar([r["queries_total" + suffix] for r in mine],
+                    [r["test_accuracy" + suffix] for r in mine],
+                    yerr=[r.get("test_accuracy_sd", 0.0) for r in mine], marker=".", capsize=2,
+                    label=method)  # fmt: skip
+    ax.set_xlabel("queries (labels) so far" + (", mean over seeds" if over_seeds else ""))
+    ax.set_ylabel("test accuracy" + (", mean ± sd over seeds" if over_seeds else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

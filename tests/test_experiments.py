@@ -500,3 +500,46 @@ def test_factor_heads_label_the_same_rows_with_each_factor(tmp_path):
     argv = ["--budget", "smoke", "--labels", "30", "--factor-heads", "scale", "--net", "norb-cnn"]
     out = dis.main([*argv, "--results-dir", str(tmp_path)])
     assert "beta_vae_score" in (out / "results.md").read_text()
+
+
+def _active_folder(path, seed, accuracies, **settings):
+    """A results folder as experiments.active_labelling writes it, by hand."""
+    path.mkdir(parents=True)
+    rows = [
+        {"method": "active gmm", "iteration": i, "queries_total": 10 * i,
+         "labelled_rows": 7, "propagated_label_accuracy": "nan" if i == 0 else 0.5,
+         "test_accuracy": a}
+        for i, a in enumerate(accuracies)
+    ]  # fmt: skip
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    (path / "results.csv").write_text(text.getvalue())
+    active = {"dataset": "digits", "seed": seed, "gamma": 10.0, **settings}
+    (path / "config.json").write_text(json.dumps({"active": active, "cpu_seconds": 1.0}))
+    return path
+
+
+def test_active_merge_gives_mean_and_sd_over_seeds_and_refuses_other_settings(tmp_path):
+    """``--merge`` joins one configuration's seeds: per method and iteration the mean and
+    the sample sd of the seeds' accuracies; other settings or a repeated seed are refused."""
+    from experiments import active_labelling
+
+    a = _active_folder(tmp_path / "a", 0, [0.1, 0.5])
+    b = _active_folder(tmp_path / "b", 1, [0.2, 0.8])
+    out = active_labelling.main(["--merge", str(a), str(b), "--results-dir", str(tmp_path)])
+    assert out.name == "active_labelling_digits_seeds" and (out / "curve.png").is_file()
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert [int(r["runs"]) for r in summary] == [2, 2]
+    assert float(summary[1]["test_accuracy_mean"]) == pytest.approx(0.65)
+    assert float(summary[1]["test_accuracy_sd"]) == pytest.approx(0.3 / 2**0.5)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["seed"] for r in rows] == ["0", "0", "1", "1"]
+
+    other = _active_folder(tmp_path / "c", 2, [0.1, 0.5], gamma=1.0)
+    with pytest.raises(ValueError, match="differs from .* in gamma"):
+        active_labelling.merge_seeds([a, other], tmp_path)
+    again = _active_folder(tmp_path / "d", 0, [0.1, 0.5])
+    with pytest.raises(ValueError, match="seed 0 is in both"):
+        active_labelling.merge_seeds([a, again], tmp_path)

@@ -99,6 +99,8 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "active-labelling --seed -1": (ACTIVE, ["--seed", "-1"], SEED_RANGE),
     "active-labelling --rate 0": (ACTIVE, ["--rate", "0"], "must be a finite number > 0"),
     "active-labelling --gamma -1": (ACTIVE, ["--gamma", "-1"], "must be a finite number >= 0"),
+    "active-labelling --merge absent": (ACTIVE, ["--merge", "absent"], "config.json not found"),
+    "active-labelling --name ..": (ACTIVE, ["--name", ".."], NOT_A_NAME),
     "report a missing run": (REPORT, ["{missing}", "--name", "r"], "is not a run directory"),
     "report an empty run": (REPORT, ["{empty_run}", "--name", "r"], "has no finished epoch"),
     "report --name ../../x": (REPORT, ["{empty_run}", "--name", "../../x"], NOT_A_NAME),
