@@ -46,7 +46,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -183,6 +183,41 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> Path:
+    parser = _parser()
+    args = parser.parse_args(argv)
+
+    if args.dataset == "shapes":
+        dataset = load_shapes(label=args.label_factor or "shape")
+    elif args.label_factor is not None:
+        parser.error("--label-factor is for --dataset shapes; other datasets bring their label")
+    else:
+        dataset = data.load(args.dataset, args.data_dir)
+    # shapes carries its whole grid (train and test images): the metric may ask for any
+    # factor combination; other datasets (Small-NORB) cover the grid in their test split.
+    factor_images = dataset.extra.get("factor_images")
+    if factor_images is None:
+        factor_images = FactorImages.from_dataset(dataset, "test")
+    label_factor = args.label_factor or ("shape" if args.dataset == "shapes" else "label")
+    budget = BUDGETS[args.budget]
+    k = dataset.num_classes
+
+    runs = [("SS", whole_labels(n, k)) for n in args.labels]
+    if args.labelled_only:
+        runs.append(("labelled-only", whole_labels(args.labelled_only, k)))
+    names, counts = dataset.extra.get("factor_names", ()), dataset.extra.get("factor_sizes", ())
+    head_sizes = tuple(dict(zip(names, counts, strict=True)).get(h, 0) for h in args.factor_heads)
+    rows = [_run_row(kind, labels, dataset, factor_images, label_factor, head_sizes, args, budget)
+            for kind, labels in runs]  # fmt: skip
+    name = f"pi_vae_disentanglement_{args.dataset.replace('-', '_')}_{label_factor}_{args.net}"
+    config = {"args": vars(args), "budget": budget._asdict(), "fit": {**PiVAE.fit_defaults, "lr": LR},
+              "factor_names": list(getattr(factor_images, "factor_names", ())),
+              "factor_sizes": list(factor_images.factor_sizes)}  # fmt: skip
+    out = write_results(name, rows, config, args.results_dir)
+    print((out / "results.md").read_text())
+    return out
+
+
+def _parser() -> ScriptParser:
     parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument("--labels", type=non_negative_int_list, default="0,100,300,1000",
@@ -208,74 +243,56 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dataset", default="shapes",
                         help="a dataset with known factors (shapes, smallnorb)")  # fmt: skip
     parser.add_argument("--results-dir", default="results")
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.dataset == "shapes":
-        dataset = load_shapes(label=args.label_factor or "shape")
-    elif args.label_factor is not None:
-        parser.error("--label-factor is for --dataset shapes; other datasets bring their label")
-    else:
-        dataset = data.load(args.dataset, args.data_dir)
-    # shapes carries its whole grid (train and test images): the metric may ask for any
-    # factor combination; other datasets (Small-NORB) cover the grid in their test split.
-    factor_images = dataset.extra.get("factor_images")
-    if factor_images is None:
-        factor_images = FactorImages.from_dataset(dataset, "test")
-    label_factor = args.label_factor or ("shape" if args.dataset == "shapes" else "label")
-    budget = BUDGETS[args.budget]
-    k = dataset.num_classes
 
-    runs = [("SS", whole_labels(n, k)) for n in args.labels]
-    if args.labelled_only:
-        runs.append(("labelled-only", whole_labels(args.labelled_only, k)))
-    rows = []
+def _run_row(
+    kind: str,
+    labels: int,
+    dataset: Any,
+    factor_images: Any,
+    label_factor: str,
+    head_sizes: tuple[int, ...],
+    args: argparse.Namespace,
+    budget: Any,
+) -> dict[str, Any]:
+    """Train one run (SS, or on its labelled rows alone) and score it: one table row."""
     heads = args.factor_heads
-    names, counts = dataset.extra.get("factor_names", ()), dataset.extra.get("factor_sizes", ())
-    sizes = dict(zip(names, counts, strict=True))
-    for kind, labels in runs:
-        # Factor labels are read by row: the training rows stay in the dataset's order.
-        carve = {"validation_size": 0} if heads else {}
-        split = data.semi_supervised_split(dataset, labels=labels, seed=args.seed, **carve)
-        if heads:
-            split = with_factor_heads(split, dataset, heads)
-        split = labelled_only(split) if kind == "labelled-only" else labels_on_top(split)
-        model, result, cpu_minutes = train(split, args, budget.epochs,
-                                           tuple(sizes.get(h, 0) for h in heads))  # fmt: skip
-        start = time.process_time()
-        score = beta_vae_score(LatentMean(model), factor_images, batch_size=budget.pairs,
-                               num_train=budget.points, num_test=budget.points, seed=args.seed)  # fmt: skip
-        last = result.history[-1]
-        keep = split.labelled_mask
-        # sec 4's rule for alpha, per labelled image, to set beside -val_elbo
-        alpha_ce = (
-            args.alpha * log_loss(model.classify(split.x_train[keep]), _main(split.y_train[keep]))
-            if keep.any()
-            else float("nan")
-        )
-        rows.append({
-            "run": kind,
-            "label_factor": label_factor,
-            "labels": labels,
-            "unlabelled_rows": int((~split.labelled_mask).sum()),
-            "epochs": len(result.history),
-            "beta_vae_score": score["beta_vae_score"],
-            "beta_vae_train_accuracy": score["beta_vae_train_accuracy"],
-            # of the final model, the one scored; chance level without labels
-            "pi_test_accuracy": last["test_accuracy"],
-            "val_elbo": last["elbo"],
-            "alpha_ce": alpha_ce,
-            "cpu_minutes": cpu_minutes + (time.process_time() - start) / 60,
-            "stopped": result.stopped,
-        })  # fmt: skip
-        print(f"{kind}, {labels} labels: betaVAE score {score['beta_vae_score']:.4f}", flush=True)
-
-    name = f"pi_vae_disentanglement_{args.dataset.replace('-', '_')}_{label_factor}_{args.net}"
-    config = {"args": vars(args), "budget": budget._asdict(), "fit": {**PiVAE.fit_defaults, "lr": LR},
-              "factor_names": list(getattr(factor_images, "factor_names", ())),
-              "factor_sizes": list(factor_images.factor_sizes)}  # fmt: skip
-    out = write_results(name, rows, config, args.results_dir)
-    print((out / "results.md").read_text())
-    return out
+    # Factor labels are read by row: the training rows stay in the dataset's order.
+    carve = {"validation_size": 0} if heads else {}
+    split = data.semi_supervised_split(dataset, labels=labels, seed=args.seed, **carve)
+    if heads:
+        split = with_factor_heads(split, dataset, heads)
+    split = labelled_only(split) if kind == "labelled-only" else labels_on_top(split)
+    model, result, cpu_minutes = train(split, args, budget.epochs, head_sizes)
+    start = time.process_time()
+    score = beta_vae_score(LatentMean(model), factor_images, batch_size=budget.pairs,
+                           num_train=budget.points, num_test=budget.points, seed=args.seed)  # fmt: skip
+    last = result.history[-1]
+    keep = split.labelled_mask
+    # sec 4's rule for alpha, per labelled image, to set beside -val_elbo
+    alpha_ce = (
+        args.alpha * log_loss(model.classify(split.x_train[keep]), _main(split.y_train[keep]))
+        if keep.any()
+        else float("nan")
+    )
+    row = {
+        "run": kind,
+        "label_factor": label_factor,
+        "labels": labels,
+        "unlabelled_rows": int((~split.labelled_mask).sum()),
+        "epochs": len(result.history),
+        "beta_vae_score": score["beta_vae_score"],
+        "beta_vae_train_accuracy": score["beta_vae_train_accuracy"],
+        # of the final model, the one scored; chance level without labels
+        "pi_test_accuracy": last["test_accuracy"],
+        "val_elbo": last["elbo"],
+        "alpha_ce": alpha_ce,
+        "cpu_minutes": cpu_minutes + (time.process_time() - start) / 60,
+        "stopped": result.stopped,
+    }  # fmt: skip
+    print(f"{kind}, {labels} labels: betaVAE score {score['beta_vae_score']:.4f}", flush=True)
+    return row
 
 
 def _main(y: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ import argparse
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from experiments.common import (
     ScriptParser,
@@ -135,6 +136,37 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> Path:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.matched_steps and args.es_epochs is not None:
+        parser.error("--matched-steps chooses ES's epochs; leave out --es-epochs")
+    if args.merge:
+        return merge(args)
+
+    dataset = data.load(args.dataset, args.data_dir)
+    ss_epochs, es_epochs = BUDGETS[args.budget]
+    ss_epochs = ss_epochs if args.ss_epochs is None else args.ss_epochs
+    es_epochs = es_epochs if args.es_epochs is None else args.es_epochs
+    seeds = args.seeds
+    rows, curves = [], {}
+    for seed in seeds:
+        seed_rows, results, split, ss_model = _seed_rows(args, dataset, seed, ss_epochs, es_epochs)
+        rows += seed_rows
+        if seed == seeds[0]:
+            curves, first_model, grid_split = results, ss_model, split
+
+    summary = mean_and_sd(rows, SUMMARY_BY, SUMMARY_COLUMNS) if len(seeds) > 1 else None
+    out = write_results(results_name(args), rows, {"args": vars(args), "fit": PiVAE.fit_defaults},
+                        args.results_dir, summary)  # fmt: skip
+    plot_curves(out / "curve.png", curves)
+    generation_grid(first_model, 10, out / "generation.png",
+                    image_shape=tuple(grid_split.image_shape),
+                    class_names=grid_split.class_names, seed=seeds[0])  # fmt: skip
+    print((out / "results.md").read_text())
+    return out
+
+
+def _parser() -> ScriptParser:
     parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument(
@@ -168,61 +200,45 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--results-dir", default="results")
-    args = parser.parse_args(argv)
-    if args.matched_steps and args.es_epochs is not None:
-        parser.error("--matched-steps chooses ES's epochs; leave out --es-epochs")
-    if args.merge:
-        return merge(args)
+    return parser
 
-    dataset = data.load(args.dataset, args.data_dir)
-    ss_epochs, es_epochs = BUDGETS[args.budget]
-    ss_epochs = ss_epochs if args.ss_epochs is None else args.ss_epochs
-    es_epochs = es_epochs if args.es_epochs is None else args.es_epochs
-    seeds = args.seeds
+
+def _seed_rows(
+    args: argparse.Namespace, dataset: Any, seed: int, ss_epochs: int, es_epochs: int
+) -> tuple[list[dict[str, Any]], dict[str, Any], Any, Any]:
+    """One seed's SS and ES rows, their fit results by variant, the SS split and model."""
     kept_labels = {"label_fraction": 1.0} if args.labels == "all" else {"labels": int(args.labels)}
-    rows, curves = [], {}
-    ss_model = None
-    for seed in seeds:
-        # Each seed draws its own labelled subset, as the paper's repeats over 10 subsets.
-        split = data.semi_supervised_split(
-            dataset, **kept_labels, seed=seed, validation_size=args.validation_size
-        )
-        es_split = labelled_only(split)
-        if args.matched_steps:
-            ss_steps = ss_epochs * steps_per_epoch(split, args.batch_size)
-            es_epochs = -(-ss_steps // steps_per_epoch(es_split, args.batch_size))
-        runs = {"ss": (split, ss_epochs), "es": (es_split, es_epochs)}
-        for variant, (train_split, epochs) in runs.items():
-            model, result, cpu_minutes = run(
-                variant, train_split, args.net, epochs, seed, args.max_minutes, args.alpha,
-                args.batch_size, args.precision,
-            )  # fmt: skip
-            last = result.history[-1]
-            rows.append({
-                "model": f"{variant.upper()}-{args.net}",
-                "seed": seed,
-                "alpha": model.config.alpha,
-                "batch_size": args.batch_size,
-                "steps": len(result.history) * steps_per_epoch(train_split, args.batch_size),
-                **selected_epoch_columns(result, split, train_split),
-                "last_test_accuracy": last["test_accuracy"],
-                "last_test_log_loss": last["test_log_loss"],
-                "cpu_minutes": cpu_minutes,
-                "stopped": result.stopped,
-            })  # fmt: skip
-            if seed == seeds[0]:
-                curves[variant.upper()] = result
-                if variant == "ss":
-                    ss_model, grid_split = model, split
-
-    summary = mean_and_sd(rows, SUMMARY_BY, SUMMARY_COLUMNS) if len(seeds) > 1 else None
-    out = write_results(results_name(args), rows, {"args": vars(args), "fit": PiVAE.fit_defaults},
-                        args.results_dir, summary)  # fmt: skip
-    plot_curves(out / "curve.png", curves)
-    generation_grid(ss_model, 10, out / "generation.png", image_shape=tuple(grid_split.image_shape),
-                    class_names=grid_split.class_names, seed=seeds[0])  # fmt: skip
-    print((out / "results.md").read_text())
-    return out
+    # Each seed draws its own labelled subset, as the paper's repeats over 10 subsets.
+    split = data.semi_supervised_split(
+        dataset, **kept_labels, seed=seed, validation_size=args.validation_size
+    )
+    es_split = labelled_only(split)
+    if args.matched_steps:
+        ss_steps = ss_epochs * steps_per_epoch(split, args.batch_size)
+        es_epochs = -(-ss_steps // steps_per_epoch(es_split, args.batch_size))
+    rows, results, ss_model = [], {}, None
+    runs = {"ss": (split, ss_epochs), "es": (es_split, es_epochs)}
+    for variant, (train_split, epochs) in runs.items():
+        model, result, cpu_minutes = run(
+            variant, train_split, args.net, epochs, seed, args.max_minutes, args.alpha,
+            args.batch_size, args.precision,
+        )  # fmt: skip
+        last = result.history[-1]
+        rows.append({
+            "model": f"{variant.upper()}-{args.net}",
+            "seed": seed,
+            "alpha": model.config.alpha,
+            "batch_size": args.batch_size,
+            "steps": len(result.history) * steps_per_epoch(train_split, args.batch_size),
+            **selected_epoch_columns(result, split, train_split),
+            "last_test_accuracy": last["test_accuracy"],
+            "last_test_log_loss": last["test_log_loss"],
+            "cpu_minutes": cpu_minutes,
+            "stopped": result.stopped,
+        })  # fmt: skip
+        results[variant.upper()] = result
+        ss_model = model if variant == "ss" else ss_model
+    return rows, results, split, ss_model
 
 
 if __name__ == "__main__":
