@@ -30,7 +30,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
@@ -187,6 +189,40 @@ def fit_against(other: Path, rounds: int, data_dir: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.fit_against is not None:
+        fit_against(args.fit_against, args.rounds, args.data_dir)
+        return
+
+    data = semi_supervised_split(load("fashion-mnist", args.data_dir), labels=args.labels, seed=0)
+    # As `ppl-ssvae train` does for a Bernoulli likelihood: dynamic binarisation.
+    batches = SemiSupervisedBatches(
+        data.x_train, data.y_train, args.batch_size, args.labelled_share, binarize=True, seed=0
+    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(batches)} steps/epoch "
+          f"({batches.labelled_per_step} labelled + {batches.unlabelled_per_step} unlabelled rows)")  # fmt: skip
+
+    steps, ours, naive = _contenders(args)
+    seconds = _time_epochs(steps, batches, args.epochs)
+    # The first epoch carries one-off warm-up costs; compare the median epoch.
+    median = {name: sorted(s)[len(s) // 2] for name, s in seconds.items()}
+    ours_epoch, naive_epoch = median["ours"], median["naive"]
+
+    with torch.no_grad():
+        naive_acc = accuracy(F.softmax(naive.q_y(data.x_test), -1), data.y_test)
+    ours_acc = accuracy(ours.classify(data.x_test), data.y_test)
+    print(f"test accuracy after {args.epochs} epochs: ours {ours_acc:.4f}, naive {naive_acc:.4f}")
+    print(f"seconds/epoch (median): ours {ours_epoch:.2f}, naive {naive_epoch:.2f}")
+    if args.factored:
+        factored_epoch = median["factored"]
+        print(
+            f"factored modules without Pyro: {factored_epoch:.2f} s/epoch, "
+            f"ratio factored/naive {factored_epoch / naive_epoch:.3f}"
+        )
+    print(f"ratio ours/naive: {ours_epoch / naive_epoch:.3f}")
+
+
+def _parser() -> ScriptParser:
     parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=positive_int, default=3)
     parser.add_argument("--labels", type=positive_int, default=3000)
@@ -205,19 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=positive_int, default=5, help="rounds of --fit-against [5]"
     )
-    args = parser.parse_args(argv)
-    if args.fit_against is not None:
-        fit_against(args.fit_against, args.rounds, args.data_dir)
-        return
+    return parser
 
-    data = semi_supervised_split(load("fashion-mnist", args.data_dir), labels=args.labels, seed=0)
-    # As `ppl-ssvae train` does for a Bernoulli likelihood: dynamic binarisation.
-    batches = SemiSupervisedBatches(
-        data.x_train, data.y_train, args.batch_size, args.labelled_share, binarize=True, seed=0
-    )
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(batches)} steps/epoch "
-          f"({batches.labelled_per_step} labelled + {batches.unlabelled_per_step} unlabelled rows)")  # fmt: skip
 
+def _contenders(args: argparse.Namespace) -> tuple[dict[str, Callable[..., Any]], Any, Any]:
+    """One training step of each contender, by name, and our and the naive model."""
     pyro.set_rng_seed(0)
     ours = build(
         "m2",
@@ -255,23 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             factored_opt.step()
 
         steps["factored"] = factored_step
-    seconds = _time_epochs(steps, batches, args.epochs)
-    # The first epoch carries one-off warm-up costs; compare the median epoch.
-    median = {name: sorted(s)[len(s) // 2] for name, s in seconds.items()}
-    ours_epoch, naive_epoch = median["ours"], median["naive"]
-
-    with torch.no_grad():
-        naive_acc = accuracy(F.softmax(naive.q_y(data.x_test), -1), data.y_test)
-    ours_acc = accuracy(ours.classify(data.x_test), data.y_test)
-    print(f"test accuracy after {args.epochs} epochs: ours {ours_acc:.4f}, naive {naive_acc:.4f}")
-    print(f"seconds/epoch (median): ours {ours_epoch:.2f}, naive {naive_epoch:.2f}")
-    if args.factored:
-        factored_epoch = median["factored"]
-        print(
-            f"factored modules without Pyro: {factored_epoch:.2f} s/epoch, "
-            f"ratio factored/naive {factored_epoch / naive_epoch:.3f}"
-        )
-    print(f"ratio ours/naive: {ours_epoch / naive_epoch:.3f}")
+    return steps, ours, naive
 
 
 if __name__ == "__main__":

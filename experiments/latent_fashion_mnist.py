@@ -64,25 +64,7 @@ GENERATIVE = {"M2": "m2", "latent": "latent", "latent-simplified": "latent-simpl
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", choices=BUDGETS, default="cpu")
-    parser.add_argument(
-        "--epochs", type=positive_int, help="epochs per generative model [the budget's]"
-    )
-    parser.add_argument(
-        "--baseline-epochs",
-        type=positive_int,
-        default=None,
-        help="epochs of the labelled-only baseline [the budget's]",
-    )
-    parser.add_argument("--labels", type=positive_int, default=100)
-    parser.add_argument("--labelled-share", type=labelled_share, default="1:1",
-                        help="labelled share of each batch [the thesis's 1:1]")  # fmt: skip
-    parser.add_argument("--seed", type=random_seed, default=0)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
-    parser.add_argument("--results-dir", default="results")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
 
     dataset = data.load(args.dataset, args.data_dir)
     split = data.semi_supervised_split(dataset, labels=args.labels, seed=args.seed)
@@ -131,6 +113,28 @@ def main(argv: list[str] | None = None) -> Path:
         f.write(f"\n{verdict}\n")
     print((out / "results.md").read_text())
     return out
+
+
+def _parser() -> ScriptParser:
+    parser = ScriptParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=BUDGETS, default="cpu")
+    parser.add_argument(
+        "--epochs", type=positive_int, help="epochs per generative model [the budget's]"
+    )
+    parser.add_argument(
+        "--baseline-epochs",
+        type=positive_int,
+        default=None,
+        help="epochs of the labelled-only baseline [the budget's]",
+    )
+    parser.add_argument("--labels", type=positive_int, default=100)
+    parser.add_argument("--labelled-share", type=labelled_share, default="1:1",
+                        help="labelled share of each batch [the thesis's 1:1]")  # fmt: skip
+    parser.add_argument("--seed", type=random_seed, default=0)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
+    parser.add_argument("--results-dir", default="results")
+    return parser
 
 
 if __name__ == "__main__":
