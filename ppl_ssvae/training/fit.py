@@ -99,6 +99,8 @@ def fit(
             "data-parallel training cannot do (DDP gives every parameter a gradient, so the "
             "frozen part would move); train it in one process"
         )
+    if init_from is not None and resume:
+        raise UserError("init_from starts a run; a resumed run continues from its checkpoint")
     if resume:  # the plain refusals (no run, no checkpoint) before reading the run
         _on_main(group, lambda: run.check_start(resume, overwrite))
     recorded = _on_main(group, lambda: _recorded(run, model)) if resume else None
@@ -114,30 +116,9 @@ def fit(
     if run is not None:  # said before the lock is taken, so a refused start writes nothing
         world = group.world_size if group else 1
         _on_main(group, lambda: check_run_start(run, resume, overwrite, settings.epochs, world))
-    if init_from is not None:
-        if resume:
-            raise UserError("init_from starts a run; a resumed run continues from its checkpoint")
-        from .init_from import init_from as copy_shared_weights
-
-        run_config = {**(run_config or {}), "init_from": copy_shared_weights(model, init_from)}
-    if not resume and model.parts_from_runs:  # a part given as a trained run (m1-m2's m1)
-        from .init_from import init_parts
-
-        parts = init_parts(model)
-        if parts:
-            run_config = {**(run_config or {}), "parts_from_runs": parts}
-    best = BestEpoch()
-    keep = [RunDirectory(run if group is None or group.is_main else None, best)] if run else []
-    if run is not None and (group is None or group.is_main) and evaluate is _clustering():
-        keep.append(ClusteringArtifacts(run))
-    schedule = (
-        [LRScheduler(settings.lr_scheduler, settings.lr_scheduler_args)]
-        if settings.lr_scheduler
-        else []
-    )
-    own = [Evaluation(evaluate), best, NonFiniteGuard(settings.divergence_factor),
-           Budget(settings.max_minutes, settings.max_cpu_minutes),
-           *([ProgressBar()] if settings.progress else []), *schedule, *keep]  # fmt: skip
+    if not resume:
+        run_config = {**(run_config or {}), **_initial_weights(model, init_from)}
+    own = _own_callbacks(settings, evaluate, run, group)
     trainer = Trainer(model, data, settings, [*own, *(callbacks or [])], group)
     trainer.result.run_dir = run.path if run else None
     trainer.result.applied_defaults = applied
@@ -152,6 +133,42 @@ def fit(
                       "callbacks": [cb.describe() for cb in callbacks or []], **(run_config or {})}  # fmt: skip
             _record_start(run, model, data, settings, evaluate, record, resume, start, group)
         return trainer.fit(start_epoch=start)
+
+
+def _initial_weights(model: SemiSupervisedModel, init_from: Any) -> dict[str, Any]:
+    """Start a new run's weights from trained runs: ``init_from``'s shared weights, and any
+    part the model names as a trained run (m1-m2's m1). Returns what config.json records."""
+    from .init_from import init_from as copy_shared_weights
+    from .init_from import init_parts
+
+    record = {}
+    if init_from is not None:
+        record["init_from"] = copy_shared_weights(model, init_from)
+    if model.parts_from_runs:
+        parts = init_parts(model)
+        if parts:
+            record["parts_from_runs"] = parts
+    return record
+
+
+def _own_callbacks(
+    settings: FitSettings, evaluate: Evaluator, run: RunDir | None, group: Any
+) -> list[Callback]:
+    """The run's own callbacks, in order: evaluation, best-epoch tracking, the guards, the
+    budget, progress, the lr schedule, and what keeps the run directory."""
+    best = BestEpoch()
+    main = group is None or group.is_main
+    keep = [RunDirectory(run if main else None, best)] if run else []
+    if run is not None and main and evaluate is _clustering():
+        keep.append(ClusteringArtifacts(run))
+    schedule = (
+        [LRScheduler(settings.lr_scheduler, settings.lr_scheduler_args)]
+        if settings.lr_scheduler
+        else []
+    )
+    return [Evaluation(evaluate), best, NonFiniteGuard(settings.divergence_factor),
+            Budget(settings.max_minutes, settings.max_cpu_minutes),
+            *([ProgressBar()] if settings.progress else []), *schedule, *keep]  # fmt: skip
 
 
 def _settle(
