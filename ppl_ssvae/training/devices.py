@@ -108,18 +108,7 @@ def environment() -> dict[str, Any]:
     import numpy
     import sklearn
 
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here,
-        ).stdout.strip() or None  # fmt: skip
-        # Edits to tracked files that the commit does not hold.
-        dirty = bool(subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-            text=True, timeout=5, cwd=here,
-        ).stdout.strip()) if commit else None  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        commit = dirty = None
+    commit, edited = git_state(Path(__file__).resolve().parent)
     return {
         "ppl_ssvae": __version__,
         "python": platform.python_version(),
@@ -129,12 +118,32 @@ def environment() -> dict[str, Any]:
         "sklearn": sklearn.__version__,
         "threads": torch.get_num_threads(),
         "git_commit": commit,
-        "git_dirty": dirty,
+        "git_dirty": None if commit is None else bool(edited),
+        # which tracked files had edits, so a reader can tell code edits from results ones
+        "git_edited_files": edited,
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_native_bf16": native_bf16(torch.device("cpu")),
         **({"cuda": _cuda_environment()} if torch.cuda.is_available() else {}),
     }
+
+
+def git_state(directory: Path, most: int = 50) -> tuple[str | None, list[str] | None]:
+    """The commit checked out at ``directory`` and the tracked files with edits it does not
+    hold (at most ``most``; untracked files are not counted); (None, None) outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=directory,
+        ).stdout.strip() or None  # fmt: skip
+        if commit is None:
+            return None, None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+            text=True, timeout=5, cwd=directory,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, [line[3:] for line in status.splitlines() if line.strip()][:most]
 
 
 def _cuda_environment() -> dict[str, Any]:

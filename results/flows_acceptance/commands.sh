@@ -3,8 +3,10 @@
 # on the fixed 1000-image test subset (seed 0), best-validation checkpoint; one thread.
 #   bash results/flows_acceptance/commands.sh m2 0      # one setting and seed
 # Each run is an ordinary run directory under $RUNS; `ppl-ssvae compare` keeps its scores
-# in the run, so the table below is rebuilt without paying for an IWAE twice.
+# in the run, so the table below is rebuilt without paying for an IWAE twice. The table
+# and each run's commit and CPU capability go to results/flows_acceptance/SETTING-sSEED.md.
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 export OMP_NUM_THREADS=1
 RUNS=${RUNS:-/work/runs/flows_acceptance}
 GUIDES=${GUIDES:-"gaussian maf pyro-iaf planar nsf"}
@@ -18,6 +20,20 @@ case $setting in
   init-from)   args="--model m2 --labels 3000" ;;
   *) echo "unknown setting $setting" >&2; exit 2 ;;
 esac
+table() {  # table NAME RUN...: the comparison and where each run came from, into $HERE/NAME.md
+  local name=$1; shift
+  { ppl-ssvae compare $SCORE "$@"; echo; python - "$@" <<'PY'
+import json, sys
+for run in sys.argv[1:]:
+    env = json.load(open(f"{run}/config.json"))["environment"]
+    edited = env.get("git_edited_files")
+    state = "clean tree" if not env["git_dirty"] else (
+        f"with edits to {', '.join(edited)}" if edited else "with edits, files not recorded")
+    print(f"- {run.rsplit('/', 1)[-1]}: commit {env['git_commit'][:7]} ({state}), "
+          f"CPU capability {env['cpu_capability']}, torch {env['torch']}, {env['threads']} thread(s)")
+PY
+  } | tee "$HERE/$name.md"
+}
 train() {  # train OUT ARGS...: train once; a finished run is left as it is
   local out=$1; shift
   [ -f "$out/done" ] && return 0
@@ -30,7 +46,7 @@ if [ "$setting" = init-from ]; then
   train "$base" --guide gaussian --epochs 10
   train "$RUNS/m2-s$seed-gaussian-15" --guide gaussian --epochs 15
   train "$RUNS/m2-s$seed-maf-from-gaussian" --guide maf --epochs 5 --init-from "$base"
-  ppl-ssvae compare $SCORE "$RUNS/m2-s$seed-gaussian-15" "$RUNS/m2-s$seed-maf-from-gaussian" "$base"
+  table "init-from-s$seed" "$RUNS/m2-s$seed-gaussian-15" "$RUNS/m2-s$seed-maf-from-gaussian" "$base"
   exit
 fi
 runs=()
@@ -40,4 +56,4 @@ for guide in $GUIDES; do
   ppl-ssvae compare $SCORE "$out" > /dev/null  # score now, so an interruption keeps it
   runs+=("$out")
 done
-ppl-ssvae compare $SCORE "${runs[@]}"
+table "$setting-s$seed" "${runs[@]}"

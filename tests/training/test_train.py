@@ -270,3 +270,24 @@ def test_environment_names_the_commit_and_whether_the_tree_had_edits():
         assert env["git_commit"] is None and env["git_dirty"] is None
     else:
         assert env["git_commit"] == head.stdout.strip() and isinstance(env["git_dirty"], bool)
+
+
+def test_git_state_lists_the_tracked_files_with_edits(tmp_path):
+    """A run records which tracked files had edits, so that an edited README can be told
+    from edited code; untracked files are not edits of the commit."""
+    import subprocess
+
+    from ppl_ssvae.training.devices import git_state
+
+    assert git_state(tmp_path) == (None, None)  # not a git checkout
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    for name in ("model.py", "README.md"):
+        (tmp_path / name).write_text("a\n")
+    subprocess.run([*git, "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=tmp_path, check=True)
+    commit, edited = git_state(tmp_path)
+    assert len(commit) == 40 and edited == []
+    (tmp_path / "README.md").write_text("b\n")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert git_state(tmp_path) == (commit, ["README.md"])
