@@ -59,6 +59,7 @@ import torch
 
 from experiments.common import (
     ScriptParser,
+    claim_results,
     comma_list,
     folder_name,
     mean_and_sd,
@@ -123,6 +124,9 @@ def main(argv: list[str] | None = None) -> Path:
     base = ActiveConfig(dataset=args.dataset, seed=args.seed, rate=args.rate, gamma=args.gamma,
                         net=args.net, net_args=net_args, train_fraction=args.train_fraction,
                         **BUDGETS[args.budget])  # fmt: skip
+    name = args.name or "active_labelling_" + args.dataset.replace("-", "_")
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    tsne_path = claim_results(name, args.results_dir)
     started = time.process_time()
     with tempfile.TemporaryDirectory() as scratch:
         runs = Path(args.runs_dir or scratch)
@@ -130,9 +134,6 @@ def main(argv: list[str] | None = None) -> Path:
         totals = [r["queries_total"] for r in active[1:]]
         pretrained = runs / _slug(next(iter(VARIANTS))) / "pretrain"
         rows += _random_rows(base, totals, pretrained, active[0]["pretrain_epochs"])
-        name = args.name or "active_labelling_" + args.dataset.replace("-", "_")
-        tsne_path = Path(args.results_dir) / name
-        tsne_path.mkdir(parents=True, exist_ok=True)
         latent_maps(base, runs, tsne_path / "latent_tsne.png")
     config = {"arguments": vars(args), "active": base.to_dict(),
               "pretrain_epochs": active[0]["pretrain_epochs"],

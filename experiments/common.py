@@ -263,6 +263,39 @@ def mean_and_sd(
     return summary
 
 
+# The folders this process has taken for its results (``claim_results``); only these are
+# written, so a rerun never overwrites a folder an earlier run filled.
+_CLAIMED: set[Path] = set()
+CLAIM_FILE = ".claimed"
+
+
+def claim_results(name: str, results_dir: str | Path = "results") -> Path:
+    """Take ``results_dir/name/`` for this run: call it before any work, so that a folder
+    that already holds files (an earlier run's results, perhaps of other settings) or is a
+    link is refused in one line before anything is computed or written. The claim is a
+    file created exclusively, so two runs given one name cannot both take the folder."""
+    out = Path(results_dir) / check_name(name)
+    if out.absolute() in _CLAIMED:
+        return out
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserError(f"{out} is a link or a file, not a results folder; give another --name")
+    out.mkdir(parents=True, exist_ok=True)
+    held = sorted(p.name for p in out.iterdir())
+    if held:
+        listed = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise UserError(
+            f"{out} already holds results of an earlier run ({listed}); give another --name, "
+            "or move that folder away to run this again"
+        )
+    try:
+        with (out / CLAIM_FILE).open("x") as claim:
+            json.dump({"argv": sys.argv, "started_from": STARTED_FROM.get("git_commit")}, claim)
+    except FileExistsError:
+        raise UserError(f"another run has just taken {out}; give another --name") from None
+    _CLAIMED.add(out.absolute())
+    return out
+
+
 def write_results(
     name: str,
     rows: list[dict[str, Any]],
@@ -272,8 +305,7 @@ def write_results(
 ) -> Path:
     """Write ``results/<name>/`` with results.md, results.csv and config.json; a
     ``summary`` (e.g. ``mean_and_sd`` over seeds) goes to summary.csv and under the table."""
-    out = Path(results_dir) / check_name(name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_results(name, results_dir)  # a script that claimed at its start passes here
     _write_csv(out / "results.csv", rows)
     lines = _markdown_table(rows)
     if summary:

@@ -29,6 +29,7 @@ import torch
 from experiments.common import (
     STARTED_FROM,
     ScriptParser,
+    claim_results,
     folder_name,
     name_list,
     paper_fit_arguments,
@@ -187,6 +188,9 @@ def main(argv: list[str] | None = None) -> Path:
     settings = _names(args.settings, SETTINGS, "settings")
     guides = _names(args.guides, _guide_names(), "guides")
     torch.manual_seed(args.seed)
+    name = args.name or f"guides_{args.dataset.replace('-', '_')}"
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(name, args.results_dir)
 
     dataset = data.load(args.dataset, args.data_dir)
     rows, curves = [], {}
@@ -198,7 +202,6 @@ def main(argv: list[str] | None = None) -> Path:
             rows.append(row)
             curves[f"{setting} {guide}"] = result
             print(row, flush=True)
-    name = args.name or f"guides_{args.dataset.replace('-', '_')}"
     out = write_results(name, rows, {"args": vars(args)}, args.results_dir)
     plot_curves(out / "curve.png", curves)
     print((out / "results.md").read_text())

@@ -40,6 +40,8 @@ import pyro
 
 from experiments.common import (
     ScriptParser,
+    claim_results,
+    folder_name,
     labelled_share,
     plot_curves,
     positive_int,
@@ -65,7 +67,12 @@ GENERATIVE = {"M2": "m2", "latent": "latent", "latent-simplified": "latent-simpl
 
 def main(argv: list[str] | None = None) -> Path:
     args = _parser().parse_args(argv)
+    results_name = args.name or (
+        "latent_fashion_mnist" if args.dataset == "fashion-mnist" else f"latent_{args.dataset}"
+    )
 
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(results_name, args.results_dir)
     dataset = data.load(args.dataset, args.data_dir)
     split = data.semi_supervised_split(dataset, labels=args.labels, seed=args.seed)
     model_epochs, baseline_epochs = BUDGETS[args.budget]
@@ -101,10 +108,9 @@ def main(argv: list[str] | None = None) -> Path:
         })  # fmt: skip
         curves[label] = result
 
-    name = "latent_fashion_mnist" if args.dataset == "fashion-mnist" else f"latent_{args.dataset}"
     config = {"args": vars(args), "fit": SETTINGS, "baseline": BASELINE,
               "epochs": {"models": model_epochs, "baseline": baseline_epochs}}  # fmt: skip
-    out = write_results(name, rows, config, args.results_dir)
+    out = write_results(results_name, rows, config, args.results_dir)
     plot_curves(out / "curve.png", curves)
     accuracy = {r["model"]: r["test_accuracy"] for r in rows}
     gain = 100 * (accuracy["latent"] - accuracy["labelled-only"])
@@ -134,6 +140,12 @@ def _parser() -> ScriptParser:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument(
+        "--name",
+        type=folder_name,
+        default=None,
+        help="the results folder (default: named after the script and dataset)",
+    )
     return parser
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from experiments.common import (
     ScriptParser,
     build_seeded,
+    claim_results,
+    folder_name,
     plot_curves,
     positive_int,
     random_seed,
@@ -36,10 +38,21 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument(
+        "--name",
+        type=folder_name,
+        default=None,
+        help="the results folder (default: named after the script and dataset)",
+    )
     parser.add_argument("--labels", type=positive_int, default=SETTINGS["labels"])
     parser.add_argument("--seed", type=random_seed, default=SETTINGS["seed"])
     args = parser.parse_args(argv)
+    results_name = args.name or (
+        "m2_fashion_mnist" if args.dataset == "fashion-mnist" else f"m2_{args.dataset}"
+    )
 
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(results_name, args.results_dir)
     dataset = data.load(args.dataset, args.data_dir)
     split = data.semi_supervised_split(dataset, labels=args.labels, seed=args.seed)
     model = build_seeded("m2", args.seed, input_dim=split.input_dim, num_classes=split.num_classes)
@@ -64,8 +77,9 @@ def main(argv: list[str] | None = None) -> Path:
         "test_accuracy": best["test_accuracy"],
         "cpu_minutes": (time.process_time() - start) / 60,
     }
-    name = "m2_fashion_mnist" if args.dataset == "fashion-mnist" else f"m2_{args.dataset}"
-    out = write_results(name, [row], {"args": vars(args), "settings": SETTINGS}, args.results_dir)
+    out = write_results(
+        results_name, [row], {"args": vars(args), "settings": SETTINGS}, args.results_dir
+    )
     plot_curves(out / "curve.png", {"M2": result})
     print((out / "results.md").read_text())
     return out

@@ -49,7 +49,9 @@ import torch
 
 from experiments.common import (
     ScriptParser,
+    claim_results,
     comma_list,
+    folder_name,
     mean_and_sd,
     positive_float,
     pyplot,
@@ -80,11 +82,22 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seeds", type=random_seed_list, help="[the budget's]")
     parser.add_argument("--dataset", default="moons", help="a two-dimensional toy dataset")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument(
+        "--name",
+        type=folder_name,
+        default=None,
+        help="the results folder (default: named after the script and dataset)",
+    )
     args = parser.parse_args(argv)
+    results_name = args.name or (
+        "m2_kl_warmup_moons" if args.dataset == "moons" else f"m2_kl_warmup_{args.dataset}"
+    )
     budget = dict(BUDGETS[args.budget])
     if args.seeds is not None:
         budget["seeds"] = args.seeds
 
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(results_name, args.results_dir)
     dataset = data.load(args.dataset)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
@@ -122,8 +135,7 @@ def main(argv: list[str] | None = None) -> Path:
               "labels": LABELS,
               "data": {"dataset": args.dataset, "train_points": len(split.x_train),
                        "validation_points": len(split.x_val), "test_points": len(split.x_test)}}  # fmt: skip
-    name = "m2_kl_warmup_moons" if args.dataset == "moons" else f"m2_kl_warmup_{args.dataset}"
-    out = write_results(name, rows, config, args.results_dir, summary)
+    out = write_results(results_name, rows, config, args.results_dir, summary)
     plot_epochs(out / "epochs.png", curves)
     plot_classifiers(out / "classifiers.png", snapshots, first_split, budget["probes"])
     print((out / "results.md").read_text())

@@ -56,7 +56,9 @@ from experiments.common import (
     ScriptParser,
     budget_with,
     build_seeded,
+    claim_results,
     comma_list,
+    folder_name,
     mean_and_sd,
     non_negative_float,
     positive_float,
@@ -105,7 +107,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--data-dir", help="where a user-supplied dataset lives")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument(
+        "--name",
+        type=folder_name,
+        default=None,
+        help="the results folder (default: named after the script and dataset)",
+    )
     args = parser.parse_args(argv)
+    results_name = args.name or "m2_pretrained_vae"
     budget = budget_with(BUDGETS[args.budget], args, ("seeds",))
     given = {"alpha": args.alpha, "lam": args.lam}
     for option, values in given.items():
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.epochs is not None:
         budget["epochs"] = budget["vae_epochs"] = args.epochs
 
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(results_name, args.results_dir)
     dataset = data.load(args.dataset, data_dir=args.data_dir)
     rows = [row for seed in budget["seeds"] for row in _seed_rows(dataset, seed, budget)]
     metrics = ["test_accuracy", "test_accuracy_last", "majority_share_last", "y_effect_last",
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> Path:
     config = {"args": vars(args), "budget": budget, "model": MODEL, "fit": FIT,
               "labels": LABELS, "copied": "every VAE weight, p_x.trunk.0 as p_x.trunk.layers.0 "
               "where the model's decoder is label-conditioned"}  # fmt: skip
-    out = write_results("m2_pretrained_vae", rows, config, args.results_dir, summary)
+    out = write_results(results_name, rows, config, args.results_dir, summary)
     print((out / "results.md").read_text())
     return out
 

@@ -63,7 +63,9 @@ import torch
 from experiments.common import (
     ScriptParser,
     budget_with,
+    claim_results,
     comma_list,
+    folder_name,
     mean_and_sd,
     positive_float,
     positive_int,
@@ -104,11 +106,22 @@ def main(argv: list[str] | None = None) -> Path:
                         help="sigma^2 of the run started from the baseline [1]")  # fmt: skip
     parser.add_argument("--dataset", default="circles", help="a two-dimensional toy dataset")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument(
+        "--name",
+        type=folder_name,
+        default=None,
+        help="the results folder (default: named after the script and dataset)",
+    )
     args = parser.parse_args(argv)
+    results_name = args.name or (
+        "m2_sigma2_circles" if args.dataset == "circles" else f"m2_sigma2_{args.dataset}"
+    )
     budget = budget_with(
         BUDGETS[args.budget], args, ("sigma2", "seeds", "epochs", "baseline_epochs")
     )
 
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(results_name, args.results_dir)
     dataset = data.load(args.dataset)
     rows: list[dict[str, Any]] = []
     shown: dict[str, torch.nn.Module] = {}  # seed 0's models for classifiers.png
@@ -147,8 +160,7 @@ def main(argv: list[str] | None = None) -> Path:
               "baseline": BASELINE, "labels": LABELS,
               "data": {"dataset": args.dataset, "train_points": len(split.x_train),
                        "validation_points": len(split.x_val), "test_points": len(split.x_test)}}  # fmt: skip
-    name = "m2_sigma2_circles" if args.dataset == "circles" else f"m2_sigma2_{args.dataset}"
-    out = write_results(name, rows, config, args.results_dir, summary)
+    out = write_results(results_name, rows, config, args.results_dir, summary)
     plot_sigma2(out / "sigma2.png", summary)
     plot_classifiers(out / "classifiers.png", shown, first_split)
     plot_epochs(out / "epochs.png", curves)

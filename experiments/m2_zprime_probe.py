@@ -56,7 +56,9 @@ from experiments.common import (
     ScriptParser,
     budget_with,
     build_seeded,
+    claim_results,
     comma_list,
+    folder_name,
     mean_and_sd,
     non_negative_float,
     positive_int,
@@ -91,9 +93,18 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--data-dir", help="where a user-supplied dataset lives")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument(
+        "--name",
+        type=folder_name,
+        default=None,
+        help="the results folder (default: named after the script and dataset)",
+    )
     args = parser.parse_args(argv)
+    results_name = args.name or "m2_zprime_probe"
     budget = budget_with(BUDGETS[args.budget], args, ("alpha", "seeds", "epochs", "adversary"))
 
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(results_name, args.results_dir)
     dataset = data.load(args.dataset, data_dir=args.data_dir)
     rows: list[dict[str, Any]] = []
     for seed in budget["seeds"]:
@@ -119,7 +130,7 @@ def main(argv: list[str] | None = None) -> Path:
     summary = mean_and_sd(rows, ("alpha", "adversary_weight"), metrics)
     config = {"args": vars(args), "budget": budget, "model": MODEL, "fit": FIT,
               "labels": LABELS, "probe": "StandardScaler + LogisticRegression(max_iter=2000)"}  # fmt: skip
-    out = write_results("m2_zprime_probe", rows, config, args.results_dir, summary)
+    out = write_results(results_name, rows, config, args.results_dir, summary)
     print((out / "results.md").read_text())
     return out
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from experiments.common import (
     ScriptParser,
     build_seeded,
+    claim_results,
     folder_name,
     mean_and_sd,
     name_list,
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
     name = args.name or f"pi_vae_anomaly_{args.dataset.replace('-', '_')}"
+    if not args.merge:
+        # Taken before any work, so an earlier run's folder is refused before it is computed.
+        claim_results(name, args.results_dir)
     rows = (
         [row for folder in args.merge for row in read_rows(Path(folder))]
         if args.merge

@@ -54,6 +54,8 @@ from torch import nn
 from experiments.common import (
     ScriptParser,
     build_seeded,
+    claim_results,
+    folder_name,
     name_list,
     non_negative_float,
     non_negative_int,
@@ -198,6 +200,11 @@ def main(argv: list[str] | None = None) -> Path:
     if factor_images is None:
         factor_images = FactorImages.from_dataset(dataset, "test")
     label_factor = args.label_factor or ("shape" if args.dataset == "shapes" else "label")
+    name = args.name or (
+        f"pi_vae_disentanglement_{args.dataset.replace('-', '_')}_{label_factor}_{args.net}"
+    )
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(name, args.results_dir)
     budget = BUDGETS[args.budget]
     k = dataset.num_classes
 
@@ -208,7 +215,6 @@ def main(argv: list[str] | None = None) -> Path:
     head_sizes = tuple(dict(zip(names, counts, strict=True)).get(h, 0) for h in args.factor_heads)
     rows = [_run_row(kind, labels, dataset, factor_images, label_factor, head_sizes, args, budget)
             for kind, labels in runs]  # fmt: skip
-    name = f"pi_vae_disentanglement_{args.dataset.replace('-', '_')}_{label_factor}_{args.net}"
     config = {"args": vars(args), "budget": budget._asdict(), "fit": {**PiVAE.fit_defaults, "lr": LR},
               "factor_names": list(getattr(factor_images, "factor_names", ())),
               "factor_sizes": list(factor_images.factor_sizes)}  # fmt: skip
@@ -243,6 +249,12 @@ def _parser() -> ScriptParser:
     parser.add_argument("--dataset", default="shapes",
                         help="a dataset with known factors (shapes, smallnorb)")  # fmt: skip
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument(
+        "--name",
+        type=folder_name,
+        default=None,
+        help="the results folder (default: named after dataset, label factor, net)",
+    )
     return parser
 
 

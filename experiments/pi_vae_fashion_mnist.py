@@ -38,6 +38,7 @@ from typing import Any
 from experiments.common import (
     ScriptParser,
     build_seeded,
+    claim_results,
     folder_name,
     labels_or_all,
     mean_and_sd,
@@ -71,7 +72,8 @@ FIGURES = ("curve.png", "generation.png")
 
 
 def results_name(args: argparse.Namespace) -> str:
-    return args.name or f"pi_vae_{args.dataset.replace('-', '_')}_{args.labels}_{args.net}"
+    default = f"pi_vae_{args.dataset.replace('-', '_')}_{args.labels}_{args.net}"
+    return args.name or default + ("_matched_steps" if args.matched_steps else "")
 
 
 def merge(args: argparse.Namespace) -> Path:
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error("--matched-steps chooses ES's epochs; leave out --es-epochs")
     if args.merge:
         return merge(args)
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(results_name(args), args.results_dir)
 
     dataset = data.load(args.dataset, args.data_dir)
     ss_epochs, es_epochs = BUDGETS[args.budget]

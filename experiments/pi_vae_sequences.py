@@ -34,6 +34,8 @@ from pathlib import Path
 from experiments.common import (
     ScriptParser,
     build_seeded,
+    claim_results,
+    folder_name,
     labels_or_all,
     paper_fit_arguments,
     plot_curves,
@@ -107,11 +109,23 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="sequences", help="sequences or uci-har")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument(
+        "--name",
+        type=folder_name,
+        default=None,
+        help="the results folder (default: named after the script and dataset)",
+    )
     args = parser.parse_args(argv)
+    results_name = (
+        args.name
+        or f"pi_vae_{args.dataset.replace('-', '_')}_{args.labels}_{args.net.replace('-', '_')}"
+    )
 
     dataset = data.load(args.dataset, args.data_dir)
     if "sequence_channels" not in dataset.extra:
         parser.error(f"{args.dataset} is not a sequence dataset (no extra['sequence_channels'])")
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(results_name, args.results_dir)
     if args.labels == "all":
         split = data.semi_supervised_split(dataset, label_fraction=1.0, seed=args.seed)
     else:
@@ -132,8 +146,7 @@ def main(argv: list[str] | None = None) -> Path:
         })  # fmt: skip
         curves[variant.upper()] = result
 
-    name = f"pi_vae_{args.dataset.replace('-', '_')}_{args.labels}_{args.net.replace('-', '_')}"
-    out = write_results(name, rows, {"args": vars(args), "fit": {**PiVAE.fit_defaults, "lr": LR}},
+    out = write_results(results_name, rows, {"args": vars(args), "fit": {**PiVAE.fit_defaults, "lr": LR}},
                         args.results_dir)  # fmt: skip
     plot_curves(out / "curve.png", curves)
     print((out / "results.md").read_text())

@@ -34,6 +34,7 @@ from pathlib import Path
 from experiments import report_runs
 from experiments.common import (
     ScriptParser,
+    claim_results,
     folder_name,
     name_list,
     positive_int,
@@ -102,13 +103,15 @@ def main(argv: list[str] | None = None) -> Path:
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
 
+    name = args.name or f"semi_unsupervised_{args.dataset.replace('-', '_')}"
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(name, args.results_dir)
     runs = []
     for unsupervised in (False, True) if args.unsupervised else (False,):
         for model in chosen:
             run = Path(args.runs_dir) / f"{model}-{'us' if unsupervised else 'su'}-{args.budget}"
             run_spec(model, args.budget, unsupervised, args).train(run)
             runs.append(str(run))
-    name = args.name or f"semi_unsupervised_{args.dataset.replace('-', '_')}"
     out = report_runs.main([*runs, "--name", name, "--results-dir", args.results_dir])
     print((out / "results.md").read_text())
     return out

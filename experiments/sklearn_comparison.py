@@ -40,6 +40,7 @@ from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
 from experiments.common import (
     ScriptParser,
+    claim_results,
     folder_name,
     labelled_share,
     mean_and_sd,
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     dataset = data.load(args.dataset, args.data_dir)
     ours = _our_estimator(args, budget["epochs"], dataset)
+    # Taken before any work, so an earlier run's folder is refused before it is computed.
+    claim_results(_results_name(args), args.results_dir)
     rows = []
     for labels in args.labels:
         for seed in seeds:
@@ -108,11 +111,14 @@ def main(argv: list[str] | None = None) -> Path:
     return _write(rows, args, {"args": vars(args), "budget": budget, "pca_dims": PCA_DIMS})
 
 
+def _results_name(args: argparse.Namespace) -> str:
+    default = "sklearn_comparison" if args.dataset == "fashion-mnist" else f"sklearn_{args.dataset}"
+    return args.name or default + ("_merged" if args.merge else "")
+
+
 def _write(rows: list[dict[str, Any]], args: argparse.Namespace, config: dict[str, Any]) -> Path:
     summary = mean_and_sd(rows, ("method", "labels"), ["test_accuracy", "cpu_seconds"])
-    default = "sklearn_comparison" if args.dataset == "fashion-mnist" else f"sklearn_{args.dataset}"
-    default += "_merged" if args.merge else ""
-    out = write_results(args.name or default, rows, config, args.results_dir, summary)
+    out = write_results(_results_name(args), rows, config, args.results_dir, summary)
     print((out / "results.md").read_text())
     return out
 

@@ -55,6 +55,55 @@ def test_experiment_smoke(name, tmp_path):
     assert COLUMN.get(name, "test_accuracy") in (out / "results.md").read_text()
 
 
+class _Trained(Exception):
+    """Raised in place of training, to see what a script did before it trained."""
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_ARGS))
+def test_experiment_claims_its_folder_before_training_and_refuses_an_earlier_runs(
+    name, tmp_path, monkeypatch
+):
+    from experiments import common
+    from ppl_ssvae.errors import UserError
+    from ppl_ssvae.training.loop import Trainer
+
+    def train(*args, **kwargs):
+        raise _Trained
+
+    monkeypatch.setattr(Trainer, "fit", train)
+    module = importlib.import_module(f"experiments.{name}")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in SMOKE_ARGS[name]]
+    argv += ["--results-dir", str(tmp_path / "results")]
+    with pytest.raises(_Trained):
+        module.main(argv)
+    (folder,) = (tmp_path / "results").iterdir()
+    assert [p.name for p in folder.iterdir()] == [common.CLAIM_FILE]
+    # A later process (nothing claimed yet) given the folder an earlier run filled.
+    monkeypatch.setattr(common, "_CLAIMED", set())
+    (folder / "results.md").write_text("an earlier run's table")
+    with pytest.raises(UserError, match="already holds results of an earlier run"):
+        module.main(argv)
+    assert sorted(p.name for p in folder.iterdir()) == [common.CLAIM_FILE, "results.md"]
+    assert (folder / "results.md").read_text() == "an earlier run's table"
+
+
+def test_claim_refuses_a_link_and_a_folder_another_run_holds(tmp_path, monkeypatch):
+    from experiments import common
+    from ppl_ssvae.errors import UserError
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="is a link or a file"):
+        common.claim_results("linked", tmp_path)
+    assert not any((tmp_path / "elsewhere").iterdir())
+    first = common.claim_results("taken", tmp_path)
+    assert common.claim_results("taken", tmp_path) == first  # this process holds it
+    # Another process, while the first has written nothing but its claim.
+    monkeypatch.setattr(common, "_CLAIMED", set())
+    with pytest.raises(UserError, match=r"already holds .*\.claimed"):
+        common.claim_results("taken", tmp_path)
+
+
 def test_report_runs_summarises_cli_runs(tmp_path):
     from experiments import report_runs
     from ppl_ssvae.cli import main as cli
