@@ -19,10 +19,13 @@ model's decoder then draws a grid of images per class with pi set to that class.
 Budgets: ``smoke`` (1 epoch each), ``cpu`` and ``paper`` (the paper's 10 / 20 epochs);
 ``--ss-epochs`` / ``--es-epochs`` override them (to check convergence: at 1000 labels SS
 plateaus from epoch 3, results/pi_vae_fashion_mnist_1000_dense_30epochs).
-``--matched-steps`` gives ES as many optimiser steps as SS takes: an ES epoch is a pass
-over the labelled images alone, so at 1000 labels the paper's 20 ES epochs are ~100 steps
-against SS's ~5000, and "SS beats ES" is then partly "SS trained longer". The ``steps``
-column counts each run's optimiser steps.
+``--matched-steps`` gives ES as many optimiser steps as SS takes. An ES epoch is a pass over
+the labelled images alone, so at 1000 labels the paper's 20 ES epochs are ~100 steps against
+SS's ~5000, and "SS beats ES" is then partly "SS trained longer". With it, an ES epoch passes
+over as many copies of the labelled images as make an SS epoch's steps, and ES trains as many
+epochs as SS: both take the same steps and are evaluated, and selected, at the same step
+counts (not after every one of ES's thousands of short passes). The ``steps`` column counts
+each run's optimiser steps, ``es_copies`` the copies in an ES epoch.
 ``--precision bf16`` trains under bfloat16 autocast (about twice as fast on CPUs with AMX).
 Writes results/pi_vae_fashion_mnist_<labels>_<net>/ (or ``--name``).
 """
@@ -99,6 +102,14 @@ def labelled_only(split: data.SemiSupervisedData) -> data.SemiSupervisedData:
         **{**vars(split), "x_train": split.x_train[keep], "y_train": split.y_train[keep],
            "y_train_true": split.y_train_true[keep]}
     )  # fmt: skip
+
+
+def repeated(split: data.SemiSupervisedData, copies: int) -> data.SemiSupervisedData:
+    """``split`` with its training rows ``copies`` times over: an epoch of it is ``copies``
+    passes, each row shuffled among all copies."""
+    rows = {key: getattr(split, key) for key in ("x_train", "y_train", "y_train_true")}
+    tiled = {key: t.repeat(copies, *[1] * (t.dim() - 1)) for key, t in rows.items()}
+    return data.SemiSupervisedData(**{**vars(split), **tiled})
 
 
 def steps_per_epoch(split: data.SemiSupervisedData, batch_size: int) -> int:
@@ -216,10 +227,11 @@ def _seed_rows(
     split = data.semi_supervised_split(
         dataset, **kept_labels, seed=seed, validation_size=args.validation_size
     )
-    es_split = labelled_only(split)
+    es_split, copies = labelled_only(split), 1
     if args.matched_steps:
-        ss_steps = ss_epochs * steps_per_epoch(split, args.batch_size)
-        es_epochs = -(-ss_steps // steps_per_epoch(es_split, args.batch_size))
+        rows_per_epoch = steps_per_epoch(split, args.batch_size) * args.batch_size
+        copies = -(-rows_per_epoch // len(es_split.x_train))
+        es_split, es_epochs = repeated(es_split, copies), ss_epochs
     rows, results, ss_model = [], {}, None
     runs = {"ss": (split, ss_epochs), "es": (es_split, es_epochs)}
     for variant, (train_split, epochs) in runs.items():
@@ -234,6 +246,7 @@ def _seed_rows(
             "alpha": model.config.alpha,
             "batch_size": args.batch_size,
             "steps": len(result.history) * steps_per_epoch(train_split, args.batch_size),
+            "es_copies": copies if variant == "es" else "",
             **selected_epoch_columns(result, split, train_split),
             "last_test_accuracy": last["test_accuracy"],
             "last_test_log_loss": last["test_log_loss"],

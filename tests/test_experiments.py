@@ -238,10 +238,17 @@ def test_pi_vae_matched_steps_give_es_as_many_steps_as_ss(tmp_path):
 
     argv = [*SMOKE_ARGS["pi_vae_fashion_mnist"], "--ss-epochs", "3", "--batch-size", "50"]
     out = pi_vae_fashion_mnist.main([*argv, "--results-dir", str(tmp_path)])
-    steps = {r["model"]: int(r["steps"]) for r in csv.DictReader((out / "results.csv").open())}
-    # 100 labelled digits in batches of 50 are 2 ES steps an epoch: equal, rounded up.
-    assert steps["ES-dense"] - 2 < steps["SS-dense"] <= steps["ES-dense"]
-    assert steps["SS-dense"] > 20  # 1:1 batches of 25 unlabelled rows, 3 epochs
+    rows = {r["model"]: r for r in csv.DictReader((out / "results.csv").open())}
+    steps = {model: int(r["steps"]) for model, r in rows.items()}
+    epochs = {model: int(r["epochs"]) for model, r in rows.items()}
+    assert epochs["ES-dense"] == epochs["SS-dense"] == 3  # evaluated at the same steps
+    # An ES epoch is enough copies of the 100 labelled digits for an SS epoch's steps: equal,
+    # or one more where the copies' rows round up (2 ES steps a copy, batches of 50).
+    per_epoch = {model: n // 3 for model, n in steps.items()}
+    assert per_epoch["SS-dense"] <= per_epoch["ES-dense"] < per_epoch["SS-dense"] + 2
+    assert per_epoch["SS-dense"] > 6  # 1:1 batches of 25 unlabelled rows
+    copies = int(rows["ES-dense"]["es_copies"])
+    assert (copies - 1) * 100 < per_epoch["SS-dense"] * 50 <= copies * 100
     with pytest.raises(SystemExit):
         pi_vae_fashion_mnist.main([*argv, "--es-epochs", "2", "--results-dir", str(tmp_path)])
 
