@@ -128,6 +128,14 @@ def folder_name(text: str) -> str:
     return _checked(check_name, text)
 
 
+def add_results_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--results-dir`` and ``--name``: where a script's results folder goes (``default``
+    says how the folder is named without ``--name``)."""
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--name", type=folder_name, default=None,
+                        help=f"the results folder [{default}]")  # fmt: skip
+
+
 def check_name(name: str) -> str:
     """``name`` if it is one folder name: ``--name ../../x`` would write outside
     ``--results-dir``."""

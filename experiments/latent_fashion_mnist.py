@@ -40,8 +40,8 @@ import pyro
 
 from experiments.common import (
     ScriptParser,
+    add_results_arguments,
     claim_results,
-    folder_name,
     labelled_share,
     plot_curves,
     positive_int,
@@ -139,13 +139,7 @@ def _parser() -> ScriptParser:
     parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument(
-        "--name",
-        type=folder_name,
-        default=None,
-        help="the results folder (default: named after the script and dataset)",
-    )
+    add_results_arguments(parser, "named after the script and dataset")
     return parser
 
 

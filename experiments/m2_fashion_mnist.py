@@ -15,9 +15,9 @@ from pathlib import Path
 
 from experiments.common import (
     ScriptParser,
+    add_results_arguments,
     build_seeded,
     claim_results,
-    folder_name,
     plot_curves,
     positive_int,
     random_seed,
@@ -37,13 +37,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--budget", choices=BUDGETS, default="cpu")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="fashion-mnist", help="override for quick checks")
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument(
-        "--name",
-        type=folder_name,
-        default=None,
-        help="the results folder (default: named after the script and dataset)",
-    )
+    add_results_arguments(parser, "named after the script and dataset")
     parser.add_argument("--labels", type=positive_int, default=SETTINGS["labels"])
     parser.add_argument("--seed", type=random_seed, default=SETTINGS["seed"])
     args = parser.parse_args(argv)

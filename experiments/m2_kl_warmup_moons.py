@@ -49,9 +49,9 @@ import torch
 
 from experiments.common import (
     ScriptParser,
+    add_results_arguments,
     claim_results,
     comma_list,
-    folder_name,
     mean_and_sd,
     positive_float,
     pyplot,
@@ -81,13 +81,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="comma-separated fixed sigma^2 values [1,0.01]")  # fmt: skip
     parser.add_argument("--seeds", type=random_seed_list, help="[the budget's]")
     parser.add_argument("--dataset", default="moons", help="a two-dimensional toy dataset")
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument(
-        "--name",
-        type=folder_name,
-        default=None,
-        help="the results folder (default: named after the script and dataset)",
-    )
+    add_results_arguments(parser, "named after the script and dataset")
     args = parser.parse_args(argv)
     results_name = args.name or (
         "m2_kl_warmup_moons" if args.dataset == "moons" else f"m2_kl_warmup_{args.dataset}"

@@ -62,10 +62,10 @@ import torch
 
 from experiments.common import (
     ScriptParser,
+    add_results_arguments,
     budget_with,
     claim_results,
     comma_list,
-    folder_name,
     mean_and_sd,
     positive_float,
     positive_int,
@@ -105,13 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--init-sigma2", type=positive_float, default=1.0,
                         help="sigma^2 of the run started from the baseline [1]")  # fmt: skip
     parser.add_argument("--dataset", default="circles", help="a two-dimensional toy dataset")
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument(
-        "--name",
-        type=folder_name,
-        default=None,
-        help="the results folder (default: named after the script and dataset)",
-    )
+    add_results_arguments(parser, "named after the script and dataset")
     args = parser.parse_args(argv)
     results_name = args.name or (
         "m2_sigma2_circles" if args.dataset == "circles" else f"m2_sigma2_{args.dataset}"

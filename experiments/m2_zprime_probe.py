@@ -54,11 +54,11 @@ from experiments.common import (
     JURASINSKI_FIT,
     JURASINSKI_MODEL,
     ScriptParser,
+    add_results_arguments,
     budget_with,
     build_seeded,
     claim_results,
     comma_list,
-    folder_name,
     mean_and_sd,
     non_negative_float,
     positive_int,
@@ -92,13 +92,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--epochs", type=positive_int, help="[the budget's]")
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--data-dir", help="where a user-supplied dataset lives")
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument(
-        "--name",
-        type=folder_name,
-        default=None,
-        help="the results folder (default: named after the script and dataset)",
-    )
+    add_results_arguments(parser, "named after the script and dataset")
     args = parser.parse_args(argv)
     results_name = args.name or "m2_zprime_probe"
     budget = budget_with(BUDGETS[args.budget], args, ("alpha", "seeds", "epochs", "adversary"))

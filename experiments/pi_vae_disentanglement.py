@@ -53,9 +53,9 @@ from torch import nn
 
 from experiments.common import (
     ScriptParser,
+    add_results_arguments,
     build_seeded,
     claim_results,
-    folder_name,
     name_list,
     non_negative_float,
     non_negative_int,
@@ -248,13 +248,7 @@ def _parser() -> ScriptParser:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="shapes",
                         help="a dataset with known factors (shapes, smallnorb)")  # fmt: skip
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument(
-        "--name",
-        type=folder_name,
-        default=None,
-        help="the results folder (default: named after dataset, label factor, net)",
-    )
+    add_results_arguments(parser, "named after dataset, label factor, net")
     return parser
 
 

@@ -33,9 +33,9 @@ from pathlib import Path
 
 from experiments.common import (
     ScriptParser,
+    add_results_arguments,
     build_seeded,
     claim_results,
-    folder_name,
     labels_or_all,
     paper_fit_arguments,
     plot_curves,
@@ -108,13 +108,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dataset", default="sequences", help="sequences or uci-har")
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument(
-        "--name",
-        type=folder_name,
-        default=None,
-        help="the results folder (default: named after the script and dataset)",
-    )
+    add_results_arguments(parser, "named after the script and dataset")
     args = parser.parse_args(argv)
     results_name = (
         args.name
