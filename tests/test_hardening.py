@@ -1,6 +1,7 @@
 """The hostile-user replay: bad input and faults, each answered by one line, exit 2, no
-traceback, and a run directory left exactly as it was (CLI cases run as subprocesses, all
-at once, to keep the suite fast); then the run-directory rules from Python."""
+traceback, and a run directory left exactly as it was (CLI cases through the command's
+``main`` in this process, one also as its own process); then the run-directory rules from
+Python."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from ppl_ssvae.errors import UserError
 from ppl_ssvae.models import build
 from ppl_ssvae.runs.directory import RunDir, RunDirWarning
 from ppl_ssvae.training import fit
+
+from .cli_in_process import run_as_process, run_in_process
 
 TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "16",
         "--batch-size", "200", "--no-progress"]  # fmt: skip
@@ -153,18 +156,10 @@ def _cases(root: Path, trained: Path) -> dict[str, tuple[list[str], str, Path]]:
 
 @pytest.fixture(scope="module")
 def replayed(trained, tmp_path_factory):
-    """Every CLI case run as its own process, all at once."""
+    """Every CLI case planted, and what each must leave unchanged snapshotted, up front."""
     root = tmp_path_factory.mktemp("cases")
     cases = _cases(root, trained)
-    before = {name: _snapshot(path) for name, (_, _, path) in cases.items()}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {
-        name: subprocess.Popen([sys.executable, "-m", "ppl_ssvae.cli", *argv], cwd=root, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, (argv, _, _) in cases.items()
-    }  # fmt: skip
-    results = {name: (proc.wait(timeout=600), *proc.communicate()) for name, proc in procs.items()}
-    return cases, before, results
+    return root, cases, {name: _snapshot(path) for name, (_, _, path) in cases.items()}
 
 
 CASE_NAMES = [
@@ -179,16 +174,28 @@ CASE_NAMES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", CASE_NAMES)
-def test_cli_refuses_with_one_line_and_changes_nothing(replayed, case):
-    cases, before, results = replayed
-    _, expected, path = cases[case]
-    code, stdout, stderr = results[case]
+def _refused_in_one_line(code: int, stderr: str, expected: str) -> None:
     assert "Traceback" not in stderr, stderr
     assert code == 2, (code, stderr)
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert expected in stderr, stderr
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_cli_refuses_with_one_line_and_changes_nothing(replayed, case):
+    root, cases, before = replayed
+    argv, expected, path = cases[case]
+    _refused_in_one_line(*run_in_process(argv, root), expected)
     assert _snapshot(path) == before[case]
+
+
+def test_a_refusal_is_the_same_from_its_own_process(tmp_path, trained):
+    """The in-process replay above calls the function the command calls; this checks the
+    process around it adds nothing: exit code 2 and the same single line."""
+    argv, expected, _ = _cases(tmp_path, trained)["lr -1"]
+    code, stderr = run_as_process(argv, tmp_path)
+    _refused_in_one_line(code, stderr, expected)
+    assert (code, stderr) == run_in_process(argv, tmp_path)
 
 
 def test_every_case_is_replayed(tmp_path, trained):

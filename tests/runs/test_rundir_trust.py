@@ -1,7 +1,8 @@
 """The run directory trusts nothing it finds: planted links, look-alike files, runs of
 another kind, unverifiable checkpoints and crafted run files are each refused in one line
 (exit 2, no traceback) with the directory, and whatever a link points to, left exactly as
-they were. CLI cases run as subprocesses, all at once; the rules then from Python."""
+they were. CLI cases through the command's ``main`` in this process (one also as its own
+process); the rules then from Python."""
 
 from __future__ import annotations
 
@@ -10,10 +11,7 @@ import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,8 @@ from ppl_ssvae.errors import UserError
 from ppl_ssvae.models import build
 from ppl_ssvae.runs.directory import RunDir, RunDirWarning
 from ppl_ssvae.training import fit
+
+from ..cli_in_process import run_as_process, run_in_process
 
 TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "16",
         "--batch-size", "200", "--no-progress"]  # fmt: skip
@@ -189,26 +189,15 @@ def _cli_cases(trained: Path, labelled: Path) -> dict[str, tuple[Callable, Calla
 
 @pytest.fixture(scope="module")
 def replayed(trained, labelled, tmp_path_factory):
-    """Every CLI case in its own folder and process, four at a time (two cores keep busy;
-    two dozen at once would only cost memory); each folder is snapshotted before and after
-    (the run directory and what its links point to)."""
+    """Every CLI case planted in its own folder, and each folder snapshotted (the run
+    directory and what its links point to), up front."""
     root = tmp_path_factory.mktemp("trust")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    folders, commands, before = {}, {}, {}
-    for name, (plant, argv, _) in _cli_cases(trained, labelled).items():
-        folders[name] = root / re.sub(r"[^a-z0-9]+", "-", name.lower())
-        folders[name].mkdir()
-        commands[name] = [sys.executable, "-m", "ppl_ssvae.cli", *argv(plant(folders[name]))]
-        before[name] = _tree(folders[name])
-
-    def replay(name: str) -> tuple[int, str]:
-        done = subprocess.run(commands[name], cwd=folders[name], env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
-        return done.returncode, done.stderr
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(zip(commands, pool.map(replay, commands), strict=True))
-    return before, results, {name: _tree(folder) for name, folder in folders.items()}
+    planted = {}
+    for name, (plant, argv, expected) in _cli_cases(trained, labelled).items():
+        folder = root / re.sub(r"[^a-z0-9]+", "-", name.lower())
+        folder.mkdir()
+        planted[name] = (folder, argv(plant(folder)), expected, _tree(folder))
+    return planted
 
 
 CLI_CASES = [
@@ -225,15 +214,29 @@ CLI_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", CLI_CASES)
-def test_cli_refuses_in_one_line_and_touches_nothing(replayed, trained, labelled, case):
-    before, results, after = replayed
-    code, stderr = results[case]
+def _refused_in_one_line(code: int, stderr: str, expected: str) -> None:
     assert "Traceback" not in stderr, stderr
     assert code == 2, (code, stderr)
     assert len(stderr.strip().splitlines()) == 1, stderr
-    assert _cli_cases(trained, labelled)[case][2] in stderr, stderr
-    assert after[case] == before[case]
+    assert expected in stderr, stderr
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_cli_refuses_in_one_line_and_touches_nothing(replayed, case):
+    folder, argv, expected, before = replayed[case]
+    _refused_in_one_line(*run_in_process(argv, folder), expected)
+    assert _tree(folder) == before
+
+
+def test_a_refusal_is_the_same_from_its_own_process(trained, labelled, tmp_path):
+    """The process around ``main`` adds nothing: exit code 2 and the same single line."""
+    plant, argv, expected = _cli_cases(trained, labelled)["best.pt links out"]
+    run = plant(tmp_path)
+    before = _tree(tmp_path)
+    code, stderr = run_as_process(argv(run), tmp_path)
+    _refused_in_one_line(code, stderr, expected)
+    assert (code, stderr) == run_in_process(argv(run), tmp_path)
+    assert _tree(tmp_path) == before
 
 
 def test_every_cli_case_is_replayed(trained, labelled):
