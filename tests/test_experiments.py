@@ -290,6 +290,25 @@ def test_latent_epoch_overrides_replace_the_budget(tmp_path):
     assert epochs == {"M2": "2", "latent": "2", "latent-simplified": "2", "labelled-only": "3"}
 
 
+def test_latent_models_runs_only_the_rows_asked_for_into_a_folder_named_after_them(
+    tmp_path, capsys
+):
+    import csv
+
+    from experiments import latent_fashion_mnist
+
+    argv = [*SMOKE_ARGS["latent_fashion_mnist"], "--results-dir", str(tmp_path)]
+    out = latent_fashion_mnist.main([*argv, "--models", "labelled-only", "--baseline-epochs", "2"])
+    assert out.name == "latent_digits_labelled-only"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["model"], r["epochs"]) for r in rows] == [("labelled-only", "2")]
+    with pytest.raises(SystemExit) as exit_:
+        latent_fashion_mnist.main([*argv, "--models", "latent,m3"])
+    assert exit_.value.code == 2
+    assert "unknown models ['m3']; choose from M2, latent" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latent_digits_labelled-only"]
+
+
 def test_mean_and_sd_groups_runs_by_a_column():
     from experiments.common import mean_and_sd
 
