@@ -7,6 +7,10 @@ step) so that drift in the machine's speed hits all alike. Prints the CPU capabi
 ms per step and the ratio to the first guide (the diagonal Gaussian).
 
     python -m benchmarks.guide_speed --guides gaussian,maf,pyro-iaf --steps 20
+    python -m benchmarks.guide_speed --guides gaussian,nsf --steps 20 --profile 8
+
+``--profile N`` then prints, per guide, the operators that take most of its step's CPU time
+over N more steps (``torch.profiler``), as shares of the step: where a family's cost goes.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--guides", type=name_list, default="gaussian,maf,pyro-iaf",
                         help=f"comma-separated, from {', '.join(guide_names())}")  # fmt: skip
     parser.add_argument("--steps", type=positive_int, default=20, help="timed steps per guide")
+    parser.add_argument("--profile", type=positive_int, default=None, metavar="N",
+                        help="also profile N steps per guide and print its costliest operators")  # fmt: skip
     args = parser.parse_args(argv)
     names = args.guides
     specs = [n.partition("@")[2].split("x") for n in names if "@" in n]
@@ -77,7 +83,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ratios[name] = c / base
         print(f"{name:<18}{1000 * wall[name]:>10.1f}{1000 * c:>10.1f}"
               f"{c / base:>14.2f}x")  # fmt: skip
+    for name in names if args.profile else ():
+        print(f"\n{name}: share of the step's CPU time, {args.profile} profiled steps")
+        for operator, share in costliest_operators(steps[name], data, args.profile):
+            print(f"  {operator:<32}{100 * share:>6.1f}%")
     return ratios
+
+
+def costliest_operators(
+    step: Callable[[torch.Tensor, torch.Tensor], None],
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    top: int = 8,
+) -> list[tuple[str, float]]:
+    """The ``top`` operators by their own CPU time over ``steps`` steps, each as a share of
+    the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(*data[i % len(data)])
+    costs = sorted(((e.key, e.self_cpu_time_total) for e in prof.key_averages()),
+                   key=lambda kv: -kv[1])  # fmt: skip
+    total = sum(cost for _, cost in costs)
+    return [(key, cost / total) for key, cost in costs[:top]]
 
 
 if __name__ == "__main__":

@@ -68,6 +68,18 @@ def test_guide_benchmark_times_every_guide_it_is_given():
         module.main(["--guides", "gaussian,maf@wide"])
 
 
+def test_guide_profile_names_operators_whose_shares_are_of_the_whole_step():
+    spec = importlib.util.spec_from_file_location("guide_speed", SCRIPT.parent / "guide_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = module.batches(1)
+    every = module.costliest_operators(module.stepper("nsf"), data, steps=1, top=10_000)
+    assert sum(share for _, share in every) == pytest.approx(1.0)
+    top = module.costliest_operators(module.stepper("nsf"), data, steps=1, top=3)
+    assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] > 0
+    assert "aten::_softmax" in dict(every)  # the spline's bins
+
+
 def test_net_benchmark_times_every_net_it_is_given():
     spec = importlib.util.spec_from_file_location("net_speed", SCRIPT.parent / "net_speed.py")
     module = importlib.util.module_from_spec(spec)

@@ -8,6 +8,10 @@ python -m benchmarks.guide_speed --guides gaussian,maf@64,maf@128,maf@256,maf@50
 python -m benchmarks.guide_speed --guides gaussian,maf,nsf,realnvp,pyro-iaf,pyro-spline,planar,radial --steps 20
 python -m benchmarks.guide_speed --guides gaussian,realnvp@64,realnvp@96,planar@64,planar@32,radial@64,radial@96,nsf@64,pyro-spline@64 --steps 20
 python -m benchmarks.guide_speed --guides gaussian,planar@128x2,planar@64x2,planar@64x3,radial@128x2,radial@64x4,realnvp@64x1 --steps 20
+# Where the spline flow's step goes (nsf_profile.txt):
+python -m benchmarks.guide_speed --guides gaussian,maf,nsf --steps 10 --profile 5 > nsf_profile.txt
+# torch's softmax over 8 bins, the shape nsf's widths and heights have (2000 rows x 50 units):
+python -c 'import torch,time,timeit; x=torch.randn(2000,50,8); print(*(f"{n} {1000*min(timeit.repeat(f,number=20,repeat=5,timer=time.process_time))/20:.1f} CPU-ms" for n,f in [("softmax(-1)",lambda:torch.softmax(x,-1)),("exp/sum",lambda:(lambda e:e/e.sum(-1,keepdim=True))((x-x.amax(-1,keepdim=True)).exp()))]))'
 
 # Width: M2 on mnist-5k, 100 labels, 10 epochs; seeds 0 (all widths) and 1 (128, 500).
 R=runs/flows_on_gaussian
