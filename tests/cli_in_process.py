@@ -34,3 +34,12 @@ def run_as_process(argv: list[str], cwd: Path) -> tuple[int, str]:
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     return done.returncode, done.stderr
+
+
+def assert_refused_in_one_line(code: int, stderr: str, expected: str) -> None:
+    """A refusal as the command promises it: exit code 2, one line naming the problem
+    (``expected`` in it), no traceback."""
+    assert "Traceback" not in stderr, stderr
+    assert code == 2, (code, stderr)
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert expected in stderr, stderr

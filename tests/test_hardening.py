@@ -25,7 +25,7 @@ from ppl_ssvae.models import build
 from ppl_ssvae.runs.directory import RunDir, RunDirWarning
 from ppl_ssvae.training import fit
 
-from .cli_in_process import run_as_process, run_in_process
+from .cli_in_process import assert_refused_in_one_line, run_as_process, run_in_process
 
 TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "16",
         "--batch-size", "200", "--no-progress"]  # fmt: skip
@@ -174,18 +174,11 @@ CASE_NAMES = [
 ]  # fmt: skip
 
 
-def _refused_in_one_line(code: int, stderr: str, expected: str) -> None:
-    assert "Traceback" not in stderr, stderr
-    assert code == 2, (code, stderr)
-    assert len(stderr.strip().splitlines()) == 1, stderr
-    assert expected in stderr, stderr
-
-
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_cli_refuses_with_one_line_and_changes_nothing(replayed, case):
     root, cases, before = replayed
     argv, expected, path = cases[case]
-    _refused_in_one_line(*run_in_process(argv, root), expected)
+    assert_refused_in_one_line(*run_in_process(argv, root), expected)
     assert _snapshot(path) == before[case]
 
 
@@ -194,7 +187,7 @@ def test_a_refusal_is_the_same_from_its_own_process(tmp_path, trained):
     process around it adds nothing: exit code 2 and the same single line."""
     argv, expected, _ = _cases(tmp_path, trained)["lr -1"]
     code, stderr = run_as_process(argv, tmp_path)
-    _refused_in_one_line(code, stderr, expected)
+    assert_refused_in_one_line(code, stderr, expected)
     assert (code, stderr) == run_in_process(argv, tmp_path)
 
 

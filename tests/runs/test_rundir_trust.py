@@ -25,7 +25,7 @@ from ppl_ssvae.models import build
 from ppl_ssvae.runs.directory import RunDir, RunDirWarning
 from ppl_ssvae.training import fit
 
-from ..cli_in_process import run_as_process, run_in_process
+from ..cli_in_process import assert_refused_in_one_line, run_as_process, run_in_process
 
 TINY = ["--dataset", "digits", "--labels", "50", "--z-dim", "4", "--hidden", "16",
         "--batch-size", "200", "--no-progress"]  # fmt: skip
@@ -214,17 +214,10 @@ CLI_CASES = [
 ]  # fmt: skip
 
 
-def _refused_in_one_line(code: int, stderr: str, expected: str) -> None:
-    assert "Traceback" not in stderr, stderr
-    assert code == 2, (code, stderr)
-    assert len(stderr.strip().splitlines()) == 1, stderr
-    assert expected in stderr, stderr
-
-
 @pytest.mark.parametrize("case", CLI_CASES)
 def test_cli_refuses_in_one_line_and_touches_nothing(replayed, case):
     folder, argv, expected, before = replayed[case]
-    _refused_in_one_line(*run_in_process(argv, folder), expected)
+    assert_refused_in_one_line(*run_in_process(argv, folder), expected)
     assert _tree(folder) == before
 
 
@@ -234,7 +227,7 @@ def test_a_refusal_is_the_same_from_its_own_process(trained, labelled, tmp_path)
     run = plant(tmp_path)
     before = _tree(tmp_path)
     code, stderr = run_as_process(argv(run), tmp_path)
-    _refused_in_one_line(code, stderr, expected)
+    assert_refused_in_one_line(code, stderr, expected)
     assert (code, stderr) == run_in_process(argv(run), tmp_path)
     assert _tree(tmp_path) == before
 
