@@ -13,15 +13,16 @@ from ppl_ssvae.models import build
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "m2_speed.py"
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("m2_speed", SCRIPT)
+def _benchmark(name: str = "m2_speed"):
+    """The script ``benchmarks/NAME.py`` loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_factored_loss_equals_the_pyro_loss_with_the_same_noise(float64):
-    factored_loss = _benchmark_module().factored_loss
+    factored_loss = _benchmark().factored_loss
     model = build("m2", input_dim=20, num_classes=4, z_dim=3, hidden=(8,), alpha=7.0)
     torch.manual_seed(0)
     x = torch.bernoulli(torch.rand(6, 20))
@@ -33,18 +34,10 @@ def test_factored_loss_equals_the_pyro_loss_with_the_same_noise(float64):
     assert ours.item() == pytest.approx(expected.item(), rel=1e-10)
 
 
-def _precision_module():
-    path = SCRIPT.parent / "precision_speed.py"
-    spec = importlib.util.spec_from_file_location("precision_speed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_precision_benchmark_times_both_precisions_of_every_model(monkeypatch):
     """Every model of the table steps under both precisions, timed step by step
     (sizes shrunk so the test is quick; the script runs the experiments' sizes)."""
-    module = _precision_module()
+    module = _benchmark("precision_speed")
     small = {
         name: (model, {**config, **({"z_dim": 3, "hidden": (8,)} if "hidden" in config else {})},
                6, 3, classes)
@@ -58,9 +51,7 @@ def test_precision_benchmark_times_both_precisions_of_every_model(monkeypatch):
 
 
 def test_guide_benchmark_times_every_guide_it_is_given():
-    spec = importlib.util.spec_from_file_location("guide_speed", SCRIPT.parent / "guide_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _benchmark("guide_speed")
     ratios = module.main(["--guides", "gaussian,maf,pyro-iaf@100", "--steps", "2"])
     assert set(ratios) == {"gaussian", "maf", "pyro-iaf@100"} and ratios["gaussian"] == 1.0
     assert ratios["maf"] > 0 and ratios["pyro-iaf@100"] > 0
@@ -69,21 +60,17 @@ def test_guide_benchmark_times_every_guide_it_is_given():
 
 
 def test_guide_profile_names_operators_whose_shares_are_of_the_whole_step():
-    spec = importlib.util.spec_from_file_location("guide_speed", SCRIPT.parent / "guide_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    data = module.batches(1)
-    every = module.costliest_operators(module.stepper("nsf"), data, steps=1, top=10_000)
+    module = _benchmark("guide_speed")
+    step, data = module.stepper("nsf"), module.batches(1)
+    every = module.costliest_operators(step, data, steps=1, top=10_000)
     assert sum(share for _, share in every) == pytest.approx(1.0)
-    top = module.costliest_operators(module.stepper("nsf"), data, steps=1, top=3)
+    top = module.costliest_operators(step, data, steps=1, top=3)
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] > 0
     assert "aten::_softmax" in dict(every)  # the spline's bins
 
 
 def test_net_benchmark_times_every_net_it_is_given():
-    spec = importlib.util.spec_from_file_location("net_speed", SCRIPT.parent / "net_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _benchmark("net_speed")
     ratios = module.main(["--nets", "dense,conv@4x8,m1-m2/m1,m1-m2/m2", "--steps", "1"])
     assert set(ratios) == {"dense", "conv@4x8", "m1-m2/m1", "m1-m2/m2"}
     assert ratios["dense"] == 1.0 and min(ratios.values()) > 0
