@@ -182,13 +182,15 @@ def test_cli_refuses_with_one_line_and_changes_nothing(replayed, case):
     assert _snapshot(path) == before[case]
 
 
-def test_a_refusal_is_the_same_from_its_own_process(tmp_path, trained):
+def test_a_refusal_is_the_same_from_its_own_process(replayed):
     """The in-process replay above calls the function the command calls; this checks the
     process around it adds nothing: exit code 2 and the same single line."""
-    argv, expected, _ = _cases(tmp_path, trained)["lr -1"]
-    code, stderr = run_as_process(argv, tmp_path)
+    root, cases, before = replayed
+    argv, expected, path = cases["lr -1"]
+    code, stderr = run_as_process(argv, root)
     assert_refused_in_one_line(code, stderr, expected)
-    assert (code, stderr) == run_in_process(argv, tmp_path)
+    assert (code, stderr) == run_in_process(argv, root)
+    assert _snapshot(path) == before["lr -1"]
 
 
 def test_every_case_is_replayed(tmp_path, trained):

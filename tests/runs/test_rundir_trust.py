@@ -221,15 +221,13 @@ def test_cli_refuses_in_one_line_and_touches_nothing(replayed, case):
     assert _tree(folder) == before
 
 
-def test_a_refusal_is_the_same_from_its_own_process(trained, labelled, tmp_path):
+def test_a_refusal_is_the_same_from_its_own_process(replayed):
     """The process around ``main`` adds nothing: exit code 2 and the same single line."""
-    plant, argv, expected = _cli_cases(trained, labelled)["best.pt links out"]
-    run = plant(tmp_path)
-    before = _tree(tmp_path)
-    code, stderr = run_as_process(argv(run), tmp_path)
+    folder, argv, expected, before = replayed["best.pt links out"]
+    code, stderr = run_as_process(argv, folder)
     assert_refused_in_one_line(code, stderr, expected)
-    assert (code, stderr) == run_in_process(argv(run), tmp_path)
-    assert _tree(tmp_path) == before
+    assert (code, stderr) == run_in_process(argv, folder)
+    assert _tree(folder) == before
 
 
 def test_every_cli_case_is_replayed(trained, labelled):
