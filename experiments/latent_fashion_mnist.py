@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import pyro
 
@@ -54,7 +55,7 @@ from experiments.common import (
 )
 from ppl_ssvae import data, models
 from ppl_ssvae.evaluation.baselines import fit_labelled_only
-from ppl_ssvae.training import FitSettings, fit
+from ppl_ssvae.training import FitResult, FitSettings, fit
 
 # Epochs of (each generative model, the baseline) per budget. A baseline epoch is one step
 # over the 100 images; on Fashion-MNIST its validation accuracy levels off (~72%) by epoch
@@ -89,35 +90,13 @@ def main(argv: list[str] | None = None) -> Path:
     model_epochs = args.epochs or model_epochs
     baseline_epochs = args.baseline_epochs or baseline_epochs
 
-    def build(name: str) -> models.SemiSupervisedModel:
-        # Same seed for every model: the baseline starts from the latent model's weights.
-        pyro.set_rng_seed(args.seed)
-        return models.build(name, input_dim=split.input_dim, num_classes=split.num_classes)
-
     rows, curves = [], {}
     runs = {label: (name, model_epochs) for label, name in GENERATIVE.items()}
     runs["labelled-only"] = ("latent", baseline_epochs)
-    runs = {label: runs[label] for label in args.models}
-    for label, (name, epochs) in runs.items():
-        model = build(name)
-        start = time.process_time()
-        if label == "labelled-only":
-            result = fit_labelled_only(model, split, epochs=epochs, seed=args.seed, **BASELINE)
-        else:
-            result = fit(model, split, epochs=epochs, labelled_share=args.labelled_share,
-                         seed=args.seed, progress=False, **SETTINGS)  # fmt: skip
-        best = result.best
-        rows.append({
-            "model": label,
-            "labels": int(split.labelled_mask.sum()),
-            "epochs": len(result.history),
-            "best_epoch": best["epoch"],
-            "val_accuracy": best["val_accuracy"],
-            "test_accuracy": best["test_accuracy"],
-            "test_log_loss": best["test_log_loss"],
-            "cpu_minutes": (time.process_time() - start) / 60,
-        })  # fmt: skip
-        curves[label] = result
+    for label in args.models:
+        name, epochs = runs[label]
+        row, curves[label] = _train(label, name, epochs, split, args)
+        rows.append(row)
 
     config = {"args": vars(args), "fit": SETTINGS, "baseline": BASELINE,
               "epochs": {"models": model_epochs, "baseline": baseline_epochs}}  # fmt: skip
@@ -131,6 +110,33 @@ def main(argv: list[str] | None = None) -> Path:
             f.write(f"\n{verdict}\n")
     print((out / "results.md").read_text())
     return out
+
+
+def _train(
+    label: str, name: str, epochs: int, split: data.SemiSupervisedData, args: argparse.Namespace
+) -> tuple[dict[str, Any], FitResult]:
+    """One row of the table and its ``FitResult``: model ``name`` trained as ``label``."""
+    # Same seed for every model: the baseline starts from the latent model's weights.
+    pyro.set_rng_seed(args.seed)
+    model = models.build(name, input_dim=split.input_dim, num_classes=split.num_classes)
+    start = time.process_time()
+    if label == "labelled-only":
+        result = fit_labelled_only(model, split, epochs=epochs, seed=args.seed, **BASELINE)
+    else:
+        result = fit(model, split, epochs=epochs, labelled_share=args.labelled_share,
+                     seed=args.seed, progress=False, **SETTINGS)  # fmt: skip
+    best = result.best
+    row = {
+        "model": label,
+        "labels": int(split.labelled_mask.sum()),
+        "epochs": len(result.history),
+        "best_epoch": best["epoch"],
+        "val_accuracy": best["val_accuracy"],
+        "test_accuracy": best["test_accuracy"],
+        "test_log_loss": best["test_log_loss"],
+        "cpu_minutes": (time.process_time() - start) / 60,
+    }
+    return row, result
 
 
 def _parser() -> ScriptParser:

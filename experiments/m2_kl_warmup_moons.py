@@ -61,7 +61,7 @@ from experiments.common import (
 )
 from experiments.m2_sigma2_circles import FIT, MODEL, build_m2, reconstructions
 from ppl_ssvae import data
-from ppl_ssvae.training import Callback, KLWarmup, fit
+from ppl_ssvae.training import Callback, FitResult, KLWarmup, fit
 
 BUDGETS = {
     "smoke": {"epochs": 3, "warmup_epochs": 2, "probes": [1, 2, 3], "seeds": [0]},
@@ -103,18 +103,9 @@ def main(argv: list[str] | None = None) -> Path:
             first_split = split
         for sigma2 in args.sigma2:
             for condition in CONDITIONS:
-                model = build_m2(split, sigma2, seed, alpha=ALPHA)
-                probe = Probe(split, budget["probes"])
-                callbacks: list[Callback] = [probe]
-                if condition == "warm-up":
-                    callbacks.insert(0, KLWarmup(epochs=budget["warmup_epochs"]))
-                start = time.process_time()
-                result = fit(model, split, epochs=budget["epochs"], seed=seed, progress=False,
-                             callbacks=callbacks, **FIT)  # fmt: skip
-                cpu = time.process_time() - start
-                for h in result.history:
-                    if h["epoch"] in budget["probes"]:
-                        rows.append(_row(condition, sigma2, seed, h, cpu))
+                result, probe, cpu = _train(condition, split, sigma2, seed, budget)
+                rows += [_row(condition, sigma2, seed, h, cpu)
+                         for h in result.history if h["epoch"] in budget["probes"]]  # fmt: skip
                 if seed == first:
                     curves[f"{condition}, sigma2={sigma2:g}"] = result.history
                     if condition == "warm-up":
@@ -134,6 +125,26 @@ def main(argv: list[str] | None = None) -> Path:
     plot_classifiers(out / "classifiers.png", snapshots, first_split, budget["probes"])
     print((out / "results.md").read_text())
     return out
+
+
+def _train(
+    condition: str,
+    split: data.SemiSupervisedData,
+    sigma2: float,
+    seed: int,
+    budget: dict[str, Any],
+) -> tuple[FitResult, Probe, float]:
+    """M2 at ``sigma2`` trained under ``condition`` (with or without the KL warm-up): its
+    result, the probe that watched it and the CPU-seconds it took."""
+    model = build_m2(split, sigma2, seed, alpha=ALPHA)
+    probe = Probe(split, budget["probes"])
+    callbacks: list[Callback] = [probe]
+    if condition == "warm-up":
+        callbacks.insert(0, KLWarmup(epochs=budget["warmup_epochs"]))
+    start = time.process_time()
+    result = fit(model, split, epochs=budget["epochs"], seed=seed, progress=False,
+                 callbacks=callbacks, **FIT)  # fmt: skip
+    return result, probe, time.process_time() - start
 
 
 @torch.no_grad()

@@ -118,32 +118,15 @@ def main(argv: list[str] | None = None) -> Path:
     claim_results(results_name, args.results_dir)
     dataset = data.load(args.dataset)
     rows: list[dict[str, Any]] = []
-    shown: dict[str, torch.nn.Module] = {}  # seed 0's models for classifiers.png
+    shown: dict[str, torch.nn.Module] = {}  # the first seed's models for classifiers.png
     curves: dict[str, list[dict[str, Any]]] = {}
     for seed in budget["seeds"]:
         split = data.semi_supervised_split(dataset, labels=LABELS, seed=seed)
-        if seed == budget["seeds"][0]:
+        first = seed == budget["seeds"][0]
+        if first:
             first_split = split
-        baseline = build_m2(split, args.init_sigma2, seed)
-        start = time.process_time()
-        result = fit_labelled_only(
-            baseline, split, epochs=budget["baseline_epochs"], seed=seed, **BASELINE
-        )
-        rows.append(_row("labelled-only", None, seed, result, baseline, split, start, None))
-        shown.setdefault("labelled-only", copy.deepcopy(baseline))  # trained on below
-        # The same model, its classifier now the baseline's best epoch, trained as M2.
-        start_accuracy = result.best["test_accuracy"]
-        runs = [("M2", s2, build_m2(split, s2, seed), None) for s2 in budget["sigma2"]]
-        runs.append(("M2 from labelled-only", args.init_sigma2, baseline, start_accuracy))
-        for method, sigma2, model, started_at in runs:
-            start = time.process_time()
-            before = started_at if started_at is not None else _accuracy(model, split)
-            result = fit(model, split, epochs=budget["epochs"], seed=seed, progress=False,
-                         callbacks=[ReconstructionError(split)], **FIT)  # fmt: skip
-            rows.append(_row(method, sigma2, seed, result, model, split, start, before))
-            if seed == budget["seeds"][0]:
-                shown.setdefault(f"{method}, sigma2={sigma2:g}", model)
-                curves[f"{method}, sigma2={sigma2:g}"] = result.history
+        rows += _run_seed(split, seed, budget, args.init_sigma2, shown if first else None,
+                          curves if first else None)  # fmt: skip
 
     summary = mean_and_sd(
         rows,
@@ -160,6 +143,41 @@ def main(argv: list[str] | None = None) -> Path:
     plot_epochs(out / "epochs.png", curves)
     print((out / "results.md").read_text())
     return out
+
+
+def _run_seed(
+    split: data.SemiSupervisedData,
+    seed: int,
+    budget: dict[str, Any],
+    init_sigma2: float,
+    shown: dict[str, torch.nn.Module] | None,
+    curves: dict[str, list[dict[str, Any]]] | None,
+) -> list[dict[str, Any]]:
+    """One seed's rows: the labelled-only baseline, M2 at every sigma^2, and M2 started
+    from the baseline; ``shown`` / ``curves`` (the first seed only) collect the figures'
+    models and training curves."""
+    baseline = build_m2(split, init_sigma2, seed)
+    start = time.process_time()
+    result = fit_labelled_only(
+        baseline, split, epochs=budget["baseline_epochs"], seed=seed, **BASELINE
+    )
+    rows = [_row("labelled-only", None, seed, result, baseline, split, start, None)]
+    if shown is not None:
+        shown.setdefault("labelled-only", copy.deepcopy(baseline))  # trained on below
+    # The same model, its classifier now the baseline's best epoch, trained as M2.
+    start_accuracy = result.best["test_accuracy"]
+    runs = [("M2", s2, build_m2(split, s2, seed), None) for s2 in budget["sigma2"]]
+    runs.append(("M2 from labelled-only", init_sigma2, baseline, start_accuracy))
+    for method, sigma2, model, started_at in runs:
+        start = time.process_time()
+        before = started_at if started_at is not None else _accuracy(model, split)
+        result = fit(model, split, epochs=budget["epochs"], seed=seed, progress=False,
+                     callbacks=[ReconstructionError(split)], **FIT)  # fmt: skip
+        rows.append(_row(method, sigma2, seed, result, model, split, start, before))
+        if shown is not None and curves is not None:
+            shown.setdefault(f"{method}, sigma2={sigma2:g}", model)
+            curves[f"{method}, sigma2={sigma2:g}"] = result.history
+    return rows
 
 
 def build_m2(split: Any, sigma2: float, seed: int, **config: Any) -> models.SemiSupervisedModel:
