@@ -4,7 +4,9 @@
 #   bash results/flows_acceptance/commands.sh m2 0      # one setting and seed
 # Each run is an ordinary run directory under $RUNS; `ppl-ssvae compare` keeps its scores
 # in the run, so the table below is rebuilt without paying for an IWAE twice. The table
-# and each run's commit and CPU capability go to results/flows_acceptance/SETTING-sSEED.md.
+# and each run's commit and CPU capability go to results/flows_acceptance/SETTING-sSEED.md,
+# or to $TABLE.md when a run adds guides to a setting whose table exists:
+#   GUIDES="gaussian nsf" TABLE=m2-s0-nsf bash results/flows_acceptance/commands.sh m2 0
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 export OMP_NUM_THREADS=1
@@ -56,4 +58,4 @@ for guide in $GUIDES; do
   ppl-ssvae compare $SCORE "$out" > /dev/null  # score now, so an interruption keeps it
   runs+=("$out")
 done
-table "$setting-s$seed" "${runs[@]}"
+table "${TABLE:-$setting-s$seed}" "${runs[@]}"
