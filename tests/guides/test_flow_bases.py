@@ -125,7 +125,9 @@ def test_a_config_saved_before_bases_rebuilds_what_it_trained(legacy, name):
     torch.manual_seed(1)
     with torch.no_grad():
         z = q_z.rsample()
-        assert torch.equal(z, saved["z"])
+        # To float32 rounding, not bit for bit: the fixture was written on another CPU, whose
+        # matrix kernels round differently (1e-6 here); another base would move z by O(1).
+        assert torch.allclose(z, saved["z"], rtol=0, atol=1e-5)
         assert torch.allclose(q_z.log_prob(z), saved["log_q"], atol=1e-6)
     assert torch.allclose(model.classify(x), saved["probs"])
     # written again, the config names its base and rebuilds the same model
