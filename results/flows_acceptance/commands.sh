@@ -40,7 +40,8 @@ train() {  # train OUT ARGS...: train once; a finished run is left as it is
   local out=$1; shift
   # A run kept in runs/ beside this script (its best checkpoint and its scores, so that a
   # later session pairs new guides with it without training and scoring it again).
-  if [ ! -e "$out" ] && [ -d "$HERE/runs/${out##*/}" ]; then cp -r "$HERE/runs/${out##*/}" "$out"; fi
+  local kept=$HERE/runs/${out##*/}
+  if [ ! -e "$out" ] && [ -d "$kept" ]; then mkdir -p "$RUNS" && cp -r "$kept" "$out"; fi
   [ -f "$out/done" ] && return 0
   if [ -f "$out/checkpoint.pt" ]; then ppl-ssvae train --resume --out "$out" --no-progress "$@"
   else ppl-ssvae train --dataset fashion-mnist $args --seed "$seed" --out "$out" --no-progress "$@"; fi
