@@ -10,12 +10,12 @@ import torch
 
 from ppl_ssvae.models import build
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "m2_speed.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _benchmark(name: str = "m2_speed"):
     """The script ``benchmarks/NAME.py`` loaded as a module."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
