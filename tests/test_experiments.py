@@ -389,6 +389,40 @@ def test_pi_vae_anomaly_checks_every_class_before_training(tmp_path, monkeypatch
         pi_vae_anomaly.main([*argv, "--classes", "3,99"])
 
 
+def test_pi_vae_anomaly_scores_sequences_with_the_recurrent_net(tmp_path, monkeypatch):
+    """Table 11's setting on the synthetic stand-in: the RNN pi-VAE with a Gaussian
+    likelihood and App. A.3's lr, SS and EU each scored."""
+    from experiments import pi_vae_anomaly
+    from experiments.common import read_results
+
+    built = []
+    build = pi_vae_anomaly.build_seeded
+    monkeypatch.setattr(
+        pi_vae_anomaly, "build_seeded", lambda *a, **k: built.append(k) or build(*a, **k)
+    )
+    argv = ["--budget", "smoke", "--dataset", "sequences", "--net", "rnn", "--classes", "3",
+            "--steps", "4", "--samples", "2", "--results-dir", str(tmp_path)]  # fmt: skip
+    out = pi_vae_anomaly.main(argv)
+    (row,) = read_results(out)
+    assert 0.0 <= float(row["auc_ss"]) <= 1.0 and 0.0 <= float(row["auc_eu"]) <= 1.0
+    assert [(k["variant"], k["net"], k["likelihood"], k["sequence_channels"]) for k in built] == [
+        ("eu", "rnn", "gaussian", 4), ("ss", "rnn", "gaussian", 4)]  # fmt: skip
+    assert pi_vae_anomaly.fit_arguments("rnn")["lr"] == 1e-3
+
+
+@pytest.mark.parametrize(("dataset", "net"), [("digits", "rnn"), ("sequences", "cnn")])
+def test_pi_vae_anomaly_refuses_a_net_of_the_other_kind_before_writing(
+    tmp_path, capsys, dataset, net
+):
+    from experiments import pi_vae_anomaly
+
+    argv = ["--budget", "smoke", "--dataset", dataset, "--net", net, "--results-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        pi_vae_anomaly.main(argv)
+    assert stop.value.code == 2 and f"--net {net} needs" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_semi_unsupervised_script_passes_precision_to_every_run(tmp_path):
     from experiments import semi_unsupervised_fashion_mnist
 
