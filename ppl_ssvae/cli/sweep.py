@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -54,6 +55,10 @@ def add_parsers(sub: Any) -> None:
                    help="worker processes on this machine, each with its share of the cores [1]")  # fmt: skip
     s.add_argument("--threads", type=int, metavar="T",
                    help="CPU threads of each worker [cores / jobs]")  # fmt: skip
+    s.add_argument("--gone-host", action="append", default=[], metavar="HOST",
+                   help="a machine that worked on this sweep and is gone (e.g. the sweep "
+                   "directory was carried to a new machine): its running trials run again, "
+                   "from their checkpoints; repeat for several")  # fmt: skip
     s.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # --jobs' workers
     s.add_argument("--dry-run", action="store_true",
                    help="check the sweep file, print its trials and exit; nothing is written")  # fmt: skip
@@ -86,6 +91,9 @@ def sweep(args: argparse.Namespace) -> int:
         )
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise UserError("--jobs and --threads must be >= 1")
+    if socket.gethostname() in args.gone_host:
+        raise UserError(f"--gone-host {socket.gethostname()} names this machine; name only "
+                        "machines that stopped (this one's dead workers are found without it)")  # fmt: skip
     sweep = _start(args) if args.config else _join(args)
     if sweep is None:  # --dry-run
         return 0
@@ -94,7 +102,7 @@ def sweep(args: argparse.Namespace) -> int:
         if args.jobs == 1:
             from ..sweeps import run_worker
 
-            run_worker(sweep, threads=threads, say=_say)
+            run_worker(sweep, threads=threads, gone_hosts=tuple(args.gone_host), say=_say)
             code = 0
         else:
             code = _local_workers(sweep.path, args, max(1, threads or 1))
@@ -154,7 +162,8 @@ def _local_workers(path: Any, args: argparse.Namespace, threads: int) -> int:
     """``--jobs N``: N worker processes, each `ppl-ssvae sweep --worker` with ``threads``
     threads; one line for each that did not end well."""
     command = [sys.executable, "-m", "ppl_ssvae", "sweep", "--worker", str(path), "--threads",
-               str(threads), "--no-summary", *(["--storage", args.storage] if args.storage else [])]  # fmt: skip
+               str(threads), "--no-summary", *(["--storage", args.storage] if args.storage else []),
+               *(f"--gone-host={host}" for host in args.gone_host)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     workers = [subprocess.Popen(command, env=env) for _ in range(args.jobs)]
     try:

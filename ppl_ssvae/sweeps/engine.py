@@ -14,7 +14,9 @@ trials of workers that died. Every use of Optuna below its public surface is her
   same settings, user attributes (its run directory) and reported epochs, as Optuna's
   ``RetryFailedTrialCallback`` does. The retry trains into the same run directory and
   resumes from its checkpoint. On a database, Optuna's heartbeat does the same for
-  workers on other machines (``storage.HEARTBEAT_SECONDS``).
+  workers on other machines (``storage.HEARTBEAT_SECONDS``). A journal file has no
+  heartbeat: when a machine that worked on it is gone (the sweep directory carried to a
+  new one), ``--gone-host HOST`` says so, and its RUNNING trials are queued again alike.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .spec import SweepSpec
 
 OWNER = "ppl_ssvae:worker"
@@ -78,20 +81,60 @@ def _owner(number: int) -> dict[str, Any]:
 def reclaim_dead(study: Any) -> list[int]:
     """Fail and queue again the RUNNING trials whose worker ran on this host and no longer
     exists; the numbers of the retries. Trials of other hosts are the heartbeat's."""
-    from optuna.trial import TrialState
-
-    host, retried = socket.gethostname(), []
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = frozen.system_attrs.get(OWNER) or {}
-        # An owner copied from the trial this one retries is not this trial's own.
-        if owner.get("trial") != frozen.number or owner.get("host") != host:
-            continue
+    retried = []
+    for frozen, owner in _running_on(study, {socket.gethostname()}):
         if _alive(int(owner["pid"]), owner.get("started")):
             continue
         number = fail_and_retry(study, frozen, f"its worker (pid {owner['pid']}) died")
         if number is not None:
             retried.append(number)
     return retried
+
+
+def reclaim_gone(study: Any, hosts: set[str]) -> list[tuple[int, str]]:
+    """Fail and queue again the RUNNING trials of workers on ``hosts``, machines the user
+    says are gone (a journal file keeps no heartbeat, so nothing else can tell a machine
+    that stopped from one still training); ``(retry number, host)`` for each."""
+    if socket.gethostname() in hosts:
+        raise UserError(
+            f"--gone-host {socket.gethostname()} names this machine, whose dead workers are "
+            "found without it; name only machines that stopped"
+        )
+    retried = []
+    for frozen, owner in _running_on(study, hosts):
+        reason = f"its machine {owner['host']} is gone (--gone-host)"
+        number = fail_and_retry(study, frozen, reason)
+        if number is not None:
+            retried.append((number, owner["host"]))
+    return retried
+
+
+def running_elsewhere(study: Any) -> list[tuple[int, str]]:
+    """``(number, host)`` of the RUNNING trials of other machines on a storage with no
+    heartbeat (a journal file), which only ``--gone-host`` can give back if those are gone."""
+    if getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None:
+        return []
+    from optuna.trial import TrialState
+
+    here, found = socket.gethostname(), []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = frozen.system_attrs.get(OWNER) or {}
+        if owner.get("trial") == frozen.number and owner.get("host", here) != here:
+            found.append((frozen.number, owner["host"]))
+    return found
+
+
+def _running_on(study: Any, hosts: set[str]) -> list[tuple[Any, dict[str, Any]]]:
+    """The RUNNING trials whose own worker (not one copied from the trial a retry retries)
+    ran on one of ``hosts``, each with its worker's record."""
+    from optuna.trial import TrialState
+
+    found = []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = frozen.system_attrs.get(OWNER) or {}
+        if owner.get("trial") == frozen.number and owner.get("host") in hosts:
+            found.append((frozen, owner))
+    return found
 
 
 def fail_and_retry(study: Any, frozen: Any, reason: str) -> int | None:

@@ -25,6 +25,7 @@ def run_worker(
     storage_url: str | None = None,
     study_name: str | None = None,
     threads: int | None = None,
+    gone_hosts: tuple[str, ...] = (),
     say: Callable[[str], None] = print,
 ) -> dict[str, int]:
     """Work on the sweep in ``sweep`` (its directory, or a ``Sweep``) until no trial is
@@ -35,6 +36,8 @@ def run_worker(
             the sweep directory, the database to join it from (with ``study_name``).
         threads: torch's CPU threads for this worker (``--jobs N`` gives each of N workers
             its share of the cores).
+        gone_hosts: machines that worked on the sweep and are gone: their RUNNING trials
+            are queued again, each resuming its run directory's checkpoint if it has one.
         say: where the one line per finished trial goes.
     """
     if threads is not None:
@@ -44,6 +47,8 @@ def run_worker(
     if not isinstance(sweep, Sweep):
         sweep = open_sweep(sweep, storage_url, study_name)
     study = sweep.load_study()
+    for number, host in engine.reclaim_gone(study, set(gone_hosts)):
+        say(f"trial {number} queued: it retries a trial of {host}, which is gone")
     while True:
         for number in engine.reclaim_dead(study):
             say(f"trial {number} queued: a worker died in the trial it retries")
@@ -53,6 +58,9 @@ def run_worker(
             break
         outcome = _run(study, trial, sweep)
         say(outcome.line(trial.number, sweep.spec.objective))
+    for number, host in engine.running_elsewhere(study):
+        say(f"trial {number} is running on {host}; if that machine is gone, run again with "
+            f"--gone-host {host}")  # fmt: skip
     return sweep.counts(study)
 
 

@@ -137,3 +137,51 @@ def test_two_workers_share_a_sweep_on_a_real_postgresql_server(tmp_path, postgre
     )
     assert "4 complete" in capsys.readouterr().out
     assert json.loads((elsewhere / "sweep.json").read_text())["study"] == "sweep"
+
+
+def test_a_gone_machine_s_running_trial_runs_again_only_when_named(tmp_path, monkeypatch):
+    """A journal sweep carried to a new machine: the old machine's RUNNING trial is left
+    alone (it may still be training) until the user names the machine as gone."""
+    import socket
+
+    from ppl_ssvae.sweeps import engine
+
+    spec = SweepSpec.from_dict(
+        read_spec_file(write_sweep(tmp_path, "[sweep.settings]\nseed = [0, 1]\n"))
+    )
+    sweep = create_sweep(spec, tmp_path / "sweep")
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "gethostname", lambda: "old-machine")
+        taken = engine.take_trial(sweep.load_study(), spec)  # started there, never finished
+    lines: list[str] = []
+    threads = torch.get_num_threads()
+    try:
+        run_worker(sweep.path, threads=1, say=lines.append)
+        assert read_sweep_file(sweep.path).counts() == {"complete": 1, "running": 1}
+        hint = f"trial {taken.number} is running on old-machine; if that machine is gone, run again with --gone-host old-machine"
+        assert lines[-1] == hint
+        run_worker(sweep.path, threads=1, gone_hosts=("old-machine",), say=lines.append)
+    finally:
+        torch.set_num_threads(threads)
+    found = trials(sweep.path)
+    (failed,) = [t for t in found if t.state.name == "FAIL"]
+    assert failed.number == taken.number
+    assert (
+        failed.user_attrs["error"] == "its machine old-machine is gone (--gone-host); queued again"
+    )
+    retry = next(t for t in found if t.system_attrs.get("failed_trial") == taken.number)
+    # The grid point the old machine was given (a grid trial takes its params when it runs).
+    assert retry.state.name == "COMPLETE" and retry.params == failed.system_attrs["fixed_params"]
+    assert f"trial {retry.number} queued: it retries a trial of old-machine, which is gone" in lines
+    assert read_sweep_file(sweep.path).counts() == {"complete": 2, "retried": 1}
+
+
+def test_gone_host_naming_this_machine_is_refused_before_anything_is_written(tmp_path, capsys):
+    import socket
+
+    file = write_sweep(tmp_path, "[sweep.settings]\nseed = [0, 1]\n")
+    argv = ["sweep", "--config", str(file), "--out", str(tmp_path / "sweep"),
+            "--gone-host", socket.gethostname()]  # fmt: skip
+    assert main(argv) == 2
+    assert "names this machine" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
