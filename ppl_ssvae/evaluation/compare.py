@@ -107,9 +107,15 @@ def _run_row(
         model = models.from_config(config["model"])
     except UserError as e:
         raise UserError(f"{run.file('config.json')}: {e}") from None
-    name = BEST if checkpoint == "best" else CHECKPOINT
+    name = _weights_file(run, checkpoint)
     state = run.load_weights(model, name)
     history = run.read_history()
+    last = history[-1]["epoch"] if history else state["epoch"]
+    if checkpoint == "last" and state["epoch"] != last:
+        raise UserError(
+            f"{run.path} has no {CHECKPOINT}, and its {BEST} is epoch {state['epoch']}, not "
+            f"its last ({last}); score its best epoch with --checkpoint best"
+        )
     record = next((h for h in history if h["epoch"] == state["epoch"]), {})
     split = data(config, run)
     scores = _scores(model, run, name, split.x_test, iwae, rows, seed)
@@ -124,6 +130,17 @@ def _run_row(
         "cpu_seconds_per_epoch": sum(cpu) / len(cpu) if cpu else None,
         **scores,
     }
+
+
+def _weights_file(run: RunDir, checkpoint: str) -> str:
+    """The file with the asked-for weights. A run kept without its training checkpoint
+    (best.pt alone, a third of the size) still holds its last epoch when its best epoch
+    was its last; the caller checks that epoch."""
+    if checkpoint == "best":
+        return BEST
+    if not run.file(CHECKPOINT).exists() and run.file(BEST).exists():
+        return BEST
+    return CHECKPOINT
 
 
 def _scores(

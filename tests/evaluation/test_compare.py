@@ -13,6 +13,7 @@ import torch
 
 from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split
+from ppl_ssvae.errors import UserError
 from ppl_ssvae.evaluation import compare
 from ppl_ssvae.evaluation.likelihood import evaluation_inputs, likelihood_report, log_likelihood
 from ppl_ssvae.models import build
@@ -131,3 +132,25 @@ def test_cli_refusals_are_one_line(runs, capsys, argv, message):
     assert main([a.format(run=run) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_last_epoch_of_a_run_kept_without_its_checkpoint_is_its_best_file(runs, tmp_path):
+    """A run kept with best.pt alone: --checkpoint last scores best.pt when that is the last
+    epoch (the same weights as checkpoint.pt), and refuses in one line when it is not."""
+    import shutil
+
+    (paths, _) = runs
+    source = paths["gaussian"][0]
+    full = compare.compare_runs([source], iwae=K, rows=ROWS, checkpoint="last")
+    kept = tmp_path / "kept"
+    shutil.copytree(source, kept, ignore=shutil.ignore_patterns("checkpoint.pt*", "compare-*"))
+    best = torch.load(kept / BEST, weights_only=True)["epoch"]
+    assert best == 2  # this run's best epoch is its last, so best.pt holds the last weights
+    (row,) = compare.compare_runs([kept], iwae=K, rows=ROWS, checkpoint="last")
+    assert row["epoch"] == 2 and row["test_log_likelihood"] == full[0]["test_log_likelihood"]
+    history = (kept / "metrics.jsonl").read_text()
+    (kept / "metrics.jsonl").write_text(
+        history + history.splitlines()[-1].replace('"epoch": 2', '"epoch": 3') + "\n"
+    )
+    with pytest.raises(UserError, match="best.pt is epoch 2, not its last \\(3\\)"):
+        compare.compare_runs([kept], iwae=K, rows=ROWS, checkpoint="last")
