@@ -37,7 +37,7 @@ from ..errors import UserError
 from ..models.base import SemiSupervisedModel
 from ..runs.checkpoint import write_bytes_atomic, write_text_atomic
 from .activity import prior_component_kl, unit_activity
-from .metrics import log_loss, mean_elbo
+from .metrics import held_out_elbo, log_loss
 
 IDENTITY, MAJORITY, HUNGARIAN = "identity", "majority", "hungarian"
 # Mapped id of a model class that no training point falls in and that has no
@@ -254,7 +254,7 @@ def clustering_report(model: SemiSupervisedModel, data: Any) -> dict[str, Any]:
     val_pred = model.classify(data.x_val).argmax(-1).cpu() if has_val else None
     split = split_accuracy(mapping_t[test_pred], data.y_test, hidden)
     report: dict[str, Any] = {
-        "elbo": mean_elbo(model, data.x_val if has_val else data.x_test),
+        "elbo": held_out_elbo(model, data.x_val if has_val else data.x_test),
         "val_accuracy": _mapped_accuracy(mapping_t, val_pred, data.y_val),
         "test_accuracy": split["overall"],
         "test_accuracy_visible": split["visible"],

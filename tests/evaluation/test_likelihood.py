@@ -17,7 +17,7 @@ from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.evaluation import likelihood
-from ppl_ssvae.evaluation.likelihood import bits_per_dim, log_likelihood
+from ppl_ssvae.evaluation.likelihood import bits_per_dim, evaluation_inputs, log_likelihood
 from ppl_ssvae.evaluation.metrics import mean_elbo
 from ppl_ssvae.models import build
 from ppl_ssvae.models.base import ModelConfig, SemiSupervisedModel
@@ -291,3 +291,25 @@ def test_grey_levels_under_a_bernoulli_likelihood_are_refused_in_one_line():
     assert torch.isfinite(log_likelihood(model, binary, num_samples=3)).all()
     report = likelihood.likelihood_report(model, grey, num_samples=3)  # binarises itself
     assert report["binarized"] and math.isfinite(report["test_log_likelihood"])
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_epoch_elbo_is_of_the_inputs_the_likelihood_describes(likelihood):
+    """The epoch records' validation ELBO: a Bernoulli model's on the same fixed
+    binarisation compare scores, not on grey levels; a Gaussian model's on x itself."""
+    from ppl_ssvae.evaluation.metrics import classification_report, elbo_report
+
+    data = semi_supervised_split(load("digits"), labels=50, seed=0)
+    pyro.set_rng_seed(0)
+    model = build("m2", input_dim=64, num_classes=10, z_dim=3, hidden=(16,), likelihood=likelihood)
+    x_val = data.x_val
+    inputs = evaluation_inputs(model, x_val, 0)
+    assert (likelihood == "bernoulli") == bool(((inputs == 0) | (inputs == 1)).all())
+    for report in (classification_report, elbo_report):
+        pyro.set_rng_seed(1)
+        reported = report(model, data)["elbo"]
+        pyro.set_rng_seed(1)
+        assert reported == pytest.approx(mean_elbo(model, inputs), abs=1e-9)
+    pyro.set_rng_seed(1)
+    grey = mean_elbo(model, x_val)
+    assert (reported == pytest.approx(grey, abs=1e-9)) == (likelihood == "gaussian")
