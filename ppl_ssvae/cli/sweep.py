@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -91,9 +90,9 @@ def sweep(args: argparse.Namespace) -> int:
         )
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise UserError("--jobs and --threads must be >= 1")
-    if socket.gethostname() in args.gone_host:
-        raise UserError(f"--gone-host {socket.gethostname()} names this machine; name only "
-                        "machines that stopped (this one's dead workers are found without it)")  # fmt: skip
+    from ..sweeps.engine import check_gone_hosts
+
+    check_gone_hosts(args.gone_host)  # before _start writes the sweep directory
     sweep = _start(args) if args.config else _join(args)
     if sweep is None:  # --dry-run
         return 0

@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,8 @@ def _owner(number: int) -> dict[str, Any]:
 def reclaim_dead(study: Any) -> list[int]:
     """Fail and queue again the RUNNING trials whose worker ran on this host and no longer
     exists; the numbers of the retries. Trials of other hosts are the heartbeat's."""
-    retried = []
-    for frozen, owner in _running_on(study, {socket.gethostname()}):
+    here, retried = socket.gethostname(), []
+    for frozen, owner in _running_on(study, lambda host: host == here):
         if _alive(int(owner["pid"]), owner.get("started")):
             continue
         number = fail_and_retry(study, frozen, f"its worker (pid {owner['pid']}) died")
@@ -91,17 +91,23 @@ def reclaim_dead(study: Any) -> list[int]:
     return retried
 
 
-def reclaim_gone(study: Any, hosts: set[str]) -> list[tuple[int, str]]:
-    """Fail and queue again the RUNNING trials of workers on ``hosts``, machines the user
-    says are gone (a journal file keeps no heartbeat, so nothing else can tell a machine
-    that stopped from one still training); ``(retry number, host)`` for each."""
+def check_gone_hosts(hosts: Iterable[str]) -> None:
+    """Refuse ``--gone-host`` naming this machine: its dead workers are found without it,
+    and its live ones would lose their trials."""
     if socket.gethostname() in hosts:
         raise UserError(
             f"--gone-host {socket.gethostname()} names this machine, whose dead workers are "
             "found without it; name only machines that stopped"
         )
+
+
+def reclaim_gone(study: Any, hosts: set[str]) -> list[tuple[int, str]]:
+    """Fail and queue again the RUNNING trials of workers on ``hosts``, machines the user
+    says are gone (a journal file keeps no heartbeat, so nothing else can tell a machine
+    that stopped from one still training); ``(retry number, host)`` for each."""
+    check_gone_hosts(hosts)
     retried = []
-    for frozen, owner in _running_on(study, hosts):
+    for frozen, owner in _running_on(study, lambda host: host in hosts):
         reason = f"its machine {owner['host']} is gone (--gone-host)"
         number = fail_and_retry(study, frozen, reason)
         if number is not None:
@@ -112,29 +118,29 @@ def reclaim_gone(study: Any, hosts: set[str]) -> list[tuple[int, str]]:
 def running_elsewhere(study: Any) -> list[tuple[int, str]]:
     """``(number, host)`` of the RUNNING trials of other machines on a storage with no
     heartbeat (a journal file), which only ``--gone-host`` can give back if those are gone."""
-    if getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None:
+    if _heartbeat_interval(study._storage) is not None:
         return []
-    from optuna.trial import TrialState
-
-    here, found = socket.gethostname(), []
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = frozen.system_attrs.get(OWNER) or {}
-        if owner.get("trial") == frozen.number and owner.get("host", here) != here:
-            found.append((frozen.number, owner["host"]))
-    return found
+    here = socket.gethostname()
+    found = _running_on(study, lambda host: host is not None and host != here)
+    return [(frozen.number, owner["host"]) for frozen, owner in found]
 
 
-def _running_on(study: Any, hosts: set[str]) -> list[tuple[Any, dict[str, Any]]]:
+def _running_on(study: Any, on_host: Callable[[Any], bool]) -> list[tuple[Any, dict[str, Any]]]:
     """The RUNNING trials whose own worker (not one copied from the trial a retry retries)
-    ran on one of ``hosts``, each with its worker's record."""
+    ran on a host ``on_host`` accepts, each with its worker's record."""
     from optuna.trial import TrialState
 
     found = []
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = frozen.system_attrs.get(OWNER) or {}
-        if owner.get("trial") == frozen.number and owner.get("host") in hosts:
+        if owner.get("trial") == frozen.number and on_host(owner.get("host")):
             found.append((frozen, owner))
     return found
+
+
+def _heartbeat_interval(storage: Any) -> int | None:
+    """Seconds between a trial's heartbeats on ``storage``; None where it keeps none."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)()
 
 
 def fail_and_retry(study: Any, frozen: Any, reason: str) -> int | None:
@@ -181,7 +187,7 @@ def fail_stale(study: Any) -> None:
 def heartbeat(study: Any, trial: Any) -> Iterator[None]:
     """Record the trial's heartbeat while it runs, on storages that keep one."""
     storage = study._storage
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    interval = _heartbeat_interval(storage)
     if interval is None:
         yield
         return
