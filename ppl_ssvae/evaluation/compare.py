@@ -111,7 +111,7 @@ def _run_row(
     state = run.load_weights(model, name)
     history = run.read_history()
     last = history[-1]["epoch"] if history else state["epoch"]
-    if checkpoint == "last" and state["epoch"] != last:
+    if checkpoint == "last" and name == BEST and state["epoch"] != last:
         raise UserError(
             f"{run.path} has no {CHECKPOINT}, and its {BEST} is epoch {state['epoch']}, not "
             f"its last ({last}); score its best epoch with --checkpoint best"

@@ -154,3 +154,19 @@ def test_last_epoch_of_a_run_kept_without_its_checkpoint_is_its_best_file(runs, 
     )
     with pytest.raises(UserError, match="best.pt is epoch 2, not its last \\(3\\)"):
         compare.compare_runs([kept], iwae=K, rows=ROWS, checkpoint="last")
+
+
+def test_last_checkpoint_is_scored_as_it_is_when_the_records_run_ahead(runs, tmp_path):
+    """checkpoint.pt is the last checkpoint written, whatever metrics.jsonl says after it
+    (a crash between the two files); the best.pt stand-in check is for best.pt alone."""
+    import shutil
+
+    (paths, _) = runs
+    kept = tmp_path / "ahead"
+    shutil.copytree(paths["gaussian"][0], kept, ignore=shutil.ignore_patterns("compare-*"))
+    history = (kept / "metrics.jsonl").read_text()
+    (kept / "metrics.jsonl").write_text(
+        history + history.splitlines()[-1].replace('"epoch": 2', '"epoch": 3') + "\n"
+    )
+    (row,) = compare.compare_runs([kept], iwae=K, rows=ROWS, checkpoint="last")
+    assert row["epoch"] == 2 and row["checkpoint"] == "last"
