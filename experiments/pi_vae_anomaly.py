@@ -45,7 +45,7 @@ from experiments.common import (
     unit_fraction_list,
     write_results,
 )
-from experiments.pi_vae_sequences import LR as RNN_LR
+from experiments.pi_vae_sequences import rnn_fit_arguments
 from ppl_ssvae import data
 from ppl_ssvae.data import SemiSupervisedBatches
 from ppl_ssvae.evaluation.anomaly import (
@@ -86,7 +86,7 @@ def net_options(net: str, dataset: data.Dataset) -> dict:
 
 def fit_arguments(net: str) -> dict:
     """The paper's fit settings for ``net``: App. A.3 trains the RNN at lr 1e-3."""
-    return {**paper_fit_arguments(PiVAE), **({"lr": RNN_LR} if net in SEQUENCE_NETS else {})}
+    return rnn_fit_arguments() if net in SEQUENCE_NETS else paper_fit_arguments(PiVAE)
 
 
 def missing_for(net: str, dataset: data.Dataset) -> str | None:

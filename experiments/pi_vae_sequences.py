@@ -59,6 +59,11 @@ BUDGETS = {"smoke": (1, 1), "cpu": (50, 500), "paper": (10, 20)}
 LR = 1e-3
 
 
+def rnn_fit_arguments() -> dict:
+    """The paper's fit settings for the sequence pi-VAE (App. A.3)."""
+    return {**paper_fit_arguments(PiVAE), "lr": LR}
+
+
 def run(
     variant: str,
     split: data.SemiSupervisedData,
@@ -85,7 +90,7 @@ def run(
         model,
         split,
         epochs=epochs,
-        **{**paper_fit_arguments(PiVAE), "lr": LR},
+        **rnn_fit_arguments(),
         seed=seed,
         max_minutes=max_minutes,
         progress=False,
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> Path:
         })  # fmt: skip
         curves[variant.upper()] = result
 
-    out = write_results(results_name, rows, {"args": vars(args), "fit": {**PiVAE.fit_defaults, "lr": LR}},
+    out = write_results(results_name, rows, {"args": vars(args), "fit": {**PiVAE.fit_defaults, **rnn_fit_arguments()}},
                         args.results_dir)  # fmt: skip
     plot_curves(out / "curve.png", curves)
     print((out / "results.md").read_text())
