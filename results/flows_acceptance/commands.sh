@@ -7,14 +7,20 @@
 # and each run's commit and CPU capability go to results/flows_acceptance/SETTING-sSEED.md,
 # or to $TABLE.md when a run adds guides to a setting whose table exists:
 #   GUIDES="gaussian nsf" TABLE=m2-s0-nsf bash results/flows_acceptance/commands.sh m2 0
+# $SCORE replaces the scoring, e.g. every run's last epoch, so that runs whose best
+# validation epochs differ are compared at the same epoch; `table NAME RUN...` only scores
+# and tabulates existing runs; $GUIDE_ARG (KEY=VALUE) and $SUFFIX train a variant:
+#   SCORE="--checkpoint last --iwae 1000 --iwae-rows 1000" bash .../commands.sh table gmdgm-s0-last-k1000 RUN...
+#   GUIDES=maf GUIDE_ARG='hidden_features=[128,128]' SUFFIX=-w128 SCORE="..." bash .../commands.sh gmdgm 0
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 export OMP_NUM_THREADS=1
 RUNS=${RUNS:-/work/runs/flows_acceptance}
 GUIDES=${GUIDES:-"gaussian maf pyro-iaf planar nsf"}
-SCORE="--iwae 5000 --iwae-rows 1000"
+SCORE=${SCORE:-"--iwae 5000 --iwae-rows 1000"}
 setting=$1 seed=${2:-0}
 case $setting in
+  table)       ;;
   latent-100)  args="--model latent --labels 100 --labelled-share 1:1" ;;
   latent-1000) args="--model latent --labels 1000 --labelled-share 1:1" ;;
   m2)          args="--model m2 --labels 3000" ;;
@@ -47,6 +53,11 @@ train() {  # train OUT ARGS...: train once; a finished run is left as it is
   else ppl-ssvae train --dataset fashion-mnist $args --seed "$seed" --out "$out" --no-progress "$@"; fi
   touch "$out/done"
 }
+if [ "$setting" = table ]; then
+  shift; name=$1; shift
+  table "$name" "$@"
+  exit
+fi
 if [ "$setting" = init-from ]; then
   base=$RUNS/m2-s$seed-gaussian
   train "$base" --guide gaussian --epochs 10
@@ -57,8 +68,8 @@ if [ "$setting" = init-from ]; then
 fi
 runs=()
 for guide in $GUIDES; do
-  out=$RUNS/$setting-s$seed-$guide
-  train "$out" --guide "$guide" --epochs 10
+  out=$RUNS/$setting-s$seed-$guide${SUFFIX:-}
+  train "$out" --guide "$guide" --epochs 10 ${GUIDE_ARG:+--guide-arg "$GUIDE_ARG"}
   ppl-ssvae compare $SCORE "$out" > /dev/null  # score now, so an interruption keeps it
   runs+=("$out")
 done
