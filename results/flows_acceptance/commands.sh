@@ -54,7 +54,8 @@ train() {  # train OUT ARGS...: train once; a finished run is left as it is
   touch "$out/done"
 }
 if [ "$setting" = table ]; then
-  shift; name=$1; shift
+  shift; [ $# -ge 2 ] || { echo "usage: commands.sh table NAME RUN..." >&2; exit 2; }
+  name=$1; shift
   table "$name" "$@"
   exit
 fi
