@@ -17,7 +17,8 @@ For each run directory, from its checkpoint (best by default) and its records:
 
 Scores cost a model/guide pass per importance sample and class, so they are kept in the
 run directory (``compare-*.json``), keyed by the checkpoint's SHA-256, K, the subset and
-the seed, and read back while they match.
+the seed, and read back while they match; an IWAE in progress keeps its progress beside
+them (``progress-compare-*.json``), and a compare interrupted resumes it.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ import torch
 from ..data import SemiSupervisedData, load_recipe
 from ..errors import UserError
 from ..guides.sampling import seeded_rng
-from ..runs.checkpoint import write_text_atomic
+from ..runs.checkpoint import read_regular_file, write_text_atomic
 from ..runs.directory import BEST, CHECKPOINT, RunDir
+from .kept import KeptProgress
 from .likelihood import evaluation_inputs, log_likelihood
 from .metrics import mean_elbo
 
@@ -156,29 +158,61 @@ def _scores(
     digest = hashlib.sha256(run.file(checkpoint).read_bytes()).hexdigest()
     key = {"checkpoint": checkpoint, "sha256": digest, "iwae": iwae, "rows": rows, "seed": seed,
            "mean_samples": MEAN_SAMPLES}  # fmt: skip
-    path = run.file(f"compare-{Path(checkpoint).stem}-k{iwae}-rows{rows}-seed{seed}.json")
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-            if saved.get("key") == key:
-                return saved["scores"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass  # unreadable: scored again and replaced
-    scores = score(model, x_test, iwae, rows, seed)
+    stem = f"compare-{Path(checkpoint).stem}-k{iwae}-rows{rows}-seed{seed}"
+    path, progress = run.file(f"{stem}.json"), run.file(f"progress-{stem}.json")
+    saved = _read_json(path)
+    if isinstance(saved, dict) and saved.get("key") == key and "scores" in saved:
+        return saved["scores"]
+    # An IWAE takes hours on a CPU: its progress is kept beside the scores, so that an
+    # interrupted compare resumes it (to the same result) instead of starting again.
+    kept = KeptProgress(key, lambda: _read_bytes(progress), lambda text: _write(run, progress, text),
+                        warn=lambda why: warnings.warn(f"{run.path}: {why}", stacklevel=2))  # fmt: skip
+    scores = score(model, x_test, iwae, rows, seed, kept=kept)
     try:
-        with run.lock():
-            write_text_atomic(path, json.dumps({"key": key, "scores": scores}))
+        _write(run, path, json.dumps({"key": key, "scores": scores}))
+        if kept.owns:
+            with run.lock():
+                progress.unlink(missing_ok=True)
     except (UserError, OSError) as e:  # a run in training, a read-only directory
         warnings.warn(f"{run.path}: scores not kept ({e})", stacklevel=2)
     return scores
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    """The file's bytes, None where there is none; a symbolic link is refused, not followed."""
+    try:
+        return read_regular_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    """The file's JSON, None where there is none or it does not parse (it is scored again
+    and replaced)."""
+    raw = _read_bytes(path)
+    try:
+        return None if raw is None else json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _write(run: RunDir, path: Path, text: str) -> None:
+    with run.lock():
+        write_text_atomic(path, text)
+
+
 def score(
-    model: Any, x_test: torch.Tensor, iwae: int | None, rows: int | None, seed: int = 0
+    model: Any,
+    x_test: torch.Tensor,
+    iwae: int | None,
+    rows: int | None,
+    seed: int = 0,
+    kept: KeptProgress | None = None,
 ) -> dict[str, Any]:
     """Test ELBO, IWAE per image with its standard error, gap and active units of
     ``model`` on the inputs ``likelihood_report(model, x_test, iwae, rows, seed)`` scores
-    (the same subset and binarisation, so the numbers are that report's)."""
+    (the same subset and binarisation, so the numbers are that report's); ``kept`` keeps
+    the IWAE's progress (:func:`~ppl_ssvae.evaluation.likelihood.log_likelihood`)."""
     started = time.process_time()
     x = x_test
     if rows is not None and rows < len(x):  # likelihood_report's subset
@@ -194,7 +228,7 @@ def score(
         "active_units": active_units(model, inputs, seed=seed),
     }
     if iwae is not None:
-        per_row = log_likelihood(model, inputs, num_samples=iwae, seed=seed)
+        per_row = log_likelihood(model, inputs, num_samples=iwae, seed=seed, kept=kept)
         out |= {
             "iwae_samples": iwae,
             "test_log_likelihood": per_row.mean().item(),
@@ -202,7 +236,8 @@ def score(
             "gap": per_row.mean().item() - elbo,
             "_log_likelihood_rows": per_row.tolist(),
         }
-    out["score_cpu_seconds"] = time.process_time() - started
+    earlier = kept.earlier_cpu_seconds if kept is not None else 0.0  # before an interruption
+    out["score_cpu_seconds"] = earlier + time.process_time() - started
     return out
 
 

@@ -53,6 +53,7 @@ from ..guides.sampling import seeded_rng
 from ..models.base import SemiSupervisedModel
 from ..nn import eval_mode
 from ..plates import MAX_PLATE_NESTING
+from .kept import KeptProgress
 
 #: Rows (data rows x samples x summed classes) of one model/guide pass; bounds memory.
 MAX_ROWS = 16384
@@ -143,6 +144,7 @@ def log_likelihood(
     max_rows: int = MAX_ROWS,
     max_minutes: float | None = None,
     progress: bool = False,
+    kept: KeptProgress | None = None,
 ) -> torch.Tensor:
     """The IWAE estimate per row: ``log p(x)`` where ``y == -1`` (or ``y`` is None),
     ``log p(x, y)`` where ``y`` is a label; in nats.
@@ -160,6 +162,9 @@ def log_likelihood(
             x that pass's time): longer raises ``UserError`` instead of running on. None:
             no limit.
         progress: print that estimate and a progress bar of the passes on stderr.
+        kept: where the estimate's progress is saved as it goes and read back from, so
+            that an interrupted estimate resumes with the same draws and the same result
+            (:class:`~ppl_ssvae.evaluation.kept.KeptProgress`). None: nothing is kept.
     """
     # is_int, not isinstance(int): a bool is an int to Python, not a sample count.
     for name, value in (("num_samples", num_samples), ("max_rows", max_rows)):
@@ -180,7 +185,7 @@ def log_likelihood(
         return x.new_zeros(0)
     try:
         with eval_mode(model), seeded_rng(seed, x.device):
-            return _estimate(model, x, y, num_samples, model.label_in_joint, max_rows, clock)
+            return _estimate(model, x, y, num_samples, max_rows, clock, kept)
     finally:
         clock.close()
 
@@ -190,20 +195,22 @@ def _estimate(
     x: torch.Tensor,
     y: torch.Tensor,
     num_samples: int,
-    summed: bool,
     max_rows: int,
     clock: PassClock,
+    kept: KeptProgress | None,
 ) -> torch.Tensor:
     # Items: (row, label) pairs to estimate; an unlabelled row of a model that enumerates
     # its label gives one item per class, summed in probability afterwards.
     classes = model.config.num_classes
-    expand = summed & (y < 0)
+    expand = model.label_in_joint & (y < 0)
     counts = torch.where(expand, classes, 1)
     item_row = torch.repeat_interleave(torch.arange(len(x), device=x.device), counts)
     first_item = torch.cumsum(counts, 0) - counts
     position = torch.arange(len(item_row), device=x.device) - first_item[item_row]
     item_y = torch.where(expand[item_row], position, y[item_row])
-    log_p_items = _items_log_likelihood(model, x, item_row, item_y, num_samples, max_rows, clock)
+    log_p_items = _items_log_likelihood(
+        model, x, item_row, item_y, num_samples, max_rows, clock, kept
+    )
     return _segment_logsumexp(log_p_items, item_row, len(x))
 
 
@@ -223,17 +230,21 @@ def _items_log_likelihood(
     num_samples: int,
     max_rows: int,
     clock: PassClock,
+    kept: KeptProgress | None = None,
 ) -> torch.Tensor:
     """``log (1/K) sum_k w_k`` per item, K draws per item, in passes of <= max_rows rows
     (items x samples): one model/guide pass in a sample plate where the model vectorises,
-    else on every item's row repeated once per sample."""
+    else on every item's row repeated once per sample. With ``kept``, the items a record
+    holds are not estimated again."""
     vectorised = model.vectorize_particles
     items = len(item_row)
     per_pass = max(1, max_rows // num_samples)  # items per pass when all K fit
     samples_per_pass = min(num_samples, max_rows)
-    clock.start(math.ceil(items / per_pass) * math.ceil(num_samples / samples_per_pass))
-    out = []
-    for start in range(0, items, per_pass):
+    out = [] if kept is None else kept.resume(items, per_pass, x.device)
+    first = sum(len(done) for done in out)
+    passes_per_item_pass = math.ceil(num_samples / samples_per_pass)
+    clock.start(math.ceil((items - first) / per_pass) * passes_per_item_pass)
+    for start in range(first, items, per_pass):
         rows, labels = item_row[start : start + per_pass], item_y[start : start + per_pass]
         total = torch.full((len(rows),), -math.inf, device=x.device)
         for done in range(0, num_samples, samples_per_pass):
@@ -247,6 +258,8 @@ def _items_log_likelihood(
             release_freed_memory()
             clock.tick()
         out.append(total - math.log(num_samples))
+        if kept is not None:
+            kept.passed(out, x.device, last=start + per_pass >= items)
     return torch.cat(out)
 
 

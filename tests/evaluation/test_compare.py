@@ -170,3 +170,66 @@ def test_last_checkpoint_is_scored_as_it_is_when_the_records_run_ahead(runs, tmp
     )
     (row,) = compare.compare_runs([kept], iwae=K, rows=ROWS, checkpoint="last")
     assert row["epoch"] == 2 and row["checkpoint"] == "last"
+
+
+class Killed(Exception):
+    """Stands for the process being killed after the IWAE's second save."""
+
+
+def test_an_interrupted_iwae_resumes_from_the_run_directory(runs, tmp_path, monkeypatch):
+    """compare killed mid-IWAE leaves its progress in the run; the next compare resumes it
+    (fewer passes) to the scores of an uninterrupted compare, then removes it."""
+    import shutil
+
+    from ppl_ssvae.evaluation import likelihood
+
+    (paths, _) = runs
+    source = paths["maf"][0]
+    fresh, run = tmp_path / "fresh", tmp_path / "run"
+    for copy in (fresh, run):
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("compare-*"))
+    k = likelihood.MAX_ROWS // 10  # 10 items (row, class) a pass: 30 passes
+    expected = compare.compare_runs([fresh], iwae=k, rows=ROWS)
+
+    class Stopping(compare.KeptProgress):
+        def __init__(self, key, read, write, warn=None):
+            def dying(text):
+                write(text)
+                self.writes = getattr(self, "writes", 0) + 1
+                if self.writes == 2:
+                    raise Killed
+
+            super().__init__(key, read, dying, every_seconds=0, warn=warn)
+
+    monkeypatch.setattr(compare, "KeptProgress", Stopping)
+    with pytest.raises(Killed):
+        compare.compare_runs([run], iwae=k, rows=ROWS)
+    progress = run / f"progress-compare-best-k{k}-rows30-seed0.json"
+    assert len(json.loads(progress.read_text())["done"]) == 20  # two passes of 10 items
+    monkeypatch.undo()
+    passes = []
+    weights = likelihood.log_weights
+    monkeypatch.setattr(
+        likelihood, "log_weights", lambda *a, **k: passes.append(1) or weights(*a, **k)
+    )
+    (resumed,) = compare.compare_runs([run], iwae=k, rows=ROWS)
+    timing = ("run", "score_cpu_seconds")
+    assert {n: v for n, v in resumed.items() if n not in timing} == {
+        n: v for n, v in expected[0].items() if n not in timing
+    }
+    assert len(passes) == ROWS * 10 // 10 - 2  # the two saved passes are not done again
+    assert not progress.exists() and (run / progress.name.removeprefix("progress-")).is_file()
+
+
+def test_a_planted_link_in_place_of_kept_scores_is_refused(runs, tmp_path):
+    import shutil
+
+    (paths, _) = runs
+    run = tmp_path / "run"
+    shutil.copytree(paths["gaussian"][0], run, ignore=shutil.ignore_patterns("compare-*"))
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text("{}")
+    (run / "compare-best-k4-rows30-seed0.json").symlink_to(outside)
+    with pytest.raises(UserError, match="link"):
+        compare.compare_runs([run], iwae=K, rows=ROWS)
+    assert outside.read_text() == "{}"

@@ -3,6 +3,7 @@ in K, labels summed exactly, memory bounded, and `ppl-ssvae evaluate --iwae --js
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import math
@@ -17,6 +18,7 @@ from ppl_ssvae.cli import main
 from ppl_ssvae.data import load, semi_supervised_split
 from ppl_ssvae.errors import UserError
 from ppl_ssvae.evaluation import likelihood
+from ppl_ssvae.evaluation.kept import KeptProgress
 from ppl_ssvae.evaluation.likelihood import bits_per_dim, evaluation_inputs, log_likelihood
 from ppl_ssvae.evaluation.metrics import mean_elbo
 from ppl_ssvae.models import build
@@ -313,3 +315,74 @@ def test_epoch_elbo_is_of_the_inputs_the_likelihood_describes(likelihood):
     pyro.set_rng_seed(1)
     grey = mean_elbo(model, x_val)
     assert (reported == pytest.approx(grey, abs=1e-9)) == (likelihood == "gaussian")
+
+
+class Interrupted(Exception):
+    """Stands for the process being killed after a save."""
+
+
+def _keeper(store, key, stop_after=None):
+    def write(text):
+        store["record"] = text
+        store["writes"] = store.get("writes", 0) + 1
+        if store["writes"] == stop_after:
+            raise Interrupted
+
+    return KeptProgress(key, lambda: store.get("record", "").encode() or None, write, 0)
+
+
+@pytest.mark.parametrize("name", ["m2", "latent"])
+def test_an_interrupted_estimate_resumes_with_the_same_draws(trained, monkeypatch, name):
+    """Killed after its third saved pass, the estimate read back goes on from there and
+    ends at the uninterrupted estimate to the bit, without repeating the passes done."""
+    models, x, _ = trained
+    model = models[name]
+    full = log_likelihood(model, x, num_samples=8, seed=3, max_rows=40)
+    passes = []
+    weights = likelihood.log_weights
+    monkeypatch.setattr(
+        likelihood, "log_weights", lambda *a, **k: passes.append(1) or weights(*a, **k)
+    )
+    store = {}
+    with pytest.raises(Interrupted):
+        log_likelihood(
+            model, x, num_samples=8, seed=3, max_rows=40, kept=_keeper(store, {"k": 1}, 3)
+        )
+    total = len(x) * (10 if model.label_in_joint else 1) // 5  # items / (40 // 8) per pass
+    assert len(passes) == 3
+    resumed = log_likelihood(
+        model, x, num_samples=8, seed=3, max_rows=40, kept=_keeper(store, {"k": 1})
+    )
+    assert torch.equal(resumed, full)
+    assert len(passes) == total  # 3 before the interruption, the rest after
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda r: r | {"key": {"k": 2}},  # another checkpoint, K, subset or seed
+    lambda r: r | {"per_pass": 7},  # another pass size
+    lambda r: r | {"done": r["done"][:-1]},  # not a whole number of passes
+    lambda r: r | {"rng": "not base64!"},
+    lambda r: r | {"rng": base64.b64encode(b"short").decode()},  # not a generator's state
+])  # fmt: skip
+def test_a_record_that_does_not_match_is_not_used(trained, monkeypatch, spoil):
+    models, x, _ = trained
+    model = models["m2"]
+    full = log_likelihood(model, x, num_samples=8, seed=3, max_rows=40)
+    store = {}
+    with pytest.raises(Interrupted):
+        log_likelihood(
+            model, x, num_samples=8, seed=3, max_rows=40, kept=_keeper(store, {"k": 1}, 2)
+        )
+    store["record"] = json.dumps(spoil(json.loads(store["record"])))
+    passes = []
+    weights = likelihood.log_weights
+    monkeypatch.setattr(
+        likelihood, "log_weights", lambda *a, **k: passes.append(1) or weights(*a, **k)
+    )
+    again = log_likelihood(
+        model, x, num_samples=8, seed=3, max_rows=40, kept=_keeper(store, {"k": 1})
+    )
+    assert torch.equal(again, full) and len(passes) == len(x) * 10 // 5  # every pass again
+    store["record"] = "{not json"
+    assert torch.equal(log_likelihood(model, x, num_samples=8, seed=3, max_rows=40,
+                                      kept=_keeper(store, {"k": 1})), full)  # fmt: skip
