@@ -43,9 +43,10 @@ class KeptProgress:
     Args:
         key: what the estimate is of; a record with another key is not used.
         read: the bytes of the last record, or None when there is none.
-        write: replaces the record with the given text; an error from it stops the
-            keeping (the estimate runs on) and is said once by ``warn``.
+        write: replaces the record with the given text; an ``OSError`` or ``UserError``
+            from it stops the keeping (the estimate runs on) and is said once by ``warn``.
         every_seconds: the least time between two saves; 0 saves after every pass.
+        warn: says why the progress is no longer kept (None: nothing is said).
     """
 
     def __init__(
