@@ -160,20 +160,19 @@ def _scores(
            "mean_samples": MEAN_SAMPLES}  # fmt: skip
     stem = f"compare-{Path(checkpoint).stem}-k{iwae}-rows{rows}-seed{seed}"
     path, progress = run.file(f"{stem}.json"), run.file(f"progress-{stem}.json")
-    saved = _read_json(path)
+    saved = _parsed(_read_bytes(path))
     if isinstance(saved, dict) and saved.get("key") == key and "scores" in saved:
         return saved["scores"]
     # An IWAE takes hours on a CPU: its progress is kept beside the scores, so that an
     # interrupted compare resumes it (to the same result) instead of starting again.
-    kept = KeptProgress(key, lambda: _read_bytes(progress), lambda text: _write(run, progress, text),
+    kept = KeptProgress(key, lambda: _read_bytes(progress),
+                        lambda text: _replace_own(run, progress, text, ("key", "done")),
                         warn=lambda why: warnings.warn(f"{run.path}: {why}", stacklevel=2))  # fmt: skip
     scores = score(model, x_test, iwae, rows, seed, kept=kept)
     try:
-        _write(run, path, json.dumps({"key": key, "scores": scores}))
-        if kept.owns:
-            with run.lock():
-                progress.unlink(missing_ok=True)
-    except (UserError, OSError) as e:  # a run in training, a read-only directory
+        _replace_own(run, path, json.dumps({"key": key, "scores": scores}), ("key", "scores"),
+                     then_remove=progress if kept.owns else None)  # fmt: skip
+    except (UserError, OSError) as e:  # a run in training, a read-only directory, a user's file
         warnings.warn(f"{run.path}: scores not kept ({e})", stacklevel=2)
     return scores
 
@@ -186,19 +185,29 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
-def _read_json(path: Path) -> Any:
-    """The file's JSON, None where there is none or it does not parse (it is scored again
-    and replaced)."""
-    raw = _read_bytes(path)
+def _parsed(raw: bytes | None) -> Any:
+    """The JSON in ``raw``; None where there is none or it does not parse."""
     try:
         return None if raw is None else json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
-def _write(run: RunDir, path: Path, text: str) -> None:
+def _replace_own(
+    run: RunDir, path: Path, text: str, fields: tuple[str, ...], then_remove: Path | None = None
+) -> None:
+    """Write ``text`` to ``path`` under the run's lock, replacing only a file compare wrote
+    (a JSON object with ``fields``), then remove ``then_remove``: a link or a user's file of
+    that name is refused in one line and left as it is."""
     with run.lock():
+        raw = _read_bytes(path)  # refuses a link
+        if raw is not None:
+            saved = _parsed(raw)
+            if not (isinstance(saved, dict) and all(name in saved for name in fields)):
+                raise UserError(f"{path} is not a file compare wrote; move it to keep scores here")
         write_text_atomic(path, text)
+        if then_remove is not None:
+            then_remove.unlink(missing_ok=True)
 
 
 def score(

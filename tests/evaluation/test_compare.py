@@ -233,3 +233,29 @@ def test_a_planted_link_in_place_of_kept_scores_is_refused(runs, tmp_path):
     with pytest.raises(UserError, match="link"):
         compare.compare_runs([run], iwae=K, rows=ROWS)
     assert outside.read_text() == "{}"
+
+
+@pytest.mark.parametrize("name", ["compare-best-k4-rows30-seed0.json",
+                                  "progress-compare-best-k1638-rows30-seed0.json"])  # fmt: skip
+def test_a_users_file_under_a_compare_name_is_left_untouched(runs, tmp_path, monkeypatch, name):
+    """A file compare did not write (not its JSON) is neither replaced nor removed: the
+    scores are returned, and a warning says what was not kept and why."""
+    import functools
+    import shutil
+
+    (paths, _) = runs
+    run = tmp_path / "run"
+    shutil.copytree(paths["gaussian"][0], run, ignore=shutil.ignore_patterns("compare-*"))
+    (run / name).write_text("my notes")
+    # Progress saved after every pass, 10 items a pass: the progress file would be written.
+    monkeypatch.setattr(
+        compare, "KeptProgress", functools.partial(compare.KeptProgress, every_seconds=0)
+    )
+    k = 1638 if name.startswith("progress") else K
+    with pytest.warns(UserWarning, match="is not a file compare wrote") as said:
+        (row,) = compare.compare_runs([run], iwae=k, rows=ROWS)
+    assert (run / name).read_text() == "my notes"
+    assert math.isfinite(row["test_log_likelihood"])
+    if name.startswith("progress"):  # the scores themselves are kept beside the user's file
+        assert (run / name.removeprefix("progress-")).is_file()
+    assert len(said) == 1  # a progress file refused once stops the keeping
