@@ -172,6 +172,8 @@ def log_likelihood(
             raise UserError(f"{name}={value!r} must be an integer >= 1")
     if max_minutes is not None and not (is_finite_number(max_minutes) and max_minutes > 0):
         raise UserError(f"max_minutes={max_minutes!r} must be a finite number > 0 (or None)")
+    if kept is not None and not isinstance(kept, KeptProgress):
+        raise UserError(f"kept={kept!r} must be a KeptProgress (or None)")
     x = model.check_x(x)
     if model.config.likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
         raise UserError(

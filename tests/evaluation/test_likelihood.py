@@ -386,3 +386,9 @@ def test_a_record_that_does_not_match_is_not_used(trained, monkeypatch, spoil):
     store["record"] = "{not json"
     assert torch.equal(log_likelihood(model, x, num_samples=8, seed=3, max_rows=40,
                                       kept=_keeper(store, {"k": 1})), full)  # fmt: skip
+
+
+def test_kept_that_is_not_a_keeper_is_refused_in_one_line(trained):
+    models, x, _ = trained
+    with pytest.raises(UserError, match="kept='progress.json' must be a KeptProgress"):
+        log_likelihood(models["m2"], x, num_samples=2, kept="progress.json")
