@@ -34,6 +34,7 @@ A sweep file is a `ppl-ssvae train --config` file plus a [sweep] section:
 
 Every trial is a run directory under the sweep directory, named from its settings.
 Run the same command again, or `ppl-ssvae sweep --worker DIR`, to continue a sweep.
+`--only labels=100` runs one row of a grid (the grid points with that value).
 """
 
 
@@ -59,6 +60,10 @@ def add_parsers(sub: Any) -> None:
                    "directory was carried to a new machine): its running trials run again, "
                    "from their checkpoints; repeat for several")  # fmt: skip
     s.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # --jobs' workers
+    s.add_argument("--only", action="append", default=[], metavar="NAME=VALUE",
+                   help="with --config: run only the grid points where setting NAME has this "
+                   "value (one row of a table out of the file that holds them all); repeat "
+                   "for several settings, or for several values of one")  # fmt: skip
     s.add_argument("--dry-run", action="store_true",
                    help="check the sweep file, print its trials and exit; nothing is written")  # fmt: skip
 
@@ -126,6 +131,8 @@ def _start(args: argparse.Namespace) -> Any:
         raise UserError("--study joins a sweep kept in a database (with --worker); a new "
                         "sweep's study is named by [sweep] name")  # fmt: skip
     spec = SweepSpec.from_dict(read_spec_file(args.config))
+    if args.only:
+        spec = spec.only(args.only)
     if args.dry_run:
         _print_plan(spec)
         return None
@@ -135,10 +142,9 @@ def _start(args: argparse.Namespace) -> Any:
 def _join(args: argparse.Namespace) -> Any:
     from ..sweeps import open_sweep
 
-    if args.out is not None or args.dry_run:
-        raise UserError(
-            "--worker DIR works on the sweep in DIR; --out and --dry-run go with --config"
-        )
+    if args.out is not None or args.dry_run or args.only:
+        raise UserError("--worker DIR works on the sweep in DIR; --out, --only and --dry-run "
+                        "go with --config")  # fmt: skip
     return open_sweep(args.worker, args.storage, args.study)
 
 

@@ -22,8 +22,10 @@ choices the sampler picks from.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +133,28 @@ class SweepSpec:
             f"{toml_key(k)} = {toml_value(v, SPEC)}" for k, v in settings.items()
         ]
         return to_toml(self.base) + "\n".join(lines) + "\n"
+
+    def only(self, selections: list[str]) -> SweepSpec:
+        """This sweep with its grid cut to the points where each ``NAME=VALUE`` holds
+        (``z_dim=200``): one row of a paper's table out of the file that holds them all.
+        A value is written as in the sweep file, a string without its quotes; one line for
+        a name the sweep does not vary or a value its list lacks."""
+        params = {p.name: p for p in self.params}
+        chosen: dict[str, set[int]] = {}
+        for selection in selections:
+            name, sep, text = selection.partition("=")
+            require(sep == "=" and name in params, f"--only {selection!r}: give NAME=VALUE with "
+                    f"NAME a setting this sweep varies ({', '.join(params)})")  # fmt: skip
+            param = params[name]
+            require(not param.is_range, f"--only {selection!r}: {name} is a range, not a list; "
+                    "--only picks a list's values")  # fmt: skip
+            shown = [_shown(v) for v in param.values]
+            require(text in shown, f"--only {selection!r}: {name} lists {', '.join(shown)}")
+            chosen.setdefault(name, set()).add(shown.index(text))
+        kept = {name: tuple(params[name].values[i] for i in sorted(indices))
+                for name, indices in chosen.items()}  # fmt: skip
+        cut = tuple(dataclasses.replace(p, values=kept.get(p.name, p.values)) for p in self.params)
+        return dataclasses.replace(self, params=cut)
 
     # -- checks ------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -273,3 +297,8 @@ def _check_model_options(run: Any) -> None:
     fields = {f.name for f in dataclasses.fields(MODELS[run.model.name].config_class)}
     unknown = sorted(set(run.model.options) - fields)
     require(not unknown, f"model {run.model.name!r} has no settings {unknown}")
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as ``--only`` takes it: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)

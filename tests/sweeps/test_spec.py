@@ -183,6 +183,50 @@ def test_a_sweep_directory_is_never_reused_for_another_sweep(tmp_path, capsys):
     assert [t.state.name for t in trials] == ["WAITING"]  # the grid was queued once
 
 
+ONLY_GRID = "[sweep.settings]\nseed = [0, 1]\nhidden = [[32], [16, 16]]\nlabels = [50, 100]\n"
+
+
+def test_only_cuts_the_grid_to_a_row_and_the_sweep_records_the_cut(tmp_path, capsys):
+    file = write_sweep(tmp_path, ONLY_GRID)
+    argv = ["sweep", "--config", str(file), "--out", str(tmp_path / "s")]
+    picked = ["--only", "hidden=[16, 16]", "--only", "labels=100", "--only", "labels=50"]
+    assert main([*argv, *picked, "--dry-run"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0] == "a grid of 4 trials, each a run directory:"
+    assert [n.strip() for n in listed[1:]] == [
+        "seed-0_hidden-16-16_labels-50", "seed-0_hidden-16-16_labels-100",
+        "seed-1_hidden-16-16_labels-50", "seed-1_hidden-16-16_labels-100",
+    ]  # fmt: skip
+    from ppl_ssvae.sweeps import create_sweep
+    from ppl_ssvae.sweeps.storage import read_sweep_file
+
+    cut = SweepSpec.from_dict(read_spec_file(file)).only(["labels=100"])
+    create_sweep(cut, tmp_path / "s")
+    assert read_sweep_file(tmp_path / "s").spec.to_dict() == cut.to_dict()
+    trials = optuna.load_study(study_name="s", storage=spec_storage(tmp_path / "s")).trials
+    assert sorted(t.system_attrs["fixed_params"]["labels"] for t in trials) == [100] * 4
+    assert main([*argv, "--only", "labels=50"]) == 2  # another cut is another sweep
+    assert "holds another sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "only, message",
+    [
+        ("labels=75", "--only 'labels=75': labels lists 50, 100"),
+        ("lr=0.1", "NAME a setting this sweep varies (seed, hidden, labels)"),
+        ("labels", "give NAME=VALUE"),
+    ],
+)
+def test_only_refuses_what_the_grid_does_not_hold_in_one_line(tmp_path, capsys, only, message):
+    out = tmp_path / "s"
+    argv = ["sweep", "--config", str(write_sweep(tmp_path, ONLY_GRID)), "--out", str(out)]
+    assert main([*argv, "--only", only]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not out.exists()
+    assert main(["sweep", "--worker", str(out), "--only", "labels=50"]) == 2
+    assert "--only" in capsys.readouterr().err
+
+
 def spec_storage(path):
     from ppl_ssvae.sweeps.storage import read_sweep_file
 
