@@ -77,3 +77,17 @@ def test_net_benchmark_times_every_net_it_is_given():
     for bad in ("dense,conv@wide", "dense,resnet"):
         with pytest.raises(SystemExit):
             module.main(["--nets", bad])
+
+
+def test_denormal_benchmark_times_a_runs_step_in_both_modes(tmp_path):
+    from ppl_ssvae.cli import main
+
+    out = str(tmp_path / "run")
+    tiny = ["--dataset", "digits", "--labels", "50", "--z-dim", "3", "--hidden", "8",
+            "--batch-size", "400", "--epochs", "1", "--no-progress", "--out", out]  # fmt: skip
+    assert main(["train", *tiny]) == 0
+    module = _benchmark("denormal_speed")
+    times = module.step_times(out, steps=2)
+    assert set(times) == {"keep subnormals", "flush to zero"}
+    assert all(len(t) == 2 and min(t) > 0 for t in times.values())
+    assert module.main([out, "--steps", "1"]) > 0

@@ -28,7 +28,7 @@ from ..models.base import SemiSupervisedModel
 from ..runs.checkpoint import rng_state, set_rng_state
 from . import distributed
 from .callbacks import Callback, ordered, state_keys
-from .devices import precision_context, resolve_device, resolve_precision
+from .devices import denormal_mode, precision_context, resolve_device, resolve_precision
 from .distributed import DataParallelSteps, ProcessGroup
 from .divergence import is_validation_error
 from .optim import SingleOptimizer, weight_prior_decay
@@ -190,6 +190,10 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, start_epoch: int = 1) -> FitResult:
+        with denormal_mode(self.settings.flush_denormal):
+            return self._fit(start_epoch)
+
+    def _fit(self, start_epoch: int) -> FitResult:
         self._emit("on_fit_start")
         for epoch in range(start_epoch, self.settings.epochs + 1):
             self._emit("on_epoch_start", epoch)
