@@ -36,7 +36,7 @@ SEMI, ACTIVE = "experiments/semi_unsupervised_fashion_mnist.py", "experiments/ac
 REPORT = "experiments/report_runs.py"
 GUIDE_SPEED, PRECISION = "benchmarks/guide_speed.py", "benchmarks/precision_speed.py"
 DDP, M2_SPEED = "benchmarks/ddp_speed.py", "benchmarks/m2_speed.py"
-NET_SPEED = "benchmarks/net_speed.py"
+NET_SPEED, DENORMAL = "benchmarks/net_speed.py", "benchmarks/denormal_speed.py"
 SIGMA2, WARMUP = "experiments/m2_sigma2_circles.py", "experiments/m2_kl_warmup_moons.py"
 PROBE, PRETRAINED = "experiments/m2_zprime_probe.py", "experiments/m2_pretrained_vae.py"
 NOT_INT = "is not an integer"
@@ -110,6 +110,7 @@ CASES: dict[str, tuple[str, list[str], str]] = {
     "precision-speed --steps 0": (PRECISION, ["--steps", "0"], "0 must be >= 1"),
     "precision-speed --models ,": (PRECISION, ["--models", ","], EMPTY_ITEM),
     "net-speed --steps 0": (NET_SPEED, ["--steps", "0"], "0 must be >= 1"),
+    "denormal-speed --steps 0": (DENORMAL, ["runs/x", "--steps", "0"], "0 must be >= 1"),
     "net-speed --nets ,": (NET_SPEED, ["--nets", ","], EMPTY_ITEM),
     "sigma2-circles --sigma2 0": (SIGMA2, ["--sigma2", "0"], "must be"),
     "warmup-moons --seeds -1": (WARMUP, ["--seeds", "-1"], SEED_RANGE),

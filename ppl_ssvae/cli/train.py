@@ -17,7 +17,6 @@ from ..runs import DataSpec, RunSpec, load_run
 from ..runs.directory import RunDir, current_budget
 from ..runs.files import read_spec_file, to_toml
 from ..training import RESUMABLE, FitResult, FitSettings, check_run_start
-from ..training.devices import inherit_denormal_mode
 from ..training.optim import OPTIMIZER_OPTIONS
 from .launch import launch_data_parallel
 from .options import (
@@ -145,8 +144,6 @@ def train(args: argparse.Namespace) -> int:
     run = RunDir(args.out, trust_unverified=args.trust_unverified)
     run.check_start(args.resume, args.overwrite)
     spec = _resumed_spec(args, run) if args.resume else spec_from_args(args)
-    recorded = FitSettings.from_dict(current_budget(run.read_config())) if args.resume else None
-    inherit_denormal_mode((recorded or spec.fit).flush_denormal)
     if args.devices > 1 and not distributed.launched():
         # Refusals (a run to keep, nothing left, another N) before launching.
         check_run_start(run, args.resume, args.overwrite, spec.fit.epochs, args.devices)

@@ -46,9 +46,6 @@ def run_worker(
         torch.set_num_threads(threads)
     if not isinstance(sweep, Sweep):
         sweep = open_sweep(sweep, storage_url, study_name)
-    from ..training.devices import inherit_denormal_mode
-
-    inherit_denormal_mode(sweep.spec.base.get("fit", {}).get("flush_denormal", True))
     study = sweep.load_study()
     for number, host in engine.reclaim_gone(study, set(gone_hosts)):
         say(f"trial {number} queued: it retries a trial of {host}, which is gone")

@@ -4,10 +4,11 @@ the environment (versions, CPU capability, git commit) recorded with every run."
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import platform
 import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -180,22 +181,53 @@ def flushes_denormals() -> bool:
 
 @contextlib.contextmanager
 def denormal_mode(flush: bool) -> Iterator[None]:
-    """Flush subnormal floats to zero on this thread (x86 FTZ/DAZ) while the block runs,
-    then restore the thread's mode. x86 CPUs take a microcode assist for every subnormal
-    operand, ~10x slower matrix products, and enumerating classes makes them: once the
-    classifier is sure, q(y|x) of the other classes falls below 1.2e-38 and every gradient
-    it weights is subnormal. The mode is per thread: intra-op threads torch starts later
-    inherit it, threads it started before keep theirs (the CLI sets it before any)."""
+    """Flush subnormal floats to zero (x86 FTZ/DAZ) on this thread and torch's intra-op
+    threads while the block runs, then restore this thread's mode on them all. x86 CPUs
+    take a microcode assist for every subnormal operand (~10x slower matrix products),
+    and enumerating classes makes them: once the classifier is sure, q(y|x) of the other
+    classes falls below 1.2e-38 (3% of a trained M2's entries) and every gradient it
+    weights is subnormal. The mode is per thread, and a run whose threads disagreed would
+    compute bits that depend on which thread took which rows, so all are set alike."""
     before = flushes_denormals()
-    torch.set_flush_denormal(flush)
+    on_every_thread(lambda: torch.set_flush_denormal(flush))
     try:
         yield
     finally:
-        torch.set_flush_denormal(before)
+        on_every_thread(lambda: torch.set_flush_denormal(before))
 
 
-def inherit_denormal_mode(flush: bool) -> None:
-    """Set this thread's denormal mode for good, for the intra-op threads torch starts
-    from now on to inherit: called by the CLI and sweep workers before any torch work, so
-    a run's every thread flushes as its ``flush_denormal`` says, not its main thread alone."""
-    torch.set_flush_denormal(flush)
+def on_every_thread(action: Callable[[], Any]) -> list[Any]:
+    """``action()`` on this thread and on each of torch's intra-op threads (an OpenMP
+    parallel region of as many threads; torch's pool is libgomp's); what each returned."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return [action()]
+    gomp = _libgomp()
+    if gomp is None:
+        raise UserError(f"torch runs {threads} threads outside GNU OpenMP here, and the "
+                        "denormal mode cannot be set on each; use torch.set_num_threads(1) "
+                        "or fit.flush_denormal = false")  # fmt: skip
+    results: list[Any] = []
+    body = _GOMP_BODY(lambda _: results.append(action()))
+    gomp.GOMP_parallel(body, None, threads, 0)
+    return results
+
+
+_GOMP_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+@cache
+def _libgomp() -> Any:
+    """The GNU OpenMP runtime torch loaded (None where torch's threads are not its)."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            path = next((line.split()[-1] for line in maps if "libgomp" in line), None)
+    except OSError:
+        return None
+    if path is None:
+        return None
+    gomp = ctypes.CDLL(path)
+    gomp.GOMP_parallel.argtypes = [_GOMP_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    return gomp
