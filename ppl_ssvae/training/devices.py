@@ -187,7 +187,17 @@ def denormal_mode(flush: bool) -> Iterator[None]:
     and enumerating classes makes them: once the classifier is sure, q(y|x) of the other
     classes falls below 1.2e-38 (3% of a trained M2's entries) and every gradient it
     weights is subnormal. The mode is per thread, and a run whose threads disagreed would
-    compute bits that depend on which thread took which rows, so all are set alike."""
+    compute bits that depend on which thread took which rows, so all are set alike; where
+    torch's threads are not GNU OpenMP's (Windows, macOS) and there are several, none is
+    changed, and asking to flush warns."""
+    if not _every_thread_reachable():
+        if flush:
+            warnings.warn(f"torch runs {torch.get_num_threads()} threads outside GNU OpenMP here, "
+                          "so the denormal mode cannot be set on each; this run keeps "
+                          "subnormal floats (slower late epochs, the same on every thread); "
+                          "torch.set_num_threads(1) lets it flush them", stacklevel=3)  # fmt: skip
+        yield
+        return
     before = flushes_denormals()
     on_every_thread(lambda: torch.set_flush_denormal(flush))
     try:
@@ -202,15 +212,16 @@ def on_every_thread(action: Callable[[], Any]) -> list[Any]:
     threads = torch.get_num_threads()
     if threads == 1:
         return [action()]
-    gomp = _libgomp()
-    if gomp is None:
-        raise UserError(f"torch runs {threads} threads outside GNU OpenMP here, and the "
-                        "denormal mode cannot be set on each; use torch.set_num_threads(1) "
-                        "or fit.flush_denormal = false")  # fmt: skip
+    if not _every_thread_reachable():
+        raise RuntimeError(f"torch runs {threads} threads outside GNU OpenMP here")
     results: list[Any] = []
     body = _GOMP_BODY(lambda _: results.append(action()))
-    gomp.GOMP_parallel(body, None, threads, 0)
+    _libgomp().GOMP_parallel(body, None, threads, 0)
     return results
+
+
+def _every_thread_reachable() -> bool:
+    return torch.get_num_threads() == 1 or _libgomp() is not None
 
 
 _GOMP_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)

@@ -3,6 +3,8 @@ and leaves the thread's mode as it found it."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -73,3 +75,16 @@ def test_every_thread_of_a_run_flushes_not_the_main_one_alone():
         assert on_every_thread(flushes_denormals) == [False, False]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_where_threads_cannot_all_be_set_none_is_changed_and_flushing_warns(monkeypatch):
+    from ppl_ssvae.training import devices
+
+    monkeypatch.setattr(devices, "_every_thread_reachable", lambda: False)
+    before = flushes_denormals()
+    with pytest.warns(UserWarning, match="keeps subnormal floats"), denormal_mode(True):
+        assert flushes_denormals() == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with denormal_mode(False):
+            assert flushes_denormals() == before
