@@ -21,6 +21,7 @@ from experiments.common import ScriptParser, positive_int
 from ppl_ssvae.data import SemiSupervisedBatches
 from ppl_ssvae.runs import load_run
 from ppl_ssvae.training.devices import denormal_mode
+from ppl_ssvae.training.loop import objective_options
 
 MODES = {"keep subnormals": False, "flush to zero": True}
 
@@ -33,7 +34,7 @@ def step_times(run_dir: str, steps: int) -> dict[str, list[float]]:
     batches = SemiSupervisedBatches(run.data.x_train, run.data.y_train, settings.batch_size,
                                     settings.labelled_share, settings.binarize, settings.seed)  # fmt: skip
     x, y = next(iter(batches.epoch(1)))
-    elbo = model.make_elbo(num_particles=settings.num_particles)
+    elbo = model.make_elbo(**objective_options(settings))
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     for step in range(steps + 1):  # the first round warms up and is not counted
         for mode, flush in MODES.items():

@@ -102,7 +102,7 @@ class Trainer:
         self.optim: SingleOptimizer = make_optimizer(
             s.optimizer, s.lr, s.lr_decay ** (1.0 / len(self.batches)), s.optimizer_args, decay
         )
-        elbo = model.make_elbo(**_objective_options(s))
+        elbo = model.make_elbo(**objective_options(s))
         if group is None:
             self._train_step = SVI(model.model, model.guide, self.optim, elbo).step
         else:
@@ -289,7 +289,8 @@ def _fits_on(device: torch.device, x: torch.Tensor) -> bool:
     return x.element_size() * x.nelement() <= free // 4
 
 
-def _objective_options(settings: FitSettings) -> dict[str, Any]:
+def objective_options(settings: FitSettings) -> dict[str, Any]:
+    """The ``make_elbo`` options of a run's objective (what the trainer optimises)."""
     options: dict[str, Any] = {}
     if settings.objective is not None:
         options["objective"] = settings.objective
